@@ -1,0 +1,41 @@
+# Every target is self-sufficient on a fresh machine with Python 3.11:
+# it creates .venv and installs requirements when they are missing.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYTHONPATH := $(CURDIR)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+SEED ?= 0
+EPOCHS ?=
+
+.PHONY: setup data train-central simulate test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+data: setup
+	$(PY) -m src.data.synthetic --out data/synthetic --seed $(SEED)
+
+train-central: setup
+	$(PY) -m src.train_central --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS))
+
+# Until the federation lands (issue "The federation"), simulate runs the
+# centralized trainer on the default data.
+simulate: train-central
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) -m bench.run
+
+clean:
+	rm -rf workspace/runs data/synthetic
