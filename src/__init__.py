@@ -1,0 +1,1 @@
+"""Federated multi-task disaster perception (OpenFL workspace package)."""

@@ -1,0 +1,1 @@
+"""Data: record type, readers for real formats, synthetic scenes, tf.data pipeline."""
