@@ -1,0 +1,64 @@
+"""Raw YOLO head outputs -> boxes in input pixels, and the inference path with NMS."""
+from __future__ import annotations
+
+import keras_cv
+import tensorflow as tf
+
+from src.model.config import STRIDES, ModelConfig
+from src.model.det_head import ANCHORS_PER_SCALE
+
+MAX_LOG_WH = 6.0
+
+
+def decode_scale(raw, anchors, stride: int):
+    """One scale: raw (B, S, S, 3, 5 + C) -> boxes xyxy (B, S, S, 3, 4) in input px.
+
+    Centre = (sigmoid(t_xy) + cell) * stride, size = exp(t_wh) * anchor (t_wh
+    clipped so an early wild output cannot overflow).
+    """
+    grid = tf.shape(raw)[1]
+    gy, gx = tf.meshgrid(tf.range(grid), tf.range(grid), indexing="ij")
+    cell = tf.cast(tf.stack([gx, gy], axis=-1)[:, :, None, :], tf.float32)
+    centre = (tf.sigmoid(raw[..., 0:2]) + cell) * stride
+    size = tf.exp(tf.clip_by_value(raw[..., 2:4], -MAX_LOG_WH, MAX_LOG_WH)) * anchors
+    return tf.concat([centre - size / 2, centre + size / 2], axis=-1)
+
+
+def scale_anchors(config: ModelConfig):
+    """The 3 anchors (3, 2) of each scale, small stride first."""
+    anchors = tf.constant(config.anchors, tf.float32)
+    return [anchors[i * ANCHORS_PER_SCALE:(i + 1) * ANCHORS_PER_SCALE] for i in range(len(STRIDES))]
+
+
+def flatten_predictions(outputs: dict, config: ModelConfig):
+    """All scales concatenated: boxes (B, N, 4) xyxy and scores (B, N, C) = objectness x class."""
+    all_boxes, all_scores = [], []
+    for name, anchors, stride in zip(("det_s8", "det_s16", "det_s32"), scale_anchors(config), STRIDES):
+        raw = tf.cast(outputs[name], tf.float32)
+        boxes = decode_scale(raw, anchors, stride)
+        scores = tf.sigmoid(raw[..., 4:5]) * tf.sigmoid(raw[..., 5:])
+        batch = tf.shape(raw)[0]
+        all_boxes.append(tf.reshape(boxes, [batch, -1, 4]))
+        all_scores.append(tf.reshape(scores, [batch, -1, config.num_victim_classes]))
+    return tf.concat(all_boxes, axis=1), tf.concat(all_scores, axis=1)
+
+
+def detect(outputs: dict, config: ModelConfig, score_threshold: float = 0.01,
+           iou_threshold: float = 0.45, max_detections: int = 100):
+    """Decoded, NMS-filtered detections (keras-cv NMS), dense with num_detections.
+
+    Returns dict: boxes (B, K, 4) xyxy input px, scores (B, K), classes (B, K),
+    num_detections (B,), disaster_probs (B, D).
+    """
+    boxes, scores = flatten_predictions(outputs, config)
+    nms = keras_cv.layers.NonMaxSuppression(
+        bounding_box_format="xyxy", from_logits=False, iou_threshold=iou_threshold,
+        confidence_threshold=score_threshold, max_detections=max_detections)
+    result = nms(boxes, scores)
+    return {
+        "boxes": result["boxes"],
+        "scores": result["confidence"],
+        "classes": result["classes"],
+        "num_detections": result["num_detections"],
+        "disaster_probs": outputs["disaster"],
+    }

@@ -1,0 +1,112 @@
+"""Multi-task loss: YOLOv3 detection loss + disaster cross-entropy, masked per sample.
+
+Detection, per image (YOLOv3 sums over cells, per image):
+  box:  (1 - CIoU) from keras-cv, weighted by (2 - w*h/area) so small boxes count more;
+  objectness: BCE, positives where a target sits; negatives whose predicted
+    box overlaps any ground truth by more than `ignore_iou` are ignored;
+  class: BCE over victim classes at positives.
+Each image's detection term is multiplied by `has_boxes`, its disaster term by
+`has_class`, so a sample contributes zero gradient to a task it has no labels
+for (sites hold partial labels). Each task is averaged over the samples that
+have its label.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras_cv
+import tensorflow as tf
+
+from src.model.config import STRIDES, ModelConfig
+from src.model.decode import decode_scale, scale_anchors
+
+DETECTION_KEYS = ("det_s8", "det_s16", "det_s32")
+UNIT_BOX = tf.constant([0.0, 0.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    box: float = 1.0
+    objectness: float = 1.0
+    victim_class: float = 1.0
+    disaster: float = 1.0
+    ignore_iou: float = 0.5
+
+
+def pairwise_iou(a, b):
+    """IoU of (B, N, 4) with (B, M, 4) xyxy -> (B, N, M)."""
+    a = a[:, :, None, :]
+    b = b[:, None, :, :]
+    wh = tf.maximum(tf.minimum(a[..., 2:], b[..., 2:]) - tf.maximum(a[..., :2], b[..., :2]), 0.0)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / tf.maximum(area_a + area_b - inter, 1e-9)
+
+
+class MultiTaskLoss:
+    """Callable: (targets dict, model outputs dict) -> dict of scalar losses."""
+
+    def __init__(self, config: ModelConfig, weights: LossWeights = LossWeights()):
+        self.config = config
+        self.weights = weights
+        self.anchors = scale_anchors(config)
+        self.ciou = keras_cv.losses.CIoULoss(bounding_box_format="xyxy", reduction="none")
+        self.image_area = float(config.input_size ** 2)
+
+    def detection_per_image(self, targets: dict, outputs: dict):
+        """Per-image (box, objectness, class) loss sums, each (B,)."""
+        gt_boxes = tf.cast(targets["gt_boxes"], tf.float32)
+        box_sum = obj_sum = cls_sum = 0.0
+        for key, anchors, stride in zip(DETECTION_KEYS, self.anchors, STRIDES):
+            raw = tf.cast(outputs[key], tf.float32)
+            target = tf.cast(targets[key], tf.float32)
+            batch = tf.shape(raw)[0]
+            positive = target[..., 4]
+            pred_boxes = decode_scale(raw, anchors, stride)
+
+            flat_pred = tf.reshape(pred_boxes, [batch, -1, 4])
+            flat_true = tf.reshape(target[..., :4], [batch, -1, 4])
+            flat_pos = tf.reshape(positive, [batch, -1])
+            # Empty slots get a harmless unit box: CIoU of zero-size boxes has
+            # unstable gradients, and 0 * NaN is still NaN.
+            is_pos = flat_pos[..., None] > 0
+            safe_true = tf.where(is_pos, flat_true, UNIT_BOX)
+            safe_pred = tf.where(is_pos, flat_pred, UNIT_BOX)
+            ciou_loss = self.ciou(safe_true, safe_pred)  # (B, N)
+            true_wh = flat_true[..., 2:] - flat_true[..., :2]
+            size_weight = 2.0 - true_wh[..., 0] * true_wh[..., 1] / self.image_area
+            box_sum += tf.reduce_sum(flat_pos * size_weight * ciou_loss, axis=1)
+
+            best_iou = tf.reduce_max(pairwise_iou(flat_pred, gt_boxes), axis=-1)
+            ignore = tf.cast(best_iou > self.weights.ignore_iou, tf.float32)
+            negative = (1.0 - flat_pos) * (1.0 - ignore)
+            obj_bce = tf.nn.sigmoid_cross_entropy_with_logits(
+                labels=flat_pos, logits=tf.reshape(raw[..., 4], [batch, -1]))
+            obj_sum += tf.reduce_sum((flat_pos + negative) * obj_bce, axis=1)
+
+            cls_bce = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
+                labels=target[..., 5:], logits=raw[..., 5:]), axis=-1)
+            cls_sum += tf.reduce_sum(tf.reshape(positive * cls_bce, [batch, -1]), axis=1)
+        return box_sum, obj_sum, cls_sum
+
+    def __call__(self, targets: dict, outputs: dict) -> dict:
+        w = self.weights
+        has_boxes = tf.cast(targets["has_boxes"], tf.float32)
+        has_class = tf.cast(targets["has_class"], tf.float32)
+
+        box, obj, cls = self.detection_per_image(targets, outputs)
+        det_images = tf.maximum(tf.reduce_sum(has_boxes), 1.0)
+        box = tf.reduce_sum(has_boxes * box) / det_images
+        obj = tf.reduce_sum(has_boxes * obj) / det_images
+        cls = tf.reduce_sum(has_boxes * cls) / det_images
+
+        probs = tf.cast(outputs["disaster"], tf.float32)
+        labels = tf.maximum(tf.cast(targets["disaster"], tf.int32), 0)
+        ce = -tf.math.log(tf.clip_by_value(tf.gather(probs, labels, batch_dims=1), 1e-7, 1.0))
+        disaster = tf.reduce_sum(has_class * ce) / tf.maximum(tf.reduce_sum(has_class), 1.0)
+
+        detection = w.box * box + w.objectness * obj + w.victim_class * cls
+        total = detection + w.disaster * disaster
+        return {"loss": total, "detection": detection, "box": box, "objectness": obj,
+                "victim_class": cls, "disaster": disaster}
