@@ -17,7 +17,7 @@ def _raw_from_targets(target, anchors, stride, num_classes):
     cell = np.stack([gx, gy], -1)[:, :, None, :]
     centre = (t[..., 0:2] + t[..., 2:4]) / 2
     size = np.maximum(t[..., 2:4] - t[..., 0:2], 1e-3)
-    frac = np.clip(centre / stride - cell, 1e-4, 1 - 1e-4)
+    frac = np.clip((centre / stride - cell + 0.5) / 2, 1e-4, 1 - 1e-4)
     pos = t[..., 4] > 0
     raw[..., 0:2] = np.where(pos[..., None], np.log(frac / (1 - frac)), 0.0)
     raw[..., 2:4] = np.where(pos[..., None], np.log(size / anchors.numpy()), 0.0)
@@ -60,6 +60,15 @@ def test_image_without_victims_encodes_to_all_zero(tiny_config):
     targets = encode_targets(np.zeros((1, 4, 4), np.float32), -np.ones((1, 4), np.int32), tiny_config)
     for t in targets:
         assert float(tf.reduce_sum(tf.abs(t))) == 0.0
+
+
+def test_neighbour_cells_triple_the_positives(tiny_config):
+    config = tiny_config.with_overrides(neighbour_cells=True)
+    boxes = np.array([[[17, 19, 23, 29]]], np.float32)  # centre (20, 24): cell (2, 3) at stride 8
+    s8, _, _ = encode_targets(boxes, np.zeros((1, 1), np.int32), config)
+    positive = np.argwhere(s8[0, ..., 4].numpy() > 0)[:, :2].tolist()
+    # centre sits at frac (0.5, 0.0) of its cell -> right and upper neighbours
+    assert sorted(positive) == [[2, 2], [3, 2], [3, 3]]
 
 
 def test_decode_scale_puts_zero_logits_at_cell_centres():

@@ -54,6 +54,8 @@ class ModelConfig:
     num_victim_classes: int = 1
     num_disaster_classes: int = 5
     anchors: Sequence[Sequence[float]] = field(default_factory=lambda: YOLOV3_ANCHORS)
+    anchor_iou_threshold: float = 1.0  # 1.0 = best anchor only (YOLOv3)
+    neighbour_cells: bool = False      # YOLOv5: also the 2 nearest neighbour cells
     cls_head_blocks: int = 2
     cls_head_expansion: int = 4
     cls_head_dropout: float = 0.2

@@ -8,18 +8,21 @@ from src.model.config import STRIDES, ModelConfig
 from src.model.det_head import ANCHORS_PER_SCALE
 
 MAX_LOG_WH = 6.0
+# A centre may sit in (-0.5, 1.5) cells from its own cell's corner (YOLOv4's
+# scale_x_y = 2 / YOLOv5): reachable cell edges, and neighbour-cell targets.
+CENTRE_RANGE = 2.0
 
 
 def decode_scale(raw, anchors, stride: int):
     """One scale: raw (B, S, S, 3, 5 + C) -> boxes xyxy (B, S, S, 3, 4) in input px.
 
-    Centre = (sigmoid(t_xy) + cell) * stride, size = exp(t_wh) * anchor (t_wh
+    Centre = (2 sigmoid(t_xy) - 0.5 + cell) * stride, size = exp(t_wh) * anchor (t_wh
     clipped so an early wild output cannot overflow).
     """
     grid = tf.shape(raw)[1]
     gy, gx = tf.meshgrid(tf.range(grid), tf.range(grid), indexing="ij")
     cell = tf.cast(tf.stack([gx, gy], axis=-1)[:, :, None, :], tf.float32)
-    centre = (tf.sigmoid(raw[..., 0:2]) + cell) * stride
+    centre = (CENTRE_RANGE * tf.sigmoid(raw[..., 0:2]) - (CENTRE_RANGE - 1) / 2 + cell) * stride
     size = tf.exp(tf.clip_by_value(raw[..., 2:4], -MAX_LOG_WH, MAX_LOG_WH)) * anchors
     return tf.concat([centre - size / 2, centre + size / 2], axis=-1)
 

@@ -1,0 +1,193 @@
+"""tf.data input pipeline: decode -> letterbox -> (augment) -> encode YOLO targets -> batch.
+
+Boxes travel padded to `max_boxes` with class -1 as padding (keras-cv's dense
+box format), so every batch has static shapes and the label encoder is
+vectorised. Augmentation uses keras-cv layers that move boxes with pixels.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import keras_cv
+import numpy as np
+import tensorflow as tf
+
+from src.data.records import Record
+from src.model.config import ModelConfig
+from src.model.targets import encode_targets
+
+log = logging.getLogger(__name__)
+
+LETTERBOX_FILL = 0.5
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    batch_size: int = 16
+    max_boxes: int = 32
+    shuffle_buffer: int = 2048
+    flip: bool = True
+    color_jitter: float = 0.2
+    scale_jitter: tuple = (0.75, 1.25)
+    seed: int = 0
+
+
+def records_to_arrays(records: list[Record], max_boxes: int) -> dict:
+    """Stack records into padded numpy arrays (boxes in original-image pixels)."""
+    n = len(records)
+    boxes = np.zeros((n, max_boxes, 4), np.float32)
+    classes = np.full((n, max_boxes), -1, np.int32)
+    truncated = 0
+    for i, r in enumerate(records):
+        k = min(len(r.boxes), max_boxes)
+        truncated += len(r.boxes) > max_boxes
+        boxes[i, :k] = r.boxes[:k]
+        classes[i, :k] = r.victim_classes[:k]
+    if truncated:
+        log.warning("%d images have more than max_boxes=%d boxes; extra boxes are dropped",
+                    truncated, max_boxes)
+    return {
+        "path": np.array([r.image_path for r in records]),
+        "boxes": boxes,
+        "classes": classes,
+        "disaster": np.array([max(r.disaster_class, -1) for r in records], np.int32),
+        "has_boxes": np.array([r.has_boxes for r in records], np.float32),
+        "has_class": np.array([r.has_class for r in records], np.float32),
+    }
+
+
+def letterbox(image, boxes, size: int):
+    """Resize keeping aspect ratio, centre on a grey square; move boxes along.
+
+    Returns (image (size, size, 3) float32 in [0, 1], boxes, scale, offset_xy),
+    where scale/offset map original pixels to model pixels: p' = p * scale + offset.
+    """
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = tf.minimum(size / shape[0], size / shape[1])
+    new_hw = tf.cast(tf.round(shape * scale), tf.int32)
+    resized = tf.image.resize(image, new_hw)
+    pad_y = (size - new_hw[0]) // 2
+    pad_x = (size - new_hw[1]) // 2
+    padded = tf.image.pad_to_bounding_box(resized - LETTERBOX_FILL, pad_y, pad_x, size, size)
+    offset = tf.cast(tf.stack([pad_x, pad_y, pad_x, pad_y]), tf.float32)
+    return padded + LETTERBOX_FILL, boxes * scale + offset, scale, offset[:2]
+
+
+def load_image(path):
+    """Decode any JPEG/PNG/BMP (grey or RGBA -> RGB) to float32 [0, 1]."""
+    raw = tf.io.read_file(path)
+    image = tf.io.decode_image(raw, channels=3, expand_animations=False)
+    return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def _load_example(size: int):
+    def fn(item):
+        image = load_image(item["path"])
+        image, boxes, scale, offset = letterbox(image, item["boxes"], size)
+        valid = item["classes"] >= 0
+        boxes = tf.where(valid[:, None], boxes, 0.0)
+        out = dict(item)
+        out.update(images=image, boxes=boxes, scale=scale, offset=offset)
+        return out
+    return fn
+
+
+class Augmenter:
+    """keras-cv flip, scale jitter, brightness and contrast on a letterboxed batch."""
+
+    def __init__(self, size: int, options: PipelineOptions):
+        seed = options.seed
+        self.layers = []
+        if options.flip:
+            self.layers.append(keras_cv.layers.RandomFlip(
+                mode="horizontal", bounding_box_format="xyxy", seed=seed))
+        if options.scale_jitter:
+            self.layers.append(keras_cv.layers.JitteredResize(
+                target_size=(size, size), scale_factor=tuple(options.scale_jitter),
+                bounding_box_format="xyxy", seed=seed + 1))
+        self.color = []
+        if options.color_jitter:
+            # Brightness + contrast only: keras-cv's hue/saturation ops cost ~5x more
+            # CPU than the train step can spare here; the generator varies tint.
+            c = options.color_jitter
+            self.color = [keras_cv.layers.RandomBrightness(c, value_range=(0, 1), seed=seed + 2),
+                          keras_cv.layers.RandomContrast(value_range=(0, 1), factor=c, seed=seed + 3)]
+        self.max_boxes = options.max_boxes
+
+    def __call__(self, batch):
+        data = {"images": batch["images"],
+                "bounding_boxes": {"boxes": batch["boxes"],
+                                   "classes": tf.cast(batch["classes"], tf.float32)}}
+        for layer in self.layers:
+            data = layer(data)
+        boxes = keras_cv.bounding_box.to_dense(data["bounding_boxes"], max_boxes=self.max_boxes)
+        images = data["images"]
+        for layer in self.color:
+            images = layer(images)
+        out = dict(batch)
+        out["images"] = tf.clip_by_value(images, 0.0, 1.0)
+        out["boxes"] = tf.reshape(boxes["boxes"], tf.shape(batch["boxes"]))
+        out["classes"] = tf.reshape(tf.cast(boxes["classes"], tf.int32), tf.shape(batch["classes"]))
+        return out
+
+
+def _drop_degenerate(batch, min_size: float = 1.0):
+    """Boxes cut to slivers by cropping lose their label (class -1)."""
+    wh = batch["boxes"][..., 2:] - batch["boxes"][..., :2]
+    keep = (batch["classes"] >= 0) & (wh[..., 0] >= min_size) & (wh[..., 1] >= min_size)
+    out = dict(batch)
+    out["classes"] = tf.where(keep, batch["classes"], -1)
+    out["boxes"] = tf.where(keep[..., None], batch["boxes"], 0.0)
+    return out
+
+
+def _to_model_io(config: ModelConfig):
+    def fn(batch):
+        batch = _drop_degenerate(batch)
+        s8, s16, s32 = encode_targets(batch["boxes"], batch["classes"], config)
+        targets = {"det_s8": s8, "det_s16": s16, "det_s32": s32,
+                   "gt_boxes": batch["boxes"], "gt_classes": batch["classes"],
+                   "has_boxes": batch["has_boxes"], "disaster": batch["disaster"],
+                   "has_class": batch["has_class"]}
+        return batch["images"], targets
+    return fn
+
+
+def training_dataset(records: list[Record], config: ModelConfig,
+                     options: PipelineOptions = PipelineOptions()) -> tf.data.Dataset:
+    """Shuffled, augmented, encoded batches (images, targets) for one pass; repeat outside."""
+    if not records:
+        raise ValueError("training_dataset: no records (nothing labeled to train on)")
+    arrays = records_to_arrays(records, options.max_boxes)
+    ds = tf.data.Dataset.from_tensor_slices(arrays)
+    ds = ds.shuffle(min(len(records), options.shuffle_buffer), seed=options.seed,
+                    reshuffle_each_iteration=True)
+    ds = ds.map(_load_example(config.input_size), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(options.batch_size, drop_remainder=len(records) >= options.batch_size)
+    ds = ds.map(Augmenter(config.input_size, options), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(_to_model_io(config), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def inference_dataset(records: list[Record], config: ModelConfig, batch_size: int = 16,
+                      max_boxes: int = 32) -> tf.data.Dataset:
+    """Letterboxed batches in record order, with the scale/offset to map boxes back."""
+    arrays = records_to_arrays(records, max_boxes)
+    ds = tf.data.Dataset.from_tensor_slices(arrays)
+    ds = ds.map(_load_example(config.input_size), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def validation_dataset(records: list[Record], config: ModelConfig, batch_size: int = 16,
+                       max_boxes: int = 32) -> tf.data.Dataset:
+    """Letterboxed, encoded, un-augmented batches for validation losses."""
+    ds = inference_dataset(records, config, batch_size, max_boxes)
+    return ds.map(_to_model_io(config), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def letterbox_scale(image_size_wh, size: int) -> float:
+    """The factor `letterbox` applies to an image of (w, h) pixels."""
+    w, h = image_size_wh
+    return min(size / h, size / w)

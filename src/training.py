@@ -1,0 +1,111 @@
+"""The multi-task training loop, framework-free (no OpenFL): used by the
+centralized trainer now and by the federated task runner later.
+
+A custom step (GradientTape) rather than `model.fit`, because the loss needs
+targets the Keras compile API cannot route (ground-truth boxes for the ignore
+mask, per-sample label masks), and because the federation will need to train
+only some task groups.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import keras
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from src.model.config import ModelConfig, task_group_of
+from src.model.loss import LossWeights, MultiTaskLoss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int = 10
+    learning_rate: float = 2e-3
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.5
+    clip_norm: float = 10.0
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+
+
+def make_optimizer(options: TrainOptions, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """AdamW (Keras 3; replaces tfa.optimizers.AdamW) with linear warmup then cosine decay."""
+    total = max(1, options.epochs * steps_per_epoch)
+    warmup = min(total - 1, int(options.warmup_epochs * steps_per_epoch))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=options.learning_rate * 0.01 if warmup else options.learning_rate,
+        decay_steps=max(1, total - warmup), alpha=0.02,
+        warmup_target=options.learning_rate if warmup else None, warmup_steps=warmup)
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=options.weight_decay,
+                                  global_clipnorm=options.clip_norm)
+
+
+def trainable_for_groups(model: keras.Model, groups) -> list:
+    """The trainable variables whose task group is in `groups` (all when None)."""
+    if groups is None:
+        return list(model.trainable_variables)
+    groups = set(groups)
+    return [v for v in model.trainable_variables if task_group_of(v.path) in groups]
+
+
+class Trainer:
+    """Owns the loss, the optimizer and a compiled train step for one model."""
+
+    def __init__(self, model: keras.Model, config: ModelConfig, options: TrainOptions,
+                 steps_per_epoch: int, groups=None):
+        self.model = model
+        self.config = config
+        self.options = options
+        self.loss = MultiTaskLoss(config, options.loss_weights)
+        self.optimizer = make_optimizer(options, steps_per_epoch)
+        self.variables = trainable_for_groups(model, groups)
+        self.optimizer.build(self.variables)
+        self._step = tf.function(self._train_step, reduce_retracing=True)
+
+    def _train_step(self, images, targets):
+        with tf.GradientTape() as tape:
+            outputs = self.model(images, training=True)
+            losses = self.loss(targets, outputs)
+        grads = tape.gradient(losses["loss"], self.variables)
+        # A rare non-finite gradient must not poison the weights: skip that
+        # step (counted in the epoch summary) instead of training on NaN.
+        finite = tf.math.is_finite(tf.linalg.global_norm(grads))
+        def apply():
+            self.optimizer.apply_gradients(zip(grads, self.variables))
+            return tf.constant(True)
+
+        tf.cond(finite, apply, lambda: tf.constant(False))
+        losses = dict(losses)
+        losses["skipped_steps"] = 1.0 - tf.cast(finite, tf.float32)
+        return losses
+
+    def train_epoch(self, dataset, epoch: int = 0, progress: bool = True) -> dict:
+        """One pass over `dataset`; returns mean losses and images/s."""
+        totals, batches, images_seen = {}, 0, 0
+        start = time.perf_counter()
+        bar = tqdm(dataset, desc=f"epoch {epoch + 1}/{self.options.epochs}", unit="batch",
+                   disable=not progress, leave=False)
+        for images, targets in bar:
+            losses = self._step(images, targets)
+            batches += 1
+            images_seen += int(images.shape[0])
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            bar.set_postfix(loss=f"{totals['loss'] / batches:.3f}")
+        wall = time.perf_counter() - start
+        if not batches:
+            raise ValueError("train_epoch: the dataset yielded no batches")
+        result = {k: v / batches for k, v in totals.items()}
+        result["skipped_steps"] = int(round(totals["skipped_steps"]))
+        if result["skipped_steps"]:
+            log.warning("epoch %d: skipped %d steps with non-finite gradients",
+                        epoch + 1, result["skipped_steps"])
+        if not all(math.isfinite(v) for v in result.values()):
+            raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}: {result}")
+        result.update(images=images_seen, wall_s=wall, images_per_s=images_seen / wall)
+        return result

@@ -1,0 +1,67 @@
+"""Multi-task loss: masking by available labels, images without victims, and that it trains."""
+import numpy as np
+import tensorflow as tf
+
+from src.data.pipeline import PipelineOptions, training_dataset
+from src.model import build_model, task_group_of
+from src.model.loss import MultiTaskLoss
+from src.training import TrainOptions, Trainer
+
+
+def _batch(records, config):
+    options = PipelineOptions(batch_size=len(records), flip=False, color_jitter=0, scale_jitter=None)
+    return next(iter(training_dataset(records, config, options)))
+
+
+def _grads_by_group(model, loss_fn, images, targets):
+    with tf.GradientTape() as tape:
+        losses = loss_fn(targets, model(images, training=True))
+    grads = tape.gradient(losses["loss"], model.trainable_variables)
+    norms = {}
+    for v, g in zip(model.trainable_variables, grads):
+        group = task_group_of(v.path)
+        norms[group] = norms.get(group, 0.0) + (0.0 if g is None else float(tf.reduce_sum(tf.abs(g))))
+    return losses, norms
+
+
+def test_class_only_samples_give_zero_detection_gradient(tiny_config, bright_box_records):
+    model = build_model(tiny_config)
+    images, targets = _batch(bright_box_records[:4], tiny_config)
+    targets = dict(targets, has_boxes=tf.zeros_like(targets["has_boxes"]))
+    losses, norms = _grads_by_group(model, MultiTaskLoss(tiny_config), images, targets)
+    assert float(losses["detection"]) == 0.0
+    assert norms["det_head"] == 0.0 and norms["neck"] == 0.0
+    assert norms["cls_head"] > 0.0 and norms["backbone"] > 0.0
+
+
+def test_box_only_samples_give_zero_disaster_gradient(tiny_config, bright_box_records):
+    model = build_model(tiny_config)
+    images, targets = _batch(bright_box_records[:4], tiny_config)
+    targets = dict(targets, has_class=tf.zeros_like(targets["has_class"]))
+    losses, norms = _grads_by_group(model, MultiTaskLoss(tiny_config), images, targets)
+    assert float(losses["disaster"]) == 0.0
+    assert norms["cls_head"] == 0.0
+    assert norms["det_head"] > 0.0
+
+
+def test_image_without_victims_has_only_objectness_loss(tiny_config, bright_box_records):
+    model = build_model(tiny_config)
+    images, targets = _batch(bright_box_records[:2], tiny_config)
+    empty = {k: (tf.zeros_like(v) if k.startswith("det_") else v) for k, v in targets.items()}
+    empty["gt_boxes"] = tf.zeros_like(targets["gt_boxes"])
+    losses = MultiTaskLoss(tiny_config)(empty, model(images, training=True))
+    assert float(losses["box"]) == 0.0 and float(losses["victim_class"]) == 0.0
+    assert np.isfinite(float(losses["objectness"])) and float(losses["objectness"]) > 0.0
+
+
+def test_loss_drops_when_overfitting_a_small_batch(tiny_config, bright_box_records):
+    model = build_model(tiny_config)
+    images, targets = _batch(bright_box_records[:8], tiny_config)
+    dataset = tf.data.Dataset.from_tensors((images, targets))
+    trainer = Trainer(model, tiny_config, TrainOptions(epochs=60, learning_rate=3e-3, warmup_epochs=0),
+                      steps_per_epoch=1)
+    first = trainer.train_epoch(dataset, progress=False)
+    for epoch in range(1, 60):
+        last = trainer.train_epoch(dataset, epoch, progress=False)
+    assert last["detection"] < 0.3 * first["detection"]
+    assert last["disaster"] < 0.3 * first["disaster"]

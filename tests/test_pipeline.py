@@ -1,0 +1,77 @@
+"""Input pipeline: letterbox geometry and keras-cv augmentation keep boxes on their objects."""
+import logging
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from src.data.pipeline import (PipelineOptions, inference_dataset, letterbox, records_to_arrays,
+                               training_dataset)
+from src.data.records import Record
+
+
+def _mean_inside(images, boxes, classes):
+    """Mean brightness inside each labelled box (shrunk by 1 px against resampling blur)."""
+    means = []
+    for img, bxs, cls in zip(images, boxes, classes):
+        for (x1, y1, x2, y2), c in zip(bxs, cls):
+            if c < 0:
+                continue
+            x1, y1 = int(np.ceil(x1)) + 1, int(np.ceil(y1)) + 1
+            x2, y2 = int(np.floor(x2)) - 1, int(np.floor(y2)) - 1
+            if x2 > x1 and y2 > y1:
+                means.append(float(img[y1:y2, x1:x2].mean()))
+    return np.array(means)
+
+
+def test_letterbox_maps_boxes_with_the_image():
+    image = np.zeros((40, 80, 3), np.float32)
+    image[10:20, 30:50] = 1.0
+    out, boxes, scale, offset = letterbox(tf.constant(image), tf.constant([[30., 10., 50., 20.]]), 64)
+    assert float(scale) == pytest.approx(0.8)
+    np.testing.assert_allclose(offset.numpy(), [0, 16])
+    np.testing.assert_allclose(boxes.numpy(), [[24, 24, 40, 32]])
+    out = out.numpy()
+    assert out[25:31, 25:39].min() > 0.9          # the object moved with its box
+    assert out[0:10].mean() == pytest.approx(0.5)  # grey letterbox bars
+
+
+def test_inference_batches_keep_boxes_on_objects(tiny_config, bright_box_records):
+    batch = next(iter(inference_dataset(bright_box_records, tiny_config, batch_size=16)))
+    means = _mean_inside(batch["images"].numpy(), batch["boxes"].numpy(), batch["classes"].numpy())
+    assert len(means) >= 12 and means.min() > 0.85
+
+
+def test_augmented_batches_keep_boxes_on_objects(tiny_config, bright_box_records):
+    options = PipelineOptions(batch_size=8, color_jitter=0.0, seed=3)  # flip + scale jitter
+    seen = 0
+    for images, targets in training_dataset(bright_box_records, tiny_config, options):
+        means = _mean_inside(images.numpy(), targets["gt_boxes"].numpy(), targets["gt_classes"].numpy())
+        seen += len(means)
+        assert means.size == 0 or np.median(means) > 0.85
+    assert seen >= 8
+    # every surviving box is encoded as exactly one positive target slot (or shares one)
+    positives = sum(float(tf.reduce_sum(targets[k][..., 4])) for k in ("det_s8", "det_s16", "det_s32"))
+    assert 0 < positives <= float(tf.reduce_sum(tf.cast(targets["gt_classes"] >= 0, tf.float32)))
+
+
+def test_colour_jitter_changes_pixels_not_boxes(tiny_config, bright_box_records):
+    plain = PipelineOptions(batch_size=4, flip=False, scale_jitter=None, color_jitter=0.0, shuffle_buffer=1)
+    jitter = PipelineOptions(batch_size=4, flip=False, scale_jitter=None, color_jitter=0.3, shuffle_buffer=1)
+    a_img, a_t = next(iter(training_dataset(bright_box_records[:4], tiny_config, plain)))
+    b_img, b_t = next(iter(training_dataset(bright_box_records[:4], tiny_config, jitter)))
+    np.testing.assert_allclose(a_t["gt_boxes"], b_t["gt_boxes"])
+    assert float(tf.reduce_mean(tf.abs(a_img - b_img))) > 0.005
+
+
+def test_too_many_boxes_are_truncated_with_a_warning(caplog):
+    record = Record("x.jpg", np.tile([[0, 0, 4, 4]], (5, 1)), np.zeros(5), 0, True, True)
+    with caplog.at_level(logging.WARNING):
+        arrays = records_to_arrays([record], max_boxes=3)
+    assert arrays["classes"].tolist() == [[0, 0, 0]]
+    assert "max_boxes=3" in caplog.text
+
+
+def test_empty_training_set_is_a_clear_error(tiny_config):
+    with pytest.raises(ValueError, match="no records"):
+        training_dataset([], tiny_config)
