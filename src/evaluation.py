@@ -73,3 +73,18 @@ def evaluate(model, records: list[Record], config: ModelConfig, batch_size: int 
              progress: bool = False) -> dict:
     predictions = Predictor(model, config).predict(records, batch_size, progress)
     return score_predictions(predictions, records, config)
+
+
+def mean_loss(model, records: list[Record], config: ModelConfig, loss_weights=None,
+              batch_size: int = 16) -> float:
+    """Multi-task loss on un-augmented records (a smooth 'did it learn' signal)."""
+    from src.data.pipeline import validation_dataset
+    from src.model.loss import LossWeights, MultiTaskLoss
+
+    loss = MultiTaskLoss(config, loss_weights or LossWeights())
+    total, count = 0.0, 0
+    for images, targets in validation_dataset(records, config, batch_size):
+        n = int(images.shape[0])
+        total += float(loss(targets, model(images, training=False))["loss"]) * n
+        count += n
+    return total / max(count, 1)

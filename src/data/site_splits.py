@@ -1,0 +1,76 @@
+"""Split builder: the default federation's per-site manifests under data_splits/.
+
+python -m src.data.site_splits [--name default] [--sites 3] [--alpha 0.5] [--seed 0]
+
+The global test split and the union of the sites' train (and val) images
+are exactly the centralized trainer's test/train/val splits (same seed,
+same fractions), so federated and centralized runs compare on equal terms.
+Disaster classes are spread over sites by Dirichlet(alpha): non-IID.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from src.config import load_config
+from src.data.manifests import dirichlet_partition, write_site
+from src.data.readers import load_yolo_dataset
+from src.data.splits import stratified_split
+
+log = logging.getLogger("site_splits")
+
+
+def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, seed: int) -> list[dict]:
+    """Write one folder per site plus test.tsv; returns a per-site summary."""
+    root = Path(cfg["data"]["root"])
+    records, _ = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"])
+    splits = stratified_split(records, cfg["data"]["test_fraction"], cfg["data"]["val_fraction"],
+                              cfg["seed"])
+    rel = lambda r: Path(r.image_path).relative_to(root).as_posix()  # noqa: E731
+    names = [f"site{i + 1}" for i in range(num_sites)]
+    rows = {n: [] for n in names}
+    for split in ("train", "val"):
+        labels = np.array([r.disaster_class for r in splits[split]])
+        parts = dirichlet_partition(labels, num_sites, alpha, seed + (split == "val"))
+        for name, idx in zip(names, parts):
+            rows[name] += [(rel(splits[split][i]), split, 1, 1) for i in idx]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = []
+    class_names = cfg["classes"]["disaster"]
+    by_path = {rel(r): r for r in records}
+    # Site folders sit at <workspace>/data_splits/<split>/<site>; a relative data
+    # root (relative to the workspace) is written relative to the site folder.
+    site_root = str(root) if root.is_absolute() else str(Path("..", "..", "..", root))
+    for name in names:
+        write_site(out_dir / name, name, site_root, sorted(rows[name]))
+        hist = Counter(class_names[by_path[img].disaster_class] for img, split, *_ in rows[name]
+                       if split == "train")
+        summary.append({"site": name, "train": sum(s == "train" for _, s, *_ in rows[name]),
+                        "val": sum(s == "val" for _, s, *_ in rows[name]),
+                        "classes": {c: hist.get(c, 0) for c in class_names}})
+    (out_dir / "test.tsv").write_text("image\n" + "".join(f"{rel(r)}\n" for r in splits["test"]))
+    return summary
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None)
+    p.add_argument("--name", default="default")
+    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_config(args.config)
+    summary = build_site_splits(cfg, Path("data_splits") / args.name, args.sites, args.alpha, args.seed)
+    for s in summary:
+        print(f"{s['site']}: {s['train']} train, {s['val']} val | " +
+              ", ".join(f"{k} {v}" for k, v in s["classes"].items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""OpenFL data loader for one site: its manifest's records, fed through the core pipeline.
+
+`data_path` is the site folder that plan/data.yaml maps the collaborator to
+(site.yaml + manifest.tsv, see src.data.manifests). OpenFL builds a loader
+with data_path=None to initialise the model; then it holds no records.
+"""
+from __future__ import annotations
+
+import logging
+
+from openfl.federated.data.loader_keras import KerasDataLoader
+
+from src.config import load_config, pipeline_options
+from src.data.manifests import load_site
+from src.data.pipeline import training_dataset, validation_dataset
+
+log = logging.getLogger(__name__)
+
+
+class SiteDataLoader(KerasDataLoader):
+    def __init__(self, data_path=None, batch_size: int = 16, config: str | None = None,
+                 on_error: str = "raise", **kwargs):
+        super().__init__(batch_size, **kwargs)
+        self.cfg = load_config(config)
+        self.model_config = None
+        self.train_records, self.val_records = [], []
+        self.site_name = None
+        if data_path is not None:
+            site = load_site(data_path, self.cfg["classes"]["victim"], self.cfg["classes"]["disaster"],
+                             on_error=on_error)
+            self.site_name = site.name
+            self.train_records, self.val_records = site.train, site.val
+            log.info("site %s: %d train / %d val images; boxes: %s, classes: %s", site.name,
+                     len(site.train), len(site.val), site.has_boxes, site.has_class)
+
+    def bind_model(self, model_config):
+        """The task runner tells the loader the model's input size and anchors."""
+        self.model_config = model_config
+
+    def get_feature_shape(self):
+        size = self.model_config.input_size if self.model_config else None
+        return (size, size, 3)
+
+    def get_num_classes(self):
+        return len(self.cfg["classes"]["disaster"])
+
+    def _options(self, batch_size):
+        opts = pipeline_options(self.cfg)
+        return opts.__class__(**{**opts.__dict__, "batch_size": batch_size or self.batch_size})
+
+    def get_train_loader(self, batch_size=None, num_batches=None):
+        return training_dataset(self.train_records, self.model_config, self._options(batch_size))
+
+    def get_valid_loader(self, batch_size=None):
+        return validation_dataset(self.val_records, self.model_config, batch_size or self.batch_size)
+
+    def get_train_data_size(self):
+        return len(self.train_records)
+
+    def get_valid_data_size(self):
+        return len(self.val_records)

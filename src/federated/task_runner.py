@@ -1,0 +1,130 @@
+"""OpenFL task runner for the multi-task model.
+
+Differences from the stock KerasTaskRunner, each for a reason:
+- tensors are keyed by `variable.path` (`backbone_stage1_down_conv/kernel`),
+  unique and identical in every process because every layer is explicitly
+  named; the stock `layer.name + weight.name` is neither for every model;
+- training is the core `Trainer` (custom multi-task loss), one epoch per call;
+- validation reports victim mAP@0.5, disaster accuracy and one `score`
+  (their mean) so `best.pbuf` follows one number;
+- save_native/load_native round-trip a Keras 3 `.keras` file (the stock
+  save_native writes a SavedModel folder that load_native cannot read).
+"""
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+from openfl.federated.task.runner_keras import KerasTaskRunner
+from openfl.utilities import Metric, TensorKey, change_tags
+
+from src.config import load_config, model_config, train_options
+from src.evaluation import Predictor, score_predictions
+from src.model import build_model
+from src.training import Trainer
+
+log = logging.getLogger(__name__)
+
+VALIDATION_METRICS = ("map50", "accuracy", "score")
+
+
+def validation_score(result: dict) -> float:
+    """Mean of mAP@0.5 and accuracy over the tasks this site can score."""
+    parts = [result[k] for k in ("map50", "accuracy") if k in result and np.isfinite(result[k])]
+    return float(np.mean(parts)) if parts else 0.0
+
+
+class MultiTaskRunner(KerasTaskRunner):
+    def __init__(self, data_loader=None, config: str | None = None, rounds: int = 1,
+                 epochs_per_round: int = 1, overrides: dict | None = None, **kwargs):
+        """`overrides` are config keys (`training.learning_rate: 0.002`) set in the plan."""
+        cfg = load_config(config, [f"{k}={v}" for k, v in (overrides or {}).items()])
+        self.cfg = cfg
+        self.model_config = model_config(cfg)
+        if data_loader is not None:
+            data_loader.bind_model(self.model_config)
+        super().__init__(data_loader=data_loader, **kwargs)
+        keras.utils.set_random_seed(cfg["seed"])
+        self.model = build_model(self.model_config)
+        self.rounds = int(rounds)
+        self.epochs_per_round = int(epochs_per_round)
+        self.trainer = None
+        self.predictor = Predictor(self.model, self.model_config, **cfg.get("evaluation", {}))
+        self.initialize_tensorkeys_for_functions()
+
+    # ---- tensors, keyed by variable path -------------------------------------------------
+    @staticmethod
+    def _get_weights_names(obj):
+        return [v.path for v in obj.weights] if isinstance(obj, keras.Model) else \
+            [v.path for v in obj.variables]
+
+    def get_tensor_dict(self, with_opt_vars=False, suffix=""):
+        return {v.path + suffix: np.array(v.numpy()) for v in self.model.weights}
+
+    def set_tensor_dict(self, tensor_dict, with_opt_vars=False):
+        missing = [v.path for v in self.model.weights if v.path not in tensor_dict]
+        if missing:
+            raise KeyError(f"tensor dict lacks {len(missing)} model tensors, e.g. {missing[:3]}")
+        for v in self.model.weights:
+            v.assign(np.asarray(tensor_dict[v.path]).reshape(v.shape))
+
+    def reset_opt_vars(self):
+        """RESET: fresh optimizer state (the stock Keras runner does nothing here)."""
+        self.trainer = None
+
+    # ---- tasks ------------------------------------------------------------------------------
+    def _trainer(self) -> Trainer:
+        if self.trainer is None:
+            options = train_options(self.cfg)
+            steps = max(1, self.data_loader.get_train_data_size() // self.data_loader.batch_size)
+            options = options.__class__(**{**options.__dict__,
+                                           "epochs": self.rounds * self.epochs_per_round})
+            self.trainer = Trainer(self.model, self.model_config, options, steps_per_epoch=steps)
+        return self.trainer
+
+    def train_(self, batch_generator, metrics=None, **kwargs):
+        """One epoch of the core trainer; returns the requested loss metrics."""
+        result = self._trainer().train_epoch(batch_generator, progress=False)
+        log.info("train: loss %.3f (detection %.3f, disaster %.3f) on %d images, %.1f img/s",
+                 result["loss"], result["detection"], result["disaster"], result["images"],
+                 result["images_per_s"])
+        names = metrics or ["loss"]
+        unknown = [m for m in names if m not in result]
+        if unknown:
+            raise ValueError(f"unknown train metrics {unknown}; available: {sorted(result)}")
+        return [Metric(name=m, value=np.array(result[m])) for m in names]
+
+    def validate_task(self, col_name, round_num, input_tensor_dict, **kwargs):
+        self.rebuild_model(round_num, input_tensor_dict, validation=True)
+        records = self.data_loader.val_records
+        result = score_predictions(self.predictor.predict(records), records, self.model_config)
+        result["score"] = validation_score(result)
+        log.info("validate (%s): mAP50 %s accuracy %s score %.3f on %d images", kwargs.get("apply"),
+                 _fmt(result.get("map50")), _fmt(result.get("accuracy")), result["score"], len(records))
+        # Only `score` carries the validate_agg tag: the aggregator keeps best.pbuf
+        # whenever ANY validate_agg metric beats the best so far, so the
+        # per-task numbers travel under another tag.
+        suffix = "validate_local" if kwargs.get("apply") == "local" else "validate_agg"
+        names = kwargs.get("metrics") or list(VALIDATION_METRICS)
+        out = {}
+        for m in names:
+            tags = change_tags(("metric",), add_field=suffix if m == "score" else "validate_detail")
+            out[TensorKey(m, col_name, round_num, True, tags)] = np.array(float(result.get(m, 0.0)))
+        return out, {}
+
+    # ---- native model files ---------------------------------------------------------------
+    def save_native(self, filepath):
+        filepath = str(filepath)
+        if not filepath.endswith(".keras"):
+            filepath += ".keras"
+        self.model.save(filepath)
+        return filepath
+
+    def load_native(self, filepath):
+        loaded = keras.models.load_model(filepath)
+        self.set_tensor_dict({v.path: v.numpy() for v in loaded.weights})
+
+
+def _fmt(value):
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,1 @@
+"""Tools that operate federations: `make simulate`'s orchestrator and its report."""

@@ -1,0 +1,101 @@
+"""Run reports: final test evaluation of a saved global model, curves and a detection grid."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def load_pbuf_weights(path: Path) -> tuple[dict, int]:
+    """Tensor dict and round number from an OpenFL model state file (best.pbuf / last.pbuf)."""
+    from openfl.pipelines import NoCompressionPipeline
+    from openfl.protocols import utils
+
+    proto = utils.load_proto(str(path))
+    return utils.deconstruct_model_proto(proto, NoCompressionPipeline())
+
+
+def read_test_records(split_dir: Path, cfg: dict):
+    """The global test split named by `test.tsv` of a split folder."""
+    from src.data.readers import load_yolo_dataset
+
+    root = Path(cfg["data"]["root"])
+    wanted = set((split_dir / "test.tsv").read_text().split()[1:])
+    records, _ = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"])
+    return [r for r in records if Path(r.image_path).relative_to(root).as_posix() in wanted]
+
+
+def plot_curves(rounds: list[dict], out: Path, central: dict | None = None):
+    """Score, mAP@0.5, accuracy and train loss per round (mean over sites), with the
+    centralized reference's per-epoch validation numbers when available."""
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    x = [r["round"] + 1 for r in rounds]
+    series = {
+        "score": [r.get("score") for r in rounds],
+        "mAP@0.5": [_mean_site(r, "map50") for r in rounds],
+        "accuracy": [_mean_site(r, "accuracy") for r in rounds],
+        "train loss": [_mean_site(r, "loss") for r in rounds],
+    }
+    central_series = {}
+    if central:
+        hist = central.get("history", [])
+        central_series = {
+            "mAP@0.5": [h.get("val", {}).get("map50") for h in hist],
+            "accuracy": [h.get("val", {}).get("accuracy") for h in hist],
+            "train loss": [h["train"]["loss"] for h in hist],
+        }
+    for ax, (name, values) in zip(axes, series.items()):
+        ax.plot(x, values, "o-", label="federated (global model, mean over sites)")
+        if central_series.get(name):
+            ax.plot(range(1, len(central_series[name]) + 1), central_series[name], "s--",
+                    label="centralized (per epoch)")
+        ax.set_title(name)
+        ax.set_xlabel("round / epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def _mean_site(round_entry: dict, key: str):
+    values = [s[key] for s in round_entry.get("sites", {}).values() if s.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def plot_detections(records, predictions, class_names, out: Path, count: int = 8,
+                    min_score: float = 0.3):
+    """A grid of test images: predicted boxes with scores (red), truth (green), classes."""
+    count = min(count, len(records))
+    cols = 4
+    rows = (count + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.2, rows * 3.4))
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, r, p in zip(np.ravel(axes), records[:count], predictions[:count]):
+        ax.imshow(Image.open(r.image_path).convert("RGB"))
+        for x1, y1, x2, y2 in r.boxes:
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="lime", lw=1))
+        for (x1, y1, x2, y2), s in zip(p["boxes"], p["scores"]):
+            if s >= min_score:
+                ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="red", lw=1))
+                ax.text(x1, y1 - 1, f"{s:.2f}", color="red", fontsize=6)
+        pred = int(np.argmax(p["disaster_probs"]))
+        truth = class_names[r.disaster_class] if r.has_class else "?"
+        ax.set_title(f"pred {class_names[pred]} ({p['disaster_probs'][pred]:.2f})\ntrue {truth}",
+                     fontsize=7, color="black" if class_names[pred] == truth else "red")
+    fig.suptitle("green: truth, red: predicted victims (score >= %.1f)" % min_score, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def load_central(repo: Path) -> dict | None:
+    path = repo / "workspace" / "runs" / "central" / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None

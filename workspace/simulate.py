@@ -1,0 +1,371 @@
+"""`make simulate`: a whole OpenFL federation on one machine, for real.
+
+python -m workspace.simulate [--rounds N] [--sites N] [--seed S]
+
+Generates the synthetic data if missing, builds a run folder
+workspace/runs/<id>/ (workspace/runs/latest points at it) holding an OpenFL
+workspace, issues a CA, aggregator and collaborator certificates with `fx`,
+starts `fx aggregator start` and one `fx collaborator start -n SITE` per site
+as separate processes on localhost with mutual TLS, prints one progress line
+per round, and finally evaluates the best global model on the held-out test
+split and writes metrics.json, curves.png, detections.png and model.keras.
+
+Any process failing stops the run with its log tail and a non-zero exit;
+Ctrl-C (or SIGTERM) kills every child process group, so no `fx` is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_RUNS = REPO / "workspace" / "runs"
+FX = str(Path(sys.executable).parent / "fx")
+EVENT_LOG = "logs/federation_events.jsonl"
+
+log = logging.getLogger("simulate")
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+# ---- process management ---------------------------------------------------------------------
+class Children:
+    """Started processes, each in its own session so the whole tree can be killed."""
+
+    def __init__(self):
+        self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+
+    def start(self, name: str, cmd: list[str], cwd: Path, log_path: Path, env=None):
+        log_file = open(log_path, "w")
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
+        self.procs[name] = (proc, log_path)
+        return proc
+
+    def kill_all(self, grace_s: float = 5.0):
+        for proc, _ in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace_s
+        for proc, _ in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def run_fx(args: list[str], cwd: Path, log_path: Path, env):
+    """One setup `fx` call; a failure names the command and shows its output tail."""
+    with open(log_path, "a") as f:
+        f.write(f"\n$ fx {' '.join(args)}\n")
+        f.flush()
+        result = subprocess.run([FX, *args], cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if result.returncode != 0:
+        raise RunFailed(f"`fx {' '.join(args)}` failed (exit {result.returncode}):\n{tail(log_path)}")
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log_path: Path, timeout_s: float = 180):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RunFailed(f"aggregator exited with {proc.returncode} before listening:\n{tail(log_path)}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise RunFailed(f"aggregator did not listen on port {port} within {timeout_s:.0f} s:\n{tail(log_path)}")
+
+
+# ---- workspace --------------------------------------------------------------------------------
+def prepare_workspace(ws: Path, split_dir: Path, rounds: int, port: int, seed: int,
+                      overrides: list[str] = ()):
+    """An OpenFL workspace in the run folder: code and data linked, plan and split copied."""
+    ws.mkdir(parents=True)
+    (ws / ".workspace").write_text("")
+    for name in ("src", "configs", "data"):
+        (ws / name).symlink_to(REPO / name)
+    (ws / "plan").mkdir()
+    plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
+    plan["aggregator"]["settings"]["rounds_to_train"] = rounds
+    plan["task_runner"]["settings"]["rounds"] = rounds
+    runner_overrides = plan["task_runner"]["settings"].setdefault("overrides", {})
+    runner_overrides["seed"] = seed
+    for item in overrides:
+        key, value = item.split("=", 1)
+        runner_overrides[key] = yaml.safe_load(value)
+    plan["network"]["settings"]["agg_port"] = port
+    plan["aggregator"]["settings"]["event_log"] = EVENT_LOG
+    (ws / "plan" / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
+    (ws / "plan" / "cols.yaml").write_text("collaborators: []\n")
+    (ws / "plan" / "data.yaml").write_text("")
+    shutil.copytree(split_dir, ws / "data_splits" / split_dir.name)
+    for folder in ("logs", "save", "local_state"):
+        (ws / folder).mkdir()
+
+
+def certify(ws: Path, sites: list[str], split_name: str, setup_log: Path, env):
+    """The stock OpenFL sequence (see README "Deployment"): CA, aggregator, one cert per site."""
+    steps = [["plan", "initialize", "-a", "localhost"],
+             ["workspace", "certify"],
+             ["aggregator", "generate-cert-request", "--fqdn", "localhost"],
+             ["aggregator", "certify", "--fqdn", "localhost", "--silent"]]
+    for site in sites:
+        steps += [["collaborator", "create", "-n", site, "-d", f"data_splits/{split_name}/{site}", "-s"],
+                  ["collaborator", "generate-cert-request", "-n", site, "-s"],
+                  ["collaborator", "certify", "-n", site, "-s"]]
+    for i, step in enumerate(steps, 1):
+        log.info("setup %d/%d: fx %s", i, len(steps), " ".join(step))
+        run_fx(step, ws, setup_log, env)
+
+
+# ---- progress ---------------------------------------------------------------------------------
+class Progress:
+    """Reads the aggregator's event log and prints one line per finished round."""
+
+    def __init__(self, path: Path, rounds: int, sites: list[str]):
+        self.path, self.rounds, self.sites = path, rounds, sites
+        self.offset = 0
+        self.events: list[dict] = []
+        self.started = time.monotonic()
+        self.last_round_end = self.started
+
+    def poll(self):
+        if not self.path.exists():
+            return
+        with open(self.path) as f:
+            f.seek(self.offset)
+            chunk = f.read()
+            complete = chunk[:chunk.rfind("\n") + 1]
+            self.offset += len(complete)
+        for line in complete.splitlines():
+            event = json.loads(line)
+            self.events.append(event)
+            if event["event"] == "round_end":
+                self.print_round(event["round"])
+
+    def round_summary(self, rnd: int) -> dict:
+        sites = {s: {} for s in self.sites}
+        score = None
+        for e in self.events:
+            if e.get("round") != rnd:
+                continue
+            if e["event"] == "metric":
+                sites.setdefault(e["site"], {})[e["name"]] = e["value"]
+                if e["site"] == "aggregator" and e["name"] == "score":
+                    score = e["value"]
+            elif e["event"] == "tasks_sent":
+                sites.setdefault(e["site"], {})["idle_s"] = e["idle_s"]
+        agg = sites.pop("aggregator", {})
+        idle = [s["idle_s"] for s in sites.values() if "idle_s" in s]
+        start = next((e["time"] for e in self.events if e["event"] == "round_start" and e["round"] == rnd), None)
+        end = next((e["time"] for e in self.events if e["event"] == "round_end" and e["round"] == rnd), None)
+        return {"round": rnd, "score": score if score is not None else agg.get("score"),
+                "aggregated": agg, "sites": sites,
+                "idle_s": statistics.median(idle) if idle else None,
+                "wall_s": (end - start) if start and end else None}
+
+    def print_round(self, rnd: int):
+        s = self.round_summary(rnd)
+        parts = []
+        for site, m in s["sites"].items():
+            parts.append(f"{site} loss {m.get('loss', float('nan')):.2f} "
+                         f"mAP {m.get('map50', float('nan')):.3f} acc {m.get('accuracy', float('nan')):.3f}")
+        print(f"round {rnd + 1}/{self.rounds} | " + " | ".join(parts) +
+              f" | score {s['score'] if s['score'] is not None else float('nan'):.3f}"
+              f" | idle {s['idle_s'] if s['idle_s'] is not None else float('nan'):.2f} s"
+              f" | {s['wall_s'] or 0:.0f} s", flush=True)
+
+
+# ---- final report -----------------------------------------------------------------------------
+def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, seed: int,
+                 wall_s: float) -> dict:
+    from src.config import load_config, model_config, train_options
+    from src.evaluation import Predictor, mean_loss, score_predictions
+    from src.model import build_model
+    from workspace.report import load_central, load_pbuf_weights, plot_curves, plot_detections, read_test_records
+
+    plan = yaml.safe_load((ws / "plan" / "plan.yaml").read_text())
+    overrides = plan["task_runner"]["settings"].get("overrides", {})
+    cfg = load_config(REPO / "configs" / "default.yaml", [f"{k}={v}" for k, v in overrides.items()])
+    mcfg = model_config(cfg)
+    records = read_test_records(split_dir, {**cfg, "data": {**cfg["data"], "root": str(REPO / cfg["data"]["root"])}})
+    loss_weights = train_options(cfg).loss_weights
+
+    def evaluate_state(path: Path):
+        model = build_model(mcfg)
+        weights, state_round = load_pbuf_weights(path)
+        for v in model.weights:
+            v.assign(weights[v.path].reshape(v.shape))
+        predictions = Predictor(model, mcfg, **cfg.get("evaluation", {})).predict(records, progress=True)
+        result = score_predictions(predictions, records, mcfg)
+        result["loss"] = mean_loss(model, records, mcfg, loss_weights)
+        return model, predictions, result, state_round
+
+    initial = evaluate_state(ws / "save" / "init.pbuf")[2]
+    last_aggregate = evaluate_state(ws / "save" / "final.pbuf")[2]
+    best_path = ws / "save" / "best.pbuf"
+    model, predictions, test, best_round = evaluate_state(
+        best_path if best_path.exists() else ws / "save" / "last.pbuf")
+    model.save(run_dir / "model.keras")
+    rounds = [progress.round_summary(r) for r in range(progress.rounds)]
+    idle = [r["idle_s"] for r in rounds[1:] if r["idle_s"] is not None]
+    metrics = {
+        "final": {"test": test, "best_round": int(best_round)},
+        "initial": {"test": initial},
+        # the aggregate after the last round's training (OpenFL's best/last.pbuf
+        # hold models a round started with, so best has at most rounds-1 epochs)
+        "last_aggregate": {"test": last_aggregate},
+        "rounds": rounds,
+        "median_idle_s": statistics.median(idle) if idle else None,
+        "wall_s": wall_s, "seed": seed, "sites": progress.sites,
+        "model": mcfg.to_dict(),
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    central = load_central(REPO)
+    if central:
+        metrics["central_reference"] = {"test": central["test"], "epochs": central["epochs"]}
+    plot_curves(rounds, run_dir / "curves.png", central)
+    plot_detections(records, predictions, cfg["classes"]["disaster"], run_dir / "detections.png")
+    return metrics
+
+
+# ---- main -------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=None, help="default: plan/plan.yaml rounds_to_train")
+    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet non-IID-ness of a new split")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for the sites' task runner, e.g. model.input_size=128")
+    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS, help="where run folders go")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.chdir(REPO)  # config paths (data/synthetic, configs/) are relative to the repository
+    sys.path.insert(0, str(REPO))
+
+    plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
+    rounds = args.rounds or plan["aggregator"]["settings"]["rounds_to_train"]
+    sites = [f"site{i + 1}" for i in range(args.sites)]
+    started = time.monotonic()
+
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    runs = args.runs_dir.resolve()
+    run_dir = runs / run_id
+    run_dir.mkdir(parents=True)
+    latest = runs / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(run_id)
+    log.info("run folder %s", run_dir)
+
+    children = Children()
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        split_dir = ensure_data_and_split(args, run_dir)
+        ws = run_dir / "workspace"
+        port = free_port()
+        prepare_workspace(ws, split_dir, rounds, port, args.seed, args.set)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        certify(ws, sites, split_dir.name, run_dir / "setup.log", env)
+
+        log.info("starting aggregator on localhost:%d (mutual TLS) and %d collaborators", port, len(sites))
+        agg = children.start("aggregator", [FX, "aggregator", "start"], ws, run_dir / "aggregator.log", env)
+        wait_for_port(port, agg, run_dir / "aggregator.log")
+        for site in sites:
+            children.start(site, [FX, "collaborator", "start", "-n", site], ws, run_dir / f"{site}.log", env)
+        progress = Progress(ws / EVENT_LOG, rounds, sites)
+        while True:
+            progress.poll()
+            states = {name: proc.poll() for name, (proc, _) in children.procs.items()}
+            failed = {n: c for n, c in states.items() if c not in (None, 0)}
+            if failed:
+                name, code = next(iter(failed.items()))
+                raise RunFailed(f"{name} exited with {code}:\n{tail(children.procs[name][1])}")
+            if all(c == 0 for c in states.values()):
+                break
+            time.sleep(1.0)
+        progress.poll()
+        metrics = final_report(run_dir, ws, split_dir, progress, args.seed, time.monotonic() - started)
+        t = metrics["final"]["test"]
+        print(f"test (best global model, round {metrics['final']['best_round'] + 1}): "
+              f"mAP50 {t.get('map50', float('nan')):.3f} mAP50-95 {t.get('map50_95', float('nan')):.3f} "
+              f"accuracy {t.get('accuracy', float('nan')):.3f} macro-F1 {t.get('macro_f1', float('nan')):.3f} | "
+              f"median idle {metrics['median_idle_s'] or 0:.2f} s/round | wall {metrics['wall_s']:.0f} s")
+        la = metrics["last_aggregate"]["test"]
+        print(f"test (aggregate after the last round): mAP50 {la.get('map50', float('nan')):.3f} "
+              f"accuracy {la.get('accuracy', float('nan')):.3f}")
+        print(f"report: {run_dir}/(metrics.json, curves.png, detections.png, model.keras)")
+        return 0
+    except RunFailed as e:
+        print(f"simulate: FAILED: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("simulate: interrupted; stopping all processes", file=sys.stderr)
+        return 130
+    finally:
+        children.kill_all()
+
+
+def ensure_data_and_split(args, run_dir: Path) -> Path:
+    """The default split when it fits the request, else a new one inside the run folder."""
+    from src.config import load_config
+    from src.data.site_splits import build_site_splits
+    from src.data.synthetic import generate_dataset
+
+    cfg = load_config(REPO / "configs" / "default.yaml")
+    d = cfg["data"]
+    root = REPO / d["root"]
+    generate_dataset(root, num_images=d["num_images"], seed=cfg["seed"], min_size=d["min_size"],
+                     max_size=d["max_size"], difficulty=d["difficulty"], max_victims=d["max_victims"],
+                     disaster_classes=cfg["classes"]["disaster"], victim_classes=cfg["classes"]["victim"])
+    default = REPO / "data_splits" / "default"
+    if args.sites == 3 and args.seed == 0 and args.alpha == 0.5 and default.exists():
+        return default
+    split_dir = run_dir / "split" / f"sites{args.sites}-seed{args.seed}"
+    for s in build_site_splits(cfg, split_dir, args.sites, args.alpha, args.seed):
+        log.info("%s: %d train, %d val", s["site"], s["train"], s["val"])
+    return split_dir
+
+
+if __name__ == "__main__":
+    sys.exit(main())
