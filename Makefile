@@ -9,8 +9,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 SEED ?= 0
 EPOCHS ?=
+ROUNDS ?=
+SITES ?= 3
 
-.PHONY: setup data train-central simulate test bench clean
+.PHONY: setup data splits train-central simulate test bench clean
 
 setup: $(STAMP)
 
@@ -27,9 +29,12 @@ data: setup
 train-central: setup
 	$(PY) -m src.train_central --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS))
 
-# Until the federation lands (issue "The federation"), simulate runs the
-# centralized trainer on the default data.
-simulate: train-central
+# A whole federation on this machine: real fx processes, real certificates.
+simulate: setup
+	$(PY) -m workspace.simulate --sites $(SITES) --seed $(SEED) $(if $(ROUNDS),--rounds $(ROUNDS))
+
+splits: setup
+	$(PY) -m src.data.site_splits --sites $(SITES) --seed $(SEED)
 
 test: setup
 	$(PY) -m pytest -q tests
