@@ -20,6 +20,12 @@ def tiny_config():
                        anchors=TINY_ANCHORS, cls_head_blocks=1)
 
 
+@pytest.fixture(scope="session")
+def tiny_default_assignment(tiny_config):
+    """The tiny model with the default config's multi-anchor + neighbour-cell assignment."""
+    return tiny_config.with_overrides(anchor_iou_threshold=0.25, neighbour_cells=True)
+
+
 def write_bright_box_images(folder, count, seed=0, size_range=(48, 80)):
     """Dark noisy images with one bright rectangle each; the rectangle is the labelled box."""
     rng = np.random.default_rng(seed)

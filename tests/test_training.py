@@ -13,12 +13,14 @@ from src.train_central import run
 from src.training import TrainOptions, Trainer
 
 
-def test_detector_learns_bright_boxes_and_is_scored_in_original_pixels(tiny_config, bright_box_records):
+def test_detector_learns_bright_boxes_and_is_scored_in_original_pixels(tiny_default_assignment,
+                                                                      bright_box_records):
+    tiny_config = tiny_default_assignment
     keras.utils.set_random_seed(0)
     model = build_model(tiny_config)
     options = PipelineOptions(batch_size=8, color_jitter=0.0, scale_jitter=None, seed=0)
     dataset = training_dataset(bright_box_records, tiny_config, options)
-    epochs = 40
+    epochs = 80
     trainer = Trainer(model, tiny_config, TrainOptions(epochs=epochs, learning_rate=3e-3), steps_per_epoch=2)
     before = evaluate(model, bright_box_records, tiny_config)
     for epoch in range(epochs):

@@ -305,7 +305,11 @@ def main(argv=None) -> int:
         ws = run_dir / "workspace"
         port = free_port()
         prepare_workspace(ws, split_dir, rounds, port, args.seed, args.set)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # fx puts the workspace on sys.path itself; an inherited PYTHONPATH (the
+        # Makefile exports the repository root) would shadow OpenFL's own
+        # `workspace` template package with our workspace/ tools folder.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["PYTHONUNBUFFERED"] = "1"
         certify(ws, sites, split_dir.name, run_dir / "setup.log", env)
 
         log.info("starting aggregator on localhost:%d (mutual TLS) and %d collaborators", port, len(sites))
