@@ -112,7 +112,7 @@ def wait_for_port(port: int, proc: subprocess.Popen, log_path: Path, timeout_s: 
 
 # ---- workspace --------------------------------------------------------------------------------
 def prepare_workspace(ws: Path, split_dir: Path, rounds: int, port: int, seed: int,
-                      overrides: list[str] = ()):
+                      overrides: list[str] = (), stock_polling: bool = False):
     """An OpenFL workspace in the run folder: code and data linked, plan and split copied."""
     ws.mkdir(parents=True)
     (ws / ".workspace").write_text("")
@@ -129,6 +129,8 @@ def prepare_workspace(ws: Path, split_dir: Path, rounds: int, port: int, seed: i
         runner_overrides[key] = yaml.safe_load(value)
     plan["network"]["settings"]["agg_port"] = port
     plan["aggregator"]["settings"]["event_log"] = EVENT_LOG
+    if stock_polling:
+        plan["aggregator"]["settings"]["long_poll_s"] = 0
     (ws / "plan" / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
     (ws / "plan" / "cols.yaml").write_text("collaborators: []\n")
     (ws / "plan" / "data.yaml").write_text("")
@@ -272,6 +274,8 @@ def main(argv=None) -> int:
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet non-IID-ness of a new split")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the sites' task runner, e.g. model.input_size=128")
+    p.add_argument("--stock-polling", action="store_true",
+                   help="OpenFL's stock 10 s sleep between rounds (to measure what the long poll saves)")
     p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS, help="where run folders go")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
@@ -304,7 +308,7 @@ def main(argv=None) -> int:
         split_dir = ensure_data_and_split(args, run_dir)
         ws = run_dir / "workspace"
         port = free_port()
-        prepare_workspace(ws, split_dir, rounds, port, args.seed, args.set)
+        prepare_workspace(ws, split_dir, rounds, port, args.seed, args.set, args.stock_polling)
         # fx puts the workspace on sys.path itself; an inherited PYTHONPATH (the
         # Makefile exports the repository root) would shadow OpenFL's own
         # `workspace` template package with our workspace/ tools folder.
