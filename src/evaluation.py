@@ -10,10 +10,11 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from src import metrics
-from src.data.pipeline import inference_dataset
+from src.data.pipeline import inference_dataset, validation_dataset
 from src.data.records import Record
 from src.model.config import ModelConfig
 from src.model.decode import detect
+from src.model.loss import LossWeights, MultiTaskLoss
 
 
 class Predictor:
@@ -78,9 +79,6 @@ def evaluate(model, records: list[Record], config: ModelConfig, batch_size: int 
 def mean_loss(model, records: list[Record], config: ModelConfig, loss_weights=None,
               batch_size: int = 16) -> float:
     """Multi-task loss on un-augmented records (a smooth 'did it learn' signal)."""
-    from src.data.pipeline import validation_dataset
-    from src.model.loss import LossWeights, MultiTaskLoss
-
     loss = MultiTaskLoss(config, loss_weights or LossWeights())
     total, count = 0.0, 0
     for images, targets in validation_dataset(records, config, batch_size):

@@ -20,7 +20,7 @@ from src.config import load_config, model_config, pipeline_options, train_option
 from src.data.pipeline import training_dataset
 from src.data.readers import load_yolo_dataset
 from src.data.splits import stratified_split
-from src.data.synthetic import generate_dataset
+from src.data.synthetic import generate_from_config
 from src.evaluation import Predictor, score_predictions
 from src.model import build_model
 from src.training import Trainer
@@ -39,10 +39,7 @@ def load_data(cfg: dict) -> dict:
     root = Path(d["root"])
     if not (root / "dataset.yaml").exists():
         log.info("data set %s missing: generating %d synthetic images", root, d["num_images"])
-        generate_dataset(root, num_images=d["num_images"], seed=cfg["seed"], min_size=d["min_size"],
-                         max_size=d["max_size"], difficulty=d["difficulty"],
-                         max_victims=d["max_victims"], disaster_classes=cfg["classes"]["disaster"],
-                         victim_classes=cfg["classes"]["victim"])
+        generate_from_config(cfg)
     records, report = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"],
                                         on_error=d.get("on_error", "raise"))
     if report.skipped:

@@ -7,7 +7,7 @@ import pytest
 
 from src.config import load_config
 from src.data.pipeline import PipelineOptions, training_dataset
-from src.evaluation import Predictor, evaluate, score_predictions
+from src.evaluation import evaluate, score_predictions
 from src.model import build_model
 from src.train_central import run
 from src.training import TrainOptions, Trainer

@@ -27,8 +27,8 @@ def read_test_records(split_dir: Path, cfg: dict):
 
     root = Path(cfg["data"]["root"])
     wanted = set((split_dir / "test.tsv").read_text().split()[1:])
-    records, _ = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"])
-    return [r for r in records if Path(r.image_path).relative_to(root).as_posix() in wanted]
+    records, _ = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"], only=wanted)
+    return records
 
 
 def plot_curves(rounds: list[dict], out: Path, central: dict | None = None):

@@ -358,14 +358,10 @@ def ensure_data_and_split(args, run_dir: Path) -> Path:
     """The default split when it fits the request, else a new one inside the run folder."""
     from src.config import load_config
     from src.data.site_splits import build_site_splits
-    from src.data.synthetic import generate_dataset
+    from src.data.synthetic import generate_from_config
 
     cfg = load_config(REPO / "configs" / "default.yaml")
-    d = cfg["data"]
-    root = REPO / d["root"]
-    generate_dataset(root, num_images=d["num_images"], seed=cfg["seed"], min_size=d["min_size"],
-                     max_size=d["max_size"], difficulty=d["difficulty"], max_victims=d["max_victims"],
-                     disaster_classes=cfg["classes"]["disaster"], victim_classes=cfg["classes"]["victim"])
+    generate_from_config(cfg, REPO / cfg["data"]["root"])
     default = REPO / "data_splits" / "default"
     if args.sites == 3 and args.seed == 0 and args.alpha == 0.5 and default.exists():
         return default

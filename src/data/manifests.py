@@ -16,7 +16,6 @@ import numpy as np
 import yaml
 
 from src.data.readers import DataError, load_yolo_dataset
-from src.data.records import Record
 
 MANIFEST_COLUMNS = ("image", "split", "boxes", "class")
 
@@ -76,10 +75,12 @@ def load_site(folder, victim_classes, disaster_classes, on_error: str = "raise")
     if not (root / "images").is_dir():
         raise FileNotFoundError(f"{site_file}: data_root {root} has no images/ folder "
                                 "(generate the synthetic data with `make data`)")
-    records, report = load_yolo_dataset(root, victim_classes, disaster_classes, on_error=on_error)
+    rows = read_manifest(folder / "manifest.tsv")
+    records, report = load_yolo_dataset(root, victim_classes, disaster_classes, on_error=on_error,
+                                        only={row[0] for row in rows})
     by_name = {Path(r.image_path).relative_to(root).as_posix(): r for r in records}
     train, val = [], []
-    for image, split, boxes, cls in read_manifest(folder / "manifest.tsv"):
+    for image, split, boxes, cls in rows:
         if image not in by_name:
             if on_error == "skip":
                 continue

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -282,6 +282,7 @@ def load_yolo_dataset(
     class_table: str | None = "classes.tsv",
     on_error: str = "raise",
     full_decode: bool = False,
+    only: Collection[str] | None = None,
 ) -> tuple[list[Record], ErrorReport]:
     """Read a YOLO-layout data set (plus optional class table) into Records.
 
@@ -292,6 +293,8 @@ def load_yolo_dataset(
     (no images dir, table without its columns) always raise.
     full_decode=True decodes every image once (slower) to also catch
     truncated JPEGs, which the default header + verify() check misses.
+    only: relative image paths (``images/x.jpg``) to read; the others are not
+    opened at all (a site reads its own images, not the whole data root).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -310,7 +313,8 @@ def load_yolo_dataset(
             else:
                 bad_rows.setdefault(key, err)
     records = []
-    for image in images:
+    selected = images if only is None else [p for p in images if p.relative_to(root).as_posix() in only]
+    for image in selected:
         try:
             key = image.relative_to(root).as_posix()
             if key in bad_rows:

@@ -1059,6 +1059,16 @@ def generate_dataset(out_dir: str | Path, num_images: int = 3000, seed: int = 0,
     return out
 
 
+def generate_from_config(cfg: dict, root=None) -> Path:
+    """The built-in data set as a loaded config (configs/default.yaml) describes it."""
+    d = cfg["data"]
+    return generate_dataset(root or d["root"], num_images=d["num_images"], seed=cfg["seed"],
+                            min_size=d["min_size"], max_size=d["max_size"],
+                            difficulty=d["difficulty"], max_victims=d["max_victims"],
+                            disaster_classes=cfg["classes"]["disaster"],
+                            victim_classes=cfg["classes"]["victim"])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output folder")
@@ -1079,3 +1089,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+

@@ -7,6 +7,7 @@ with data_path=None to initialise the model; then it holds no records.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from openfl.federated.data.loader_keras import KerasDataLoader
 
@@ -45,8 +46,7 @@ class SiteDataLoader(KerasDataLoader):
         return len(self.cfg["classes"]["disaster"])
 
     def _options(self, batch_size):
-        opts = pipeline_options(self.cfg)
-        return opts.__class__(**{**opts.__dict__, "batch_size": batch_size or self.batch_size})
+        return replace(pipeline_options(self.cfg), batch_size=batch_size or self.batch_size)
 
     def get_train_loader(self, batch_size=None, num_batches=None):
         return training_dataset(self.train_records, self.model_config, self._options(batch_size))

@@ -13,6 +13,7 @@ Differences from the stock KerasTaskRunner, each for a reason:
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -54,11 +55,6 @@ class MultiTaskRunner(KerasTaskRunner):
         self.initialize_tensorkeys_for_functions()
 
     # ---- tensors, keyed by variable path -------------------------------------------------
-    @staticmethod
-    def _get_weights_names(obj):
-        return [v.path for v in obj.weights] if isinstance(obj, keras.Model) else \
-            [v.path for v in obj.variables]
-
     def get_tensor_dict(self, with_opt_vars=False, suffix=""):
         return {v.path + suffix: np.array(v.numpy()) for v in self.model.weights}
 
@@ -78,8 +74,7 @@ class MultiTaskRunner(KerasTaskRunner):
         if self.trainer is None:
             options = train_options(self.cfg)
             steps = max(1, self.data_loader.get_train_data_size() // self.data_loader.batch_size)
-            options = options.__class__(**{**options.__dict__,
-                                           "epochs": self.rounds * self.epochs_per_round})
+            options = replace(options, epochs=self.rounds * self.epochs_per_round)
             self.trainer = Trainer(self.model, self.model_config, options, steps_per_epoch=steps)
         return self.trainer
 

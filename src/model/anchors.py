@@ -36,9 +36,11 @@ def kmeans_anchors(wh: np.ndarray, k: int = 9, seed: int = 0, iterations: int = 
 
 
 def main(argv=None):
+    from PIL import Image
+
     from src.config import load_config
-    from src.data.readers import load_yolo_dataset
     from src.data.pipeline import letterbox_scale
+    from src.data.readers import load_yolo_dataset
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", default="configs/default.yaml")
@@ -51,7 +53,6 @@ def main(argv=None):
     wh = []
     for r in records:
         if len(r.boxes):
-            from PIL import Image
             with Image.open(r.image_path) as im:
                 scale = letterbox_scale(im.size, size)
             wh.append((r.boxes[:, 2:] - r.boxes[:, :2]) * scale)

@@ -84,14 +84,6 @@ class ModelConfig:
         d["anchors"] = [list(a) for a in self.anchors]
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        unknown = set(d) - set(known)
-        if unknown:
-            raise ValueError(f"unknown model settings: {sorted(unknown)}")
-        return cls(**known)
-
     def with_overrides(self, **kw) -> "ModelConfig":
         return replace(self, **kw)
 
