@@ -51,7 +51,7 @@ def _tiny_plan(workspace: Path, sites_dir: Path, rounds: int):
 
 def test_in_process_federation_averages_site_uploads(tiny_sites, tmp_path, monkeypatch):
     from src.federated.in_process import run_federation
-    from workspace.report import load_pbuf_weights
+    from src.federated.checkpoint import load_pbuf_weights
 
     _tiny_plan(tmp_path, tiny_sites / "splits", rounds=2)
     monkeypatch.chdir(tmp_path)

@@ -12,15 +12,6 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
-def load_pbuf_weights(path: Path) -> tuple[dict, int]:
-    """Tensor dict and round number from an OpenFL model state file (best.pbuf / last.pbuf)."""
-    from openfl.pipelines import NoCompressionPipeline
-    from openfl.protocols import utils
-
-    proto = utils.load_proto(str(path))
-    return utils.deconstruct_model_proto(proto, NoCompressionPipeline())
-
-
 def read_test_records(split_dir: Path, cfg: dict):
     """The global test split named by `test.tsv` of a split folder."""
     from src.data.readers import load_yolo_dataset

@@ -218,7 +218,8 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
     from src.config import load_config, model_config, train_options
     from src.evaluation import Predictor, mean_loss, score_predictions
     from src.model import build_model
-    from workspace.report import load_central, load_pbuf_weights, plot_curves, plot_detections, read_test_records
+    from src.federated.checkpoint import assign_weights, load_pbuf_weights
+    from workspace.report import load_central, plot_curves, plot_detections, read_test_records
 
     plan = yaml.safe_load((ws / "plan" / "plan.yaml").read_text())
     overrides = plan["task_runner"]["settings"].get("overrides", {})
@@ -230,8 +231,7 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
     def evaluate_state(path: Path):
         model = build_model(mcfg)
         weights, state_round = load_pbuf_weights(path)
-        for v in model.weights:
-            v.assign(weights[v.path].reshape(v.shape))
+        assign_weights(model, weights)
         predictions = Predictor(model, mcfg, **cfg.get("evaluation", {})).predict(records, progress=True)
         result = score_predictions(predictions, records, mcfg)
         result["loss"] = mean_loss(model, records, mcfg, loss_weights)

@@ -22,6 +22,7 @@ from openfl.utilities import Metric, TensorKey, change_tags
 
 from src.config import load_config, model_config, train_options
 from src.evaluation import Predictor, score_predictions
+from src.federated.checkpoint import assign_weights
 from src.model import build_model
 from src.training import Trainer
 
@@ -59,11 +60,7 @@ class MultiTaskRunner(KerasTaskRunner):
         return {v.path + suffix: np.array(v.numpy()) for v in self.model.weights}
 
     def set_tensor_dict(self, tensor_dict, with_opt_vars=False):
-        missing = [v.path for v in self.model.weights if v.path not in tensor_dict]
-        if missing:
-            raise KeyError(f"tensor dict lacks {len(missing)} model tensors, e.g. {missing[:3]}")
-        for v in self.model.weights:
-            v.assign(np.asarray(tensor_dict[v.path]).reshape(v.shape))
+        assign_weights(self.model, {k: np.asarray(v) for k, v in tensor_dict.items()})
 
     def reset_opt_vars(self):
         """RESET: fresh optimizer state (the stock Keras runner does nothing here)."""
