@@ -11,8 +11,10 @@ SEED ?= 0
 EPOCHS ?=
 ROUNDS ?=
 SITES ?= 3
+CENTRAL_MODEL := workspace/runs/central/model.keras
+MODEL ?= $(CENTRAL_MODEL)
 
-.PHONY: setup data splits train-central simulate test bench clean
+.PHONY: setup data splits train-central simulate test bench export-report clean
 
 setup: $(STAMP)
 
@@ -41,6 +43,12 @@ test: setup
 
 bench: setup
 	$(PY) -m bench.run
+
+# Export the model to every runtime and measure quality vs speed on the test split
+# (trains the centralized reference first when it is the model asked for and missing).
+export-report: setup
+	@if [ ! -f "$(MODEL)" ] && [ "$(MODEL)" = "$(CENTRAL_MODEL)" ]; then $(MAKE) train-central; fi
+	$(PY) -m src.deploy.report --model $(MODEL)
 
 clean:
 	rm -rf workspace/runs data/synthetic

@@ -217,3 +217,18 @@ def test_predict_rejects_bad_inputs_with_clear_errors(exported, tmp_path, capsys
     text.write_text("hello")
     assert main([str(text), "--model", model]) == 2
     assert "not an image or video" in capsys.readouterr().err
+
+
+def test_export_report_writes_quality_and_speed_per_format(exported, tmp_path):
+    from src.deploy.report import run
+
+    report = run(exported["model_path"], exported["cfg"], tmp_path, rounds=1, latency_images=2,
+                 calibration_count=8, formats=("keras", "tflite-int8"))
+    assert set(report["formats"]) == {"keras", "tflite-int8"}
+    keras_row, int8 = report["formats"]["keras"], report["formats"]["tflite-int8"]
+    assert keras_row["delta_map50"] == 0 and keras_row["speedup_vs_keras"] == 1
+    for row in (keras_row, int8):
+        assert 0 <= row["map50"] <= 1 and 0 <= row["accuracy"] <= 1 and row["latency_ms"] > 0
+    assert int8["bytes"] < keras_row["bytes"]
+    assert (tmp_path / "report.md").read_text().count("| tflite-int8 |") == 1
+    assert (tmp_path / "report.png").stat().st_size > 0
