@@ -232,3 +232,21 @@ def test_export_report_writes_quality_and_speed_per_format(exported, tmp_path):
     assert int8["bytes"] < keras_row["bytes"]
     assert (tmp_path / "report.md").read_text().count("| tflite-int8 |") == 1
     assert (tmp_path / "report.png").stat().st_size > 0
+
+
+def test_export_reads_a_federation_state_file(exported, tmp_path):
+    """`--model save/best.pbuf`: OpenFL's model state becomes the same Keras model."""
+    from openfl.pipelines import NoCompressionPipeline
+    from openfl.protocols import utils
+
+    from src.deploy.export import load_trained_model
+
+    source = keras.saving.load_model(exported["model_path"], compile=False)
+    tensors = {v.path: np.array(v.numpy()) for v in source.weights}
+    state = tmp_path / "best.pbuf"
+    utils.dump_proto(utils.construct_model_proto(tensors, 3, NoCompressionPipeline()), str(state))
+    loaded = load_trained_model(state, exported["cfg"])
+    for a, b in zip(source.weights, loaded.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    written = export(state, exported["cfg"], tmp_path / "models", ["keras"])
+    assert Path(written["keras"]["path"]).exists()

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from src.deploy.export import FORMATS, export
+from src.deploy.export import DEFAULT_CALIBRATION_IMAGES, FORMATS, export
 from src.deploy.postprocess import ModelMetadata, Thresholds, detections, letterbox, read_image
 from src.deploy.runtimes import open_runtime
 
@@ -63,7 +63,7 @@ def time_batch1(runtime, meta: ModelMetadata, images, thresholds: Thresholds) ->
 
 
 def run(model_path: Path, cfg: dict, out_dir: Path, rounds: int = 3, latency_images: int = 40,
-        calibration_count: int = 200, formats=FORMATS) -> dict:
+        calibration_count: int = DEFAULT_CALIBRATION_IMAGES, formats=FORMATS) -> dict:
     from src.config import model_config
     from src.evaluation import score_predictions
     from src.train_central import load_data
@@ -138,10 +138,11 @@ def plot(report: dict, out: Path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for fmt, r in report["formats"].items():
+    markers = "osD^v<>PX*"
+    for i, (fmt, r) in enumerate(report["formats"].items()):
         for ax, key in zip(axes, ("map50", "accuracy")):
-            ax.scatter(r["images_per_s"], r[key], s=30)
-            ax.annotate(fmt, (r["images_per_s"], r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.scatter(r["images_per_s"], r[key], s=40, marker=markers[i % len(markers)], label=fmt, alpha=0.8)
+    axes[1].legend(fontsize=7, loc="best")
     for ax, label in zip(axes, ("victim mAP@0.5", "disaster accuracy")):
         ax.set_xlabel("images/s (batch 1, this CPU)")
         ax.set_ylabel(label)
@@ -158,7 +159,7 @@ def main(argv=None):
     p.add_argument("--out", default="workspace/runs/export")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--latency-images", type=int, default=40)
-    p.add_argument("--calibration-images", type=int, default=200)
+    p.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES)
     p.add_argument("--config", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
