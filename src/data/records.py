@@ -20,6 +20,9 @@ class Record:
     has_boxes: the box list is a real annotation (an empty list then means
       "no victims"); False means the image was never box-annotated.
     has_class: disaster_class is a real annotation.
+    crowd_boxes, crowd_classes: (M, 4) xyxy regions annotated as a crowd (COCO
+      iscrowd=1) and their victim classes: not training targets; evaluation
+      ignores detections matched to them, as COCOeval does.
     """
 
     image_path: str
@@ -28,6 +31,8 @@ class Record:
     disaster_class: int = -1
     has_boxes: bool = False
     has_class: bool = False
+    crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    crowd_classes: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int32))
 
     def __post_init__(self):
         boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
@@ -38,5 +43,11 @@ class Record:
             )
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "victim_classes", classes)
+        crowd = np.asarray(self.crowd_boxes, np.float32).reshape(-1, 4)
+        crowd_classes = np.asarray(self.crowd_classes, np.int32).reshape(-1)
+        if len(crowd) != len(crowd_classes):
+            raise ValueError(f"{self.image_path}: {len(crowd)} crowd boxes but {len(crowd_classes)} classes")
+        object.__setattr__(self, "crowd_boxes", crowd)
+        object.__setattr__(self, "crowd_classes", crowd_classes)
         if self.has_class and self.disaster_class < 0:
             raise ValueError(f"{self.image_path}: has_class set but disaster_class is {self.disaster_class}")
