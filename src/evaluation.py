@@ -5,6 +5,8 @@ image pixels, so they compare with the records' boxes as annotated.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
@@ -48,17 +50,49 @@ class Predictor:
         return results
 
 
-def score_predictions(predictions, records: list[Record], config: ModelConfig) -> dict:
-    """Detection metrics over records with boxes, classification over records with a class."""
+def _class_names(names, count: int, what: str) -> list[str]:
+    """The given names as strings, or "0", "1", ... when None."""
+    if names is None:
+        return [str(i) for i in range(count)]
+    names = [str(n) for n in names]
+    if len(names) != count:
+        raise ValueError(f"{len(names)} {what} class names for {count} classes")
+    return names
+
+
+def score_predictions(predictions, records: list[Record], config: ModelConfig,
+                      victim_class_names=None, disaster_class_names=None) -> dict:
+    """Detection metrics over records with boxes, classification over records with a class.
+
+    Detection is COCOeval's bbox mAP (area "all", 100 detections per image and
+    class) including each record's crowd regions, which are neither positives
+    nor a source of false positives. Per victim class: ``per_class_ap50`` /
+    ``per_class_ap50_95`` lists (NaN for a class without a real box) and
+    ``detection_per_class`` keyed by class name (``victim_class_names``, else
+    "0", "1", ...). Classification: accuracy, macro-F1 and the confusion
+    matrix (rows truth, columns prediction; ``confusion_matrix_labels`` names
+    them after ``disaster_class_names``, else "0", "1", ...).
+    """
+    victim_names = _class_names(victim_class_names, config.num_victim_classes, "victim")
+    disaster_names = _class_names(disaster_class_names, config.num_disaster_classes, "disaster")
     det = [(p, r) for p, r in zip(predictions, records) if r.has_boxes]
     cls = [(p, r) for p, r in zip(predictions, records) if r.has_class]
     result = {"images": len(records), "detection_images": len(det),
               "classification_images": len(cls)}
     if det:
-        m = metrics.detection_map([p for p, _ in det], [(r.boxes, r.victim_classes) for _, r in det],
-                                  config.num_victim_classes, max_detections=100)
-        result.update(map50=float(m["map50"]), map50_95=float(m["map50_95"]),
-                      per_class_ap50=[float(x) for x in m["per_class_ap50"]])
+        ground_truth = [{"boxes": r.boxes, "classes": r.victim_classes,
+                         "crowd_boxes": r.crowd_boxes, "crowd_classes": r.crowd_classes} for _, r in det]
+        m = metrics.detection_map([p for p, _ in det], ground_truth, config.num_victim_classes,
+                                  max_detections=100)
+        ap50 = [float(x) for x in m["per_class_ap50"]]
+        ap50_95 = [float(x) for x in m["per_class_ap"]]
+        result.update(
+            map50=float(m["map50"]), map50_95=float(m["map50_95"]),
+            per_class_ap50=ap50, per_class_ap50_95=ap50_95,
+            detection_per_class={
+                name: {"ap50": ap50[c], "ap50_95": ap50_95[c], "gt_boxes": int(m["num_gt"][c]),
+                       "crowd_regions": int(m["num_crowd"][c])}
+                for c, name in enumerate(victim_names)})
     if cls:
         y_true = np.array([r.disaster_class for _, r in cls])
         y_pred = np.array([int(np.argmax(p["disaster_probs"])) for p, _ in cls])
@@ -66,8 +100,55 @@ def score_predictions(predictions, records: list[Record], config: ModelConfig) -
             accuracy=float(metrics.accuracy(y_true, y_pred)),
             macro_f1=float(metrics.macro_f1(y_true, y_pred, config.num_disaster_classes)),
             confusion_matrix=metrics.confusion_matrix(
-                y_true, y_pred, config.num_disaster_classes).tolist())
+                y_true, y_pred, config.num_disaster_classes).tolist(),
+            confusion_matrix_labels=disaster_names)
     return result
+
+
+def plot_confusion_matrix(matrix, class_names, path, title: str | None = None):
+    """Save a confusion matrix (rows truth, columns prediction) as a PNG.
+
+    Cells show the counts and each row's percentage; colours are row-normalised
+    (recall per true class), so a rare class reads as clearly as a common one.
+    Uses matplotlib's Agg canvas directly: no pyplot, no global backend switch.
+    Returns the path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(matrix, np.int64)
+    names = [str(n) for n in class_names]
+    n = len(names)
+    if counts.shape != (n, n):
+        raise ValueError(f"matrix of shape {counts.shape} for {n} class names")
+    totals = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+
+    side = min(max(4.5, 0.9 * n + 2.5), 24.0)
+    fig = Figure(figsize=(side + 1.2, side), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    colorbar.set_label("fraction of the true class")
+    font = max(7, min(11, 100 // max(n, 1)))
+    for i in range(n):
+        for j in range(n):
+            text = f"{counts[i, j]}\n{100 * share[i, j]:.0f}%" if totals[i, 0] else "0"
+            ax.text(j, i, text, ha="center", va="center", fontsize=font,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), names, rotation=45, ha="right", rotation_mode="anchor", fontsize=font + 1)
+    ax.set_yticks(range(n), [f"{name} ({totals[i, 0]})" for i, name in enumerate(names)], fontsize=font + 1)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (images)")
+    total = int(counts.sum())
+    correct = int(np.trace(counts))
+    ax.set_title(title or f"confusion matrix: {correct}/{total} correct"
+                 + (f" ({100 * correct / total:.1f}%)" if total else ""))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight", pad_inches=0.1)
+    return path
 
 
 def evaluate(model, records: list[Record], config: ModelConfig, batch_size: int = 16,
