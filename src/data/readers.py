@@ -10,14 +10,39 @@ often have one of them already):
   *names* (``images/00000.jpg<TAB>fire``).
 * AIDER-style class folders: ``root/<class_name>/*.jpg``.
 
+(COCO json is in ``coco.py``; ``sources.py`` combines all of them.)
+
 Every problem is a ``DataError`` whose message names the file (and line),
 because at a federated site nobody else can look at the data to find it.
+
+Images are checked here, not in the tf.data pipeline, because a decode error
+there names no file. ``check_image`` rejects what the pipeline's decoder
+(``tf.io.decode_image``) would get wrong or choke on:
+
+* EXIF orientation other than 1: TensorFlow decodes the stored pixels and
+  ignores the tag, while viewers and most annotation tools show (and box) the
+  rotated image, so the boxes would not fit the pixels the model sees.
+  Rotating in both reader and pipeline would fix only the tools that honour
+  the tag, so such images are rejected with a message asking to bake the
+  rotation in (``PIL.ImageOps.exif_transpose(im).save(...)``).
+* formats TensorFlow cannot decode (TIFF, ...) and palette / 1-bit BMPs,
+  which it silently misreads as grey levels.
+* decompression bombs (more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``):
+  rejected from the header, before any pixel is decoded.
+Grey, RGBA, palette and 16-bit PNGs are fine: the pipeline decodes them to
+3-channel float in [0, 1].
+
+File names that are not valid UTF-8 cannot become record keys or tf.data
+strings; listings report them by their bytes' repr instead of crashing.
 """
 from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Collection, Sequence
+import os
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -39,27 +64,83 @@ class DataError(ValueError):
 
 @dataclass
 class ErrorReport:
-    """What ``load_yolo_dataset(on_error='skip')`` left out, and why."""
+    """What a loader with ``on_error='skip'`` left out, and why.
+
+    notes: things left out on purpose (``drop_unmapped``), counted so that a
+    typo in a class map cannot hide, but not problems.
+    """
 
     skipped: int = 0
     messages: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
-    def add(self, message: str, skipped_image: bool = True) -> None:
+    def add(self, message: str, skipped_image: bool | int = True) -> None:
+        """One problem; skipped_image: True (one image), False, or a number of images."""
         self.skipped += int(skipped_image)
         self.messages.append(message)
 
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+    @property
+    def clean(self) -> bool:
+        return not self.messages
+
     def summary(self, max_messages: int = 10) -> str:
         """One readable block for logs: count plus the first few reasons."""
-        if not self.messages:
-            return "no data problems"
-        lines = [f"{self.skipped} image(s) skipped, {len(self.messages)} problem(s):"]
-        lines += [f"  {m}" for m in self.messages[:max_messages]]
-        if len(self.messages) > max_messages:
-            lines.append(f"  ... and {len(self.messages) - max_messages} more")
+        lines = ["no data problems"]
+        if self.messages:
+            lines = [f"{self.skipped} image(s) skipped, {len(self.messages)} problem(s):"]
+            lines += [f"  {m}" for m in self.messages[:max_messages]]
+            if len(self.messages) > max_messages:
+                lines.append(f"  ... and {len(self.messages) - max_messages} more")
+        lines += [f"  note: {m}" for m in self.notes]
         return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- images
+
+
+# Formats tf.io.decode_image reads (PIL names); MPO is a multi-picture JPEG.
+DECODABLE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP"})
+# TensorFlow reads 8-bit BMPs as grey levels, right only for a grey palette.
+DECODABLE_BMP_MODES = frozenset({"RGB", "RGBA", "L"})
+EXIF_ORIENTATION = 0x0112
+
+
+def display_path(path: str | Path) -> str:
+    """The path for messages; a name that is not valid UTF-8 as the repr of its bytes."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(os.fsencode(text))
+    return text
+
+
+def utf8_name_error(path: Path) -> DataError | None:
+    """A DataError if ``path`` (as listed from disk) is not valid UTF-8, else None."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return DataError(f"{display_path(path)}: file name is not valid UTF-8; rename it "
+                         "(e.g. `convmv -f latin1 -t utf8`)")
+    return None
+
+
+def _open_image(path: str | Path) -> Image.Image:
+    """PIL image (header only), with file-named errors; decompression bombs rejected."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: image file not found") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: rejected as a possible decompression bomb, not decoded ({e}); "
+                        "raise PIL.Image.MAX_IMAGE_PIXELS if such images are intended") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: not a readable image ({e})") from e
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -68,46 +149,77 @@ def image_size(path: str | Path) -> tuple[int, int]:
     YOLO labels are relative to the original size, so we need it for every
     image; reading only the header keeps a dataset scan cheap.
     """
+    with _open_image(path) as im:
+        return im.size
+
+
+def _check_decodable(im: Image.Image, path: str | Path) -> None:
+    """Reject what the tf.data pipeline would fail on or misread (see module docstring)."""
+    if im.format not in DECODABLE_FORMATS:
+        raise DataError(f"{path}: {im.format} images cannot be decoded by the pipeline; "
+                        f"convert to JPEG or PNG (readable: {sorted(DECODABLE_FORMATS)})")
+    if im.format == "BMP" and im.mode not in DECODABLE_BMP_MODES:
+        raise DataError(f"{path}: BMP with mode {im.mode} (palette or 1-bit) would be misread "
+                        "by the pipeline; convert it to PNG")
+    orientation = _exif_orientation(im)
+    if orientation not in (None, 0, 1):
+        raise DataError(
+            f"{path}: EXIF orientation {orientation} (rotated/mirrored): the pipeline decodes the "
+            "stored pixels and ignores EXIF, so boxes drawn on the displayed image would not "
+            "match; bake the rotation in (PIL: ImageOps.exif_transpose(im).save(...)) and "
+            "re-check the boxes")
+
+
+def _exif_orientation(im: Image.Image) -> int | None:
+    """The EXIF orientation tag, None when absent or unreadable (TF ignores EXIF too)."""
+    if "exif" not in im.info:  # also keeps PNG's getexif() from decoding pixels
+        return None
     try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: image file not found") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: not a readable image ({e})") from e
+        return im.getexif().get(EXIF_ORIENTATION)
+    except Exception:  # PIL's EXIF parser raises many types on malformed blocks
+        return None
 
 
 def check_image(path: str | Path, full_decode: bool = False) -> tuple[int, int]:
-    """Like ``image_size`` but also checks the file is intact.
+    """Like ``image_size`` but also checks the file is intact and decodable.
 
     ``verify()`` catches broken PNG chunks cheaply; it does not decode JPEG
     scan data, so truncated JPEGs only show up with ``full_decode=True``.
     Better to find them here, with a file name, than as an anonymous decode
     error deep inside a tf.data pipeline.
     """
-    size = image_size(path)  # file-not-found / not-an-image errors
-    try:
-        with Image.open(path) as im:
+    with _open_image(path) as im:  # file-not-found / not-an-image / bomb errors
+        size = im.size
+        _check_decodable(im, path)
+        try:
             im.verify()
-        if full_decode:
-            with Image.open(path) as im:
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"{path}: corrupt image ({e})") from e
+    if full_decode:
+        with _open_image(path) as im:
+            try:
                 im.load()
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: corrupt image ({e})") from e
+            except (OSError, SyntaxError, ValueError) as e:
+                raise DataError(f"{path}: corrupt image ({e})") from e
     return size
 
 
 # --------------------------------------------------------------------------- YOLO labels
 
 
-def _read_text(path: Path) -> list[str]:
-    """Lines of a small UTF-8 text file, with file-named errors."""
+def read_text_file(path: Path) -> str:
+    """A small UTF-8 text file (BOM tolerated), with file-named errors."""
     try:
-        return path.read_text(encoding="utf-8-sig").splitlines()
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError as e:
         raise DataError(f"{path}: file not found") from e
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from e
+
+
+def _read_text(path: Path) -> list[str]:
+    """Lines of a small UTF-8 text file, with file-named errors."""
+    return read_text_file(path).splitlines()
 
 
 def _parse_yolo_line(text: str, where: str, num_classes: int) -> tuple[int, list[float]]:
@@ -133,6 +245,22 @@ def _parse_yolo_line(text: str, where: str, num_classes: int) -> tuple[int, list
     return int(cls_f), coords
 
 
+def clip_box(xyxy: Sequence[float], width: int, height: int, where: str) -> list[float]:
+    """Clip a pixel xyxy box overhanging the image edge; DataError if nothing is left.
+
+    Exporters often let boxes overhang a little (and formats' range checks
+    allow it within ``COORD_TOLERANCE``); a box with no area inside the image
+    would be a zero-sized training target.
+    """
+    x0, y0, x1, y1 = (float(v) for v in xyxy)
+    clipped = [min(max(x0, 0.0), width), min(max(y0, 0.0), height),
+               min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        raise DataError(f"{where}: box {[round(v, 2) for v in (x0, y0, x1, y1)]} has no area "
+                        f"inside the {width}x{height} image")
+    return clipped
+
+
 def read_yolo_labels(
     label_path: str | Path, image_width: int, image_height: int, num_victim_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -147,55 +275,128 @@ def read_yolo_labels(
     for n, line in enumerate(_read_text(path), start=1):
         if not line.strip():
             continue
-        cls, (cx, cy, w, h) = _parse_yolo_line(line, f"{path}: line {n}", num_victim_classes)
-        boxes.append([(cx - w / 2) * image_width, (cy - h / 2) * image_height,
-                      (cx + w / 2) * image_width, (cy + h / 2) * image_height])
+        where = f"{path}: line {n}"
+        cls, (cx, cy, w, h) = _parse_yolo_line(line, where, num_victim_classes)
+        boxes.append(clip_box([(cx - w / 2) * image_width, (cy - h / 2) * image_height,
+                               (cx + w / 2) * image_width, (cy + h / 2) * image_height],
+                              image_width, image_height, where))
         classes.append(cls)
-    out = np.asarray(boxes, np.float32).reshape(-1, 4)
-    np.clip(out, 0, [image_width, image_height, image_width, image_height], out=out)
-    return out, np.asarray(classes, np.int32)
+    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int32)
+
+
+def yolo_label_files(root: Path, images: Sequence[Path]) -> tuple[dict[Path, Path | None], dict[Path, DataError]]:
+    """Label file of each image of a YOLO layout (None: never annotated), and the ambiguous ones.
+
+    ``images/a.jpg`` and ``images/a.png`` would share ``labels/a.txt``; which
+    one it describes cannot be known, so both are errors rather than a guess.
+    """
+    by_stem = defaultdict(list)
+    for image in images:
+        by_stem[image.stem].append(image)
+    labels, errors = {}, {}
+    for stem, group in by_stem.items():
+        label = root / "labels" / f"{stem}.txt"
+        found = label if label.is_file() else None
+        if found is not None and len(group) > 1:
+            names = sorted(p.name for p in group)
+            for image in group:
+                errors[image] = DataError(f"{label}: ambiguous, images {names} share this label file; "
+                                          "rename all but one image (and its label)")
+        else:
+            labels.update((image, found) for image in group)
+    return labels, errors
 
 
 # --------------------------------------------------------------------------- disaster classes
 
 
-def _normalise_rel_path(text: str) -> str:
-    """Table keys as clean POSIX relative paths ('./images\\a.jpg' -> 'images/a.jpg')."""
-    return PurePosixPath(text.strip().replace("\\", "/")).as_posix()
+def relative_key(text: str, where: str) -> str:
+    """A listed image path as a clean POSIX key relative to the data root.
+
+    './images\\a.jpg' -> 'images/a.jpg'. Absolute paths and '..' are errors:
+    a key must name a file under the root, the same at every site.
+    """
+    path = PurePosixPath(text.strip().replace("\\", "/"))
+    if not text.strip() or path.is_absolute() or ".." in path.parts or ":" in path.parts[0]:
+        raise DataError(f"{where}: image path {text!r} must be relative to the data root, without '..'")
+    return path.as_posix()
 
 
-def _parse_class_table(tsv_path, class_names, image_column, class_column, delimiter):
+def class_lookup(class_names: Sequence[str], class_map: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Accepted label name -> class index: our names, plus source names that class_map maps onto them."""
+    index = {name: i for i, name in enumerate(class_names)}
+    for source_name, ours in (class_map or {}).items():
+        if ours in index:
+            index[source_name] = index[ours]
+    return index
+
+
+def _unknown_class_message(name: str, class_names: Sequence[str], class_map) -> str:
+    known = list(class_names) + sorted(set(class_map or {}) - set(class_names))
+    return f"unknown class {name!r} (known: {known})"
+
+
+@dataclass
+class ClassTable:
+    """A parsed class table. errors: (image key or None, DataError) per bad row.
+
+    dropped: rows left out because their class maps to nothing and the
+    caller asked for ``drop_unmapped`` (class name -> rows).
+    """
+
+    classes: dict[str, int]
+    lines: dict[str, int]
+    errors: list[tuple[str | None, DataError]]
+    dropped: Counter
+
+
+def parse_class_table(
+    tsv_path: str | Path,
+    class_names: Sequence[str],
+    image_column: str = "image",
+    class_column: str = "disaster_class",
+    delimiter: str = "\t",
+    class_map: Mapping[str, str] | None = None,
+    drop_unmapped: bool = False,
+) -> ClassTable:
     """Parse the table, collecting per-row errors instead of stopping.
 
-    Returns (table, row_errors) where row_errors is a list of
-    (image key or None, DataError). Structural problems (missing file,
-    missing column) raise immediately: no row can be trusted then.
+    Structural problems (missing file, missing column) raise immediately: no
+    row can be trusted then.
     """
     path = Path(tsv_path)
-    lines = _read_text(path)
-    rows = csv.reader(lines, delimiter=delimiter)
+    rows = csv.reader(_read_text(path), delimiter=delimiter)
     header = [h.strip() for h in next(rows, [])]
     for col in (image_column, class_column):
         if col not in header:
             raise DataError(f"{path}: line 1: missing column {col!r} (header is {header})")
     i_img, i_cls = header.index(image_column), header.index(class_column)
-    index = {name: i for i, name in enumerate(class_names)}
-    table, errors = {}, []
+    index = class_lookup(class_names, class_map)
+    out = ClassTable({}, {}, [], Counter())
     for n, row in enumerate(rows, start=2):
         if not any(cell.strip() for cell in row):
             continue
         where = f"{path}: line {n}"
         if len(row) != len(header):
-            errors.append((None, DataError(f"{where}: expected {len(header)} fields, got {len(row)}")))
+            out.errors.append((None, DataError(f"{where}: expected {len(header)} fields, got {len(row)}")))
             continue
-        key, name = _normalise_rel_path(row[i_img]), row[i_cls].strip()
+        try:
+            key = relative_key(row[i_img], where)
+        except DataError as err:
+            out.errors.append((None, err))
+            continue
+        name = row[i_cls].strip()
+        if name not in index and drop_unmapped:  # as if the row were not there
+            out.dropped[name] += 1
+            continue
+        out.lines.setdefault(key, n)
         if name not in index:
-            errors.append((key, DataError(f"{where}: unknown class {name!r} (known: {list(class_names)})")))
-        elif table.get(key, index[name]) != index[name]:
-            errors.append((key, DataError(f"{where}: {key} listed again with a different class {name!r}")))
+            out.errors.append((key, DataError(f"{where}: {_unknown_class_message(name, class_names, class_map)}")))
+        elif out.classes.get(key, index[name]) != index[name]:
+            out.errors.append((key, DataError(f"{where}: {key} listed again with a different class {name!r}")))
         else:
-            table[key] = index[name]
-    return table, errors
+            out.classes[key] = index[name]
+    return out
 
 
 def read_class_table(
@@ -211,10 +412,67 @@ def read_class_table(
     in the config cannot silently relabel a site's data. Raises ``DataError``
     (file + line) on the first bad row.
     """
-    table, errors = _parse_class_table(tsv_path, class_names, image_column, class_column, delimiter)
-    if errors:
-        raise errors[0][1]
-    return table
+    table = parse_class_table(tsv_path, class_names, image_column, class_column, delimiter)
+    if table.errors:
+        raise table.errors[0][1]
+    return table.classes
+
+
+def list_images(folder: Path) -> tuple[list[Path], list[DataError]]:
+    """Sorted image files of one folder, and errors for names that are not UTF-8.
+
+    Sorted so record order (and thus splits) is reproducible. Hidden files
+    ('._a.jpg' from macOS copies) are not images and are left out.
+    """
+    if not folder.is_dir():
+        raise DataError(f"{folder}: images directory not found")
+    images, errors = [], []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+            continue
+        err = utf8_name_error(p)
+        if err is None:
+            images.append(p)
+        else:
+            errors.append(err)
+    return images, errors
+
+
+@dataclass
+class ClassFolders:
+    """A scanned ``root/<class>/`` tree.
+
+    classes: 'fire/a.jpg' -> class index; unknown: folder name -> number of
+    images in a folder that names no class; errors: unusable file or folder
+    names (not UTF-8).
+    """
+
+    classes: dict[str, int]
+    unknown: dict[str, int]
+    errors: list[DataError]
+
+
+def scan_class_folders(
+    root: str | Path, class_names: Sequence[str], class_map: Mapping[str, str] | None = None
+) -> ClassFolders:
+    """Images of ``root/<class_name>/`` by class; folder names go through class_map."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: class folder root is not a directory")
+    index = class_lookup(class_names, class_map)
+    out = ClassFolders({}, {}, [])
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name_error = utf8_name_error(folder)
+        if name_error is not None:
+            out.errors.append(name_error)
+            continue
+        images, errors = list_images(folder)
+        out.errors += errors
+        if folder.name not in index:
+            out.unknown[folder.name] = len(images)
+            continue
+        out.classes.update((p.relative_to(root).as_posix(), index[folder.name]) for p in images)
+    return out
 
 
 def read_class_folders(root: str | Path, class_names: Sequence[str]) -> dict[str, int]:
@@ -225,52 +483,34 @@ def read_class_folders(root: str | Path, class_names: Sequence[str]) -> dict[str
     otherwise drop a whole class silently.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: class folder root is not a directory")
-    known = set(class_names)
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in known):
-        log.warning("%s: folder %r is not a known class, ignored (known: %s)",
-                    root, d.name, list(class_names))
-    out = {}
-    for idx, name in enumerate(class_names):
-        folder = root / name
-        if folder.is_dir():
-            for p in sorted(folder.iterdir()):
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                    out[str(p)] = idx
-    if not out:
+    scan = scan_class_folders(root, class_names)
+    for name in scan.unknown:
+        log.warning("%s: folder %r is not a known class, ignored (known: %s)", root, name, list(class_names))
+    for err in scan.errors:
+        log.warning("%s, ignored", err)
+    if not scan.classes:
         raise DataError(f"{root}: no images found in any class folder {list(class_names)}")
-    return out
+    return {str(root / key): idx for key, idx in scan.classes.items()}
 
 
 # --------------------------------------------------------------------------- whole data set
 
 
-def _list_images(images_dir: Path) -> list[Path]:
-    """Sorted image files, so record order (and thus splits) is reproducible."""
-    if not images_dir.is_dir():
-        raise DataError(f"{images_dir}: images directory not found")
-    return sorted(p for p in images_dir.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def _load_record(
-    image: Path, root: Path, num_victims: int, classes: dict[str, int], full_decode: bool
+    image: Path, root: Path, label: Path | None, num_victims: int, classes: dict[str, int], full_decode: bool
 ) -> Record:
     """Build one Record; raises DataError for anything wrong with this image."""
     width, height = check_image(image, full_decode)
-    label = root / "labels" / f"{image.stem}.txt"
-    boxes, victim_classes, has_boxes = np.zeros((0, 4), np.float32), np.zeros((0,), np.int32), False
-    if label.is_file():
+    boxes, victim_classes = np.zeros((0, 4), np.float32), np.zeros((0,), np.int32)
+    if label is not None:
         boxes, victim_classes = read_yolo_labels(label, width, height, num_victims)
-        has_boxes = True
     key = image.relative_to(root).as_posix()
     return Record(
         image_path=str(image),
         boxes=boxes,
         victim_classes=victim_classes,
         disaster_class=classes.get(key, -1),
-        has_boxes=has_boxes,
+        has_boxes=label is not None,
         has_class=key in classes,
     )
 
@@ -299,19 +539,26 @@ def load_yolo_dataset(
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     root = Path(root)
-    images = _list_images(root / "images")
+    images, name_errors = list_images(root / "images")
+    labels, ambiguous = yolo_label_files(root, images)
     report = ErrorReport()
     classes, bad_rows = {}, {}
     table_path = root / class_table if class_table else None
     if table_path is not None and table_path.is_file():
-        classes, row_errors = _parse_class_table(table_path, disaster_classes, "image", "disaster_class", "\t")
-        if row_errors and on_error == "raise":
-            raise row_errors[0][1]
-        for key, err in row_errors:
+        table = parse_class_table(table_path, disaster_classes, "image", "disaster_class", "\t")
+        classes = table.classes
+        if table.errors and on_error == "raise":
+            raise table.errors[0][1]
+        for key, err in table.errors:
             if key is None:
                 report.add(str(err), skipped_image=False)
             else:
                 bad_rows.setdefault(key, err)
+    if only is None:  # names that cannot be keys cannot be in `only` either
+        for err in name_errors:
+            if on_error == "raise":
+                raise err
+            report.add(str(err))
     records = []
     selected = images if only is None else [p for p in images if p.relative_to(root).as_posix() in only]
     for image in selected:
@@ -319,7 +566,9 @@ def load_yolo_dataset(
             key = image.relative_to(root).as_posix()
             if key in bad_rows:
                 raise bad_rows[key]
-            records.append(_load_record(image, root, len(victim_classes), classes, full_decode))
+            if image in ambiguous:
+                raise ambiguous[image]
+            records.append(_load_record(image, root, labels[image], len(victim_classes), classes, full_decode))
         except DataError as err:
             if on_error == "raise":
                 raise
