@@ -11,6 +11,7 @@ SEED ?= 0
 EPOCHS ?=
 ROUNDS ?=
 SITES ?= 3
+SPLIT ?=
 CENTRAL_MODEL := workspace/runs/central/model.keras
 MODEL ?= $(CENTRAL_MODEL)
 
@@ -33,7 +34,7 @@ train-central: setup
 
 # A whole federation on this machine: real fx processes, real certificates.
 simulate: setup
-	$(PY) -m workspace.simulate --sites $(SITES) --seed $(SEED) $(if $(ROUNDS),--rounds $(ROUNDS))
+	$(PY) -m workspace.simulate --sites $(SITES) --seed $(SEED) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SPLIT),--split $(SPLIT))
 
 splits: setup
 	$(PY) -m src.data.site_splits --sites $(SITES) --seed $(SEED)

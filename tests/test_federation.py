@@ -131,6 +131,39 @@ def test_simulate_end_to_end_with_real_fx_processes_and_certificates(tmp_path):
     assert _processes_under(run) == []
 
 
+@pytest.fixture(scope="module")
+def real_format_split(tmp_path_factory):
+    """A split built by the split builder from a C2A-style COCO json + AIDER-style folders + TSV."""
+    from src.data.sources import load_sources
+    from src.data.split_builder import build_split
+    from tests.real_formats import write_sources_spec
+
+    root = tmp_path_factory.mktemp("real")
+    spec = write_sources_spec(root / "data", coco_images=60)
+    cfg = load_config()
+    per_source, _ = load_sources(spec, cfg["classes"]["victim"], cfg["classes"]["disaster"])
+    build_split(per_source, root / "splits" / "real", spec, num_sites=2, strategy="dirichlet:1.0")
+    return root / "splits" / "real"
+
+
+def test_simulate_runs_on_a_real_format_split_with_only_the_path_changed(real_format_split, tmp_path):
+    """`make simulate SPLIT=...`: real fx processes on COCO-json/class-folder data, test split from the json."""
+    cmd = [sys.executable, "-m", "workspace.simulate", "--rounds", "2", "--split", str(real_format_split),
+           "--runs-dir", str(tmp_path), "--set", "model.input_size=96", "--set", "model.width=0.125"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = (tmp_path / "latest").resolve()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["rounds"][1]["sites"]) == {"site1", "site2"}
+    test = metrics["last_aggregate"]["test"]
+    assert test["images"] == len((real_format_split / "test.tsv").read_text().split()) - 1
+    assert test["detection_images"] > 0 and test["classification_images"] > 0
+    assert test["loss"] < metrics["initial"]["test"]["loss"]
+    assert (run / "model.keras").stat().st_size > 0
+    assert _processes_under(run) == []
+
+
 def _processes_under(folder: Path) -> list[int]:
     """PIDs whose working directory lies in folder (the fx processes of a run)."""
     pids = []

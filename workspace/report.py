@@ -12,16 +12,6 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
-def read_test_records(split_dir: Path, cfg: dict):
-    """The global test split named by `test.tsv` of a split folder."""
-    from src.data.readers import load_yolo_dataset
-
-    root = Path(cfg["data"]["root"])
-    wanted = set((split_dir / "test.tsv").read_text().split()[1:])
-    records, _ = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"], only=wanted)
-    return records
-
-
 def plot_curves(rounds: list[dict], out: Path, central: dict | None = None):
     """Score, mAP@0.5, accuracy and train loss per round (mean over sites), with the
     centralized reference's per-epoch validation numbers when available."""

@@ -1,8 +1,9 @@
 """`make simulate`: a whole OpenFL federation on one machine, for real.
 
-python -m workspace.simulate [--rounds N] [--sites N] [--seed S]
+python -m workspace.simulate [--rounds N] [--sites N] [--seed S] [--split data_splits/NAME]
 
-Generates the synthetic data if missing, builds a run folder
+Runs on the built-in synthetic data (generated if missing), or with --split on
+any split folder the split builder wrote (src/data/split_builder.py). It builds a run folder
 workspace/runs/<id>/ (workspace/runs/latest points at it) holding an OpenFL
 workspace, issues a CA, aggregator and collaborator certificates with `fx`,
 starts `fx aggregator start` and one `fx collaborator start -n SITE` per site
@@ -134,9 +135,31 @@ def prepare_workspace(ws: Path, split_dir: Path, rounds: int, port: int, seed: i
     (ws / "plan" / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
     (ws / "plan" / "cols.yaml").write_text("collaborators: []\n")
     (ws / "plan" / "data.yaml").write_text("")
-    shutil.copytree(split_dir, ws / "data_splits" / split_dir.name)
+    copy_split(split_dir, ws / "data_splits" / split_dir.name)
     for folder in ("logs", "save", "local_state"):
         (ws / folder).mkdir()
+
+
+def copy_split(split_dir: Path, target: Path):
+    """Copy a split folder; its data paths become absolute, as they were relative to the original."""
+    shutil.copytree(split_dir, target)
+    for meta_file in [target / "split.yaml", *target.glob("*/site.yaml")]:
+        if not meta_file.exists():
+            continue
+        meta = yaml.safe_load(meta_file.read_text()) or {}
+        original = split_dir / meta_file.relative_to(target).parent
+        for key in ("sources", "data_root"):
+            if meta.get(key):
+                meta[key] = str((original / meta[key]).resolve())
+        meta_file.write_text(yaml.safe_dump(meta, sort_keys=False))
+
+
+def split_sites(split_dir: Path) -> list[str]:
+    """Site folders of a split (those holding a site.yaml), in name order."""
+    sites = sorted(p.name for p in split_dir.iterdir() if (p / "site.yaml").exists())
+    if not sites:
+        raise RunFailed(f"{split_dir}: no site folders (site*/site.yaml); build one with src.data.split_builder")
+    return sites
 
 
 def certify(ws: Path, sites: list[str], split_name: str, setup_log: Path, env):
@@ -219,13 +242,15 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
     from src.evaluation import Predictor, mean_loss, score_predictions
     from src.model import build_model
     from src.federated.checkpoint import assign_weights, load_pbuf_weights
-    from workspace.report import load_central, plot_curves, plot_detections, read_test_records
+    from src.data.manifests import load_test_split
+    from workspace.report import load_central, plot_curves, plot_detections
 
     plan = yaml.safe_load((ws / "plan" / "plan.yaml").read_text())
     overrides = plan["task_runner"]["settings"].get("overrides", {})
     cfg = load_config(REPO / "configs" / "default.yaml", [f"{k}={v}" for k, v in overrides.items()])
     mcfg = model_config(cfg)
-    records = read_test_records(split_dir, {**cfg, "data": {**cfg["data"], "root": str(REPO / cfg["data"]["root"])}})
+    records = load_test_split(split_dir, cfg["classes"]["victim"], cfg["classes"]["disaster"],
+                              default_data_root=REPO / cfg["data"]["root"])
     loss_weights = train_options(cfg).loss_weights
 
     def evaluate_state(path: Path):
@@ -272,6 +297,8 @@ def main(argv=None) -> int:
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet non-IID-ness of a new split")
+    p.add_argument("--split", type=Path, default=None,
+                   help="a split folder (data_splits/NAME from src.data.split_builder); sites are its folders")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the sites' task runner, e.g. model.input_size=128")
     p.add_argument("--stock-polling", action="store_true",
@@ -285,7 +312,6 @@ def main(argv=None) -> int:
 
     plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
     rounds = args.rounds or plan["aggregator"]["settings"]["rounds_to_train"]
-    sites = [f"site{i + 1}" for i in range(args.sites)]
     started = time.monotonic()
 
     run_id = time.strftime("%Y%m%d-%H%M%S")
@@ -306,6 +332,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         split_dir = ensure_data_and_split(args, run_dir)
+        sites = split_sites(split_dir)
         ws = run_dir / "workspace"
         port = free_port()
         prepare_workspace(ws, split_dir, rounds, port, args.seed, args.set, args.stock_polling)
@@ -355,7 +382,11 @@ def main(argv=None) -> int:
 
 
 def ensure_data_and_split(args, run_dir: Path) -> Path:
-    """The default split when it fits the request, else a new one inside the run folder."""
+    """--split as given, the default split when it fits the request, else a new one in the run folder."""
+    if args.split is not None:
+        if not args.split.is_dir():
+            raise RunFailed(f"--split {args.split}: no such folder")
+        return args.split.resolve()
     from src.config import load_config
     from src.data.site_splits import build_site_splits
     from src.data.synthetic import generate_from_config

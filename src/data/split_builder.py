@@ -1,0 +1,201 @@
+"""Split builder: from one or more data sources, per-site manifests under data_splits/<name>/.
+
+python -m src.data.split_builder --sources data/real/sources.yaml --name real \
+    [--sites 3] [--strategy dirichlet:0.5|iid|by-source|task-disjoint] \
+    [--test-fraction 0.15] [--val-fraction 0.05] [--seed-fraction 1.0] [--seed 0]
+
+Steps, all seeded:
+1. a global test split (stratified by disaster class where known), never at a site;
+2. the rest into train/val, each partitioned over the sites by the strategy:
+   `iid` (equal shares), `dirichlet:ALPHA` (each disaster class spread by
+   Dirichlet(ALPHA) shares: small ALPHA = non-IID), `by-source` (each source
+   is a site: the disjoint-data-sets case), `task-disjoint` (equal shares, but
+   odd sites keep only box labels and even sites only class labels);
+3. per site, `--seed-fraction` of its training images start labeled (split
+   `train`); the rest form its active-learning pool (split `pool`).
+It prints a per-site table and refuses a split that leaves a site without
+labeled training data. The built-in default split (data_splits/default) is
+made by `src.data.site_splits` from the synthetic set.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from src.data.manifests import dirichlet_partition, key_of, write_site
+from src.data.splits import stratified_split
+
+log = logging.getLogger("split_builder")
+
+STRATEGIES = ("iid", "dirichlet:ALPHA", "by-source", "task-disjoint")
+
+
+class SplitError(ValueError):
+    """The requested split cannot be made from this data; the message says why."""
+
+
+def parse_strategy(text: str) -> tuple[str, float | None]:
+    if text.startswith("dirichlet:"):
+        try:
+            alpha = float(text.split(":", 1)[1])
+        except ValueError as e:
+            raise SplitError(f"strategy {text!r}: ALPHA must be a number, e.g. dirichlet:0.5") from e
+        if alpha <= 0:
+            raise SplitError(f"strategy {text!r}: ALPHA must be > 0")
+        return "dirichlet", alpha
+    if text in ("iid", "by-source", "task-disjoint"):
+        return text, None
+    raise SplitError(f"unknown strategy {text!r}; choose one of {STRATEGIES}")
+
+
+def _partition(keys: list[str], records: dict, sources: dict, num_sites: int, kind: str,
+               alpha: float | None, seed: int) -> list[list[str]]:
+    """Keys per site for one split (train or val)."""
+    rng = np.random.default_rng(seed)
+    if kind == "by-source":
+        return [sorted(k for k in keys if sources[k] == name) for name in sorted(set(sources.values()))]
+    if kind == "dirichlet":
+        labels = np.array([records[k].disaster_class for k in keys])  # -1 (no class) is one more group
+        return [[keys[i] for i in part] for part in dirichlet_partition(labels, num_sites, alpha, seed, rounding="nearest")]
+    order = rng.permutation(len(keys))
+    return [sorted(keys[i] for i in chunk) for chunk in np.array_split(order, num_sites)]
+
+
+def build_split(per_source: dict, out_dir: Path, sources_file: Path, num_sites: int = 3,
+                strategy: str = "dirichlet:0.5", test_fraction: float = 0.15, val_fraction: float = 0.05,
+                seed_fraction: float = 1.0, seed: int = 0, class_names=None) -> list[dict]:
+    """Write site folders, test.tsv and split.yaml; returns the per-site summary rows."""
+    kind, alpha = parse_strategy(strategy)
+    if not 0 < seed_fraction <= 1:
+        raise SplitError(f"--seed-fraction must be in (0, 1], got {seed_fraction}")
+    records, source_of = {}, {}
+    for name, recs in per_source.items():
+        for r in recs:
+            key = key_of(r, name)
+            records[key], source_of[key] = r, name
+    if not records:
+        raise SplitError("no images in any source")
+    if kind == "by-source":
+        num_sites = len(per_source)
+    keys = sorted(records)
+    ordered = [records[k] for k in keys]
+    parts = stratified_split(ordered, test_fraction, val_fraction, seed)
+    key_by_path = {records[k].image_path: k for k in keys}
+    split_keys = {name: [key_by_path[r.image_path] for r in parts[name]] for name in ("train", "val", "test")}
+    site_names = sorted(per_source) if kind == "by-source" else [f"site{i + 1}" for i in range(num_sites)]
+    rows = {name: [] for name in site_names}
+    rng = np.random.default_rng(seed + 7)
+    for split, split_seed in (("train", seed), ("val", seed + 1)):
+        for index, (site, chunk) in enumerate(zip(site_names, _partition(
+                split_keys[split], records, source_of, num_sites, kind, alpha, split_seed))):
+            boxes, cls = 1, 1
+            if kind == "task-disjoint":
+                boxes, cls = (1, 0) if index % 2 == 0 else (0, 1)
+            labeled = set(chunk)
+            if split == "train" and seed_fraction < 1:
+                count = max(1, int(round(seed_fraction * len(chunk)))) if chunk else 0
+                labeled = set(rng.choice(chunk, size=count, replace=False).tolist()) if chunk else set()
+            rows[site] += [(k, split if (split == "val" or k in labeled) else "pool", boxes, cls) for k in chunk]
+    summary = [site_summary(site, rows[site], records, class_names) for site in site_names]
+    empty = [s["site"] for s in summary if s["train"] == 0 or not (s["labels"]["boxes"] or s["labels"]["class"])]
+    if empty:
+        raise SplitError(f"split {strategy!r} leaves site(s) {empty} without labeled training data "
+                         f"({len(records)} images over {num_sites} sites): use fewer sites, more data, "
+                         "a larger ALPHA or --seed-fraction")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for site in site_names:
+        write_site(out_dir / site, site, None, sorted(rows[site]),
+                   sources=_relative(sources_file, out_dir / site))
+    (out_dir / "test.tsv").write_text("image\n" + "".join(f"{k}\n" for k in sorted(split_keys["test"])),
+                                      encoding="utf-8")
+    (out_dir / "split.yaml").write_text(yaml.safe_dump({
+        "sources": _relative(sources_file, out_dir), "strategy": strategy, "seed": seed,
+        "test_fraction": test_fraction, "val_fraction": val_fraction, "seed_fraction": seed_fraction,
+        "test_images": len(split_keys["test"]), "sites": summary}, sort_keys=False))
+    return summary
+
+
+def _relative(target: Path, start: Path) -> str:
+    """target relative to start when both live in one tree (so a workspace copy resolves), else absolute."""
+    target, start = Path(target).resolve(), Path(start).resolve()
+    try:
+        return os.path.relpath(target, start)
+    except ValueError:
+        return str(target)
+
+
+def site_summary(site: str, rows: list, records: dict, class_names=None) -> dict:
+    held = [(records[k], split, boxes, cls) for k, split, boxes, cls in rows]
+    train = [(r, b, c) for r, split, b, c in held if split == "train"]
+    hist = Counter(r.disaster_class for r, _, c in train if c and r.has_class)
+    names = class_names or sorted(hist)
+    return {
+        "site": site,
+        "train": len(train), "val": sum(s == "val" for _, s, _, _ in held),
+        "pool": sum(s == "pool" for _, s, _, _ in held),
+        "boxes": int(sum(len(r.boxes) for r, b, _ in train if b and r.has_boxes)),
+        "labels": {"boxes": sum(1 for r, b, _ in train if b and r.has_boxes),
+                   "class": sum(1 for r, _, c in train if c and r.has_class)},
+        "classes": {(names[i] if class_names else i): hist.get(i, 0) for i in range(len(names))}
+        if class_names else dict(hist),
+    }
+
+
+def format_table(summary: list[dict]) -> str:
+    classes = list(summary[0]["classes"]) if summary else []
+    head = ["site", "train", "val", "pool", "with boxes", "boxes", "with class"] + [str(c) for c in classes]
+    lines = ["  ".join(f"{h:>10}" for h in head)]
+    for s in summary:
+        cells = [s["site"], s["train"], s["val"], s["pool"], s["labels"]["boxes"], s["boxes"], s["labels"]["class"]]
+        cells += [s["classes"][c] for c in classes]
+        lines.append("  ".join(f"{str(c):>10}" for c in cells))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sources", required=True, help="sources.yaml (see src/data/sources.py)")
+    p.add_argument("--name", required=True, help="writes data_splits/<name>/ (or --out)")
+    p.add_argument("--out", type=Path, help="output folder (default data_splits/<name>)")
+    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--strategy", default="dirichlet:0.5", help=f"one of {STRATEGIES}")
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--seed-fraction", type=float, default=1.0,
+                   help="fraction of each site's training images labeled at the start (active learning)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    p.add_argument("--config", default=None, help="class lists (default configs/default.yaml)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from src.config import load_config
+    from src.data.readers import DataError
+    from src.data.sources import load_sources
+
+    cfg = load_config(args.config)
+    try:
+        per_source, report = load_sources(Path(args.sources), cfg["classes"]["victim"],
+                                          cfg["classes"]["disaster"], on_error=args.on_error)
+        if report.messages:
+            print(report.summary(), file=sys.stderr)
+        out = args.out or Path("data_splits") / args.name
+        summary = build_split(per_source, out, Path(args.sources), args.sites, args.strategy,
+                              args.test_fraction, args.val_fraction, args.seed_fraction, args.seed,
+                              cfg["classes"]["disaster"])
+    except (SplitError, DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(summary))
+    print(f"wrote {out}/ ({', '.join(s['site'] for s in summary)}, test.tsv, split.yaml)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The split builder on a non-synthetic layout: C2A-style COCO json + AIDER-style folders + a TSV source."""
+from pathlib import Path
+
+import pytest
+
+from src.config import load_config
+from src.data.manifests import load_site, load_test_split, read_manifest
+from src.data.sources import load_sources
+from src.data.split_builder import SplitError, build_split, main
+from tests.real_formats import write_sources_spec
+
+CFG = load_config()
+VICTIM, DISASTER = CFG["classes"]["victim"], CFG["classes"]["disaster"]
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    return write_sources_spec(tmp_path_factory.mktemp("real"))
+
+
+@pytest.fixture(scope="module")
+def per_source(spec):
+    records, report = load_sources(spec, VICTIM, DISASTER)
+    assert not report.messages
+    return records
+
+
+def all_rows(out: Path) -> dict:
+    return {site.name: read_manifest(site / "manifest.tsv") for site in sorted(out.glob("site*"))}
+
+
+def test_dirichlet_split_partitions_every_image_once_and_reads_back(spec, per_source, tmp_path):
+    out = tmp_path / "real"
+    summary = build_split(per_source, out, spec, num_sites=3, strategy="dirichlet:0.5", seed=0,
+                          class_names=DISASTER)
+    assert [s["site"] for s in summary] == ["site1", "site2", "site3"]
+    keys = [row[0] for rows in all_rows(out).values() for row in rows]
+    test = (out / "test.tsv").read_text().split()[1:]
+    total = sum(len(v) for v in per_source.values())
+    assert len(keys) + len(test) == total and len(set(keys) | set(test)) == total
+    site = load_site(out / "site1", VICTIM, DISASTER)
+    assert len(site.train) == summary[0]["train"] and site.train[0].image_path.startswith("/")
+    assert any(r.has_boxes and len(r.boxes) for r in site.train)
+    test_records = load_test_split(out, VICTIM, DISASTER)
+    assert len(test_records) == len(test)
+
+
+def test_split_is_reproducible_from_its_seed(spec, per_source, tmp_path):
+    a = build_split(per_source, tmp_path / "a", spec, seed=3)
+    b = build_split(per_source, tmp_path / "b", spec, seed=3)
+    c = build_split(per_source, tmp_path / "c", spec, seed=4)
+    assert a == b and all_rows(tmp_path / "a") == all_rows(tmp_path / "b")
+    assert all_rows(tmp_path / "a") != all_rows(tmp_path / "c")
+
+
+def test_by_source_gives_each_source_its_own_site(spec, per_source, tmp_path):
+    summary = build_split(per_source, tmp_path / "s", spec, strategy="by-source")
+    assert [s["site"] for s in summary] == ["c2a", "crisis"]
+    crisis = {s["site"]: s for s in summary}["crisis"]
+    assert crisis["labels"]["boxes"] == 0 and crisis["labels"]["class"] == crisis["train"]
+
+
+def test_task_disjoint_sites_hold_one_task_each(spec, per_source, tmp_path):
+    build_split(per_source, tmp_path / "t", spec, num_sites=2, strategy="task-disjoint")
+    one = load_site(tmp_path / "t" / "site1", VICTIM, DISASTER)
+    two = load_site(tmp_path / "t" / "site2", VICTIM, DISASTER)
+    assert one.has_boxes and not one.has_class
+    assert two.has_class and not two.has_boxes
+
+
+def test_seed_fraction_leaves_the_rest_in_the_active_learning_pool(spec, per_source, tmp_path):
+    summary = build_split(per_source, tmp_path / "p", spec, num_sites=2, strategy="iid", seed_fraction=0.3)
+    for s in summary:
+        assert s["pool"] > s["train"] > 0
+    site = load_site(tmp_path / "p" / "site1", VICTIM, DISASTER)
+    assert len(site.pool) == summary[0]["pool"]
+
+
+def test_refuses_a_split_that_leaves_a_site_empty(spec, per_source, tmp_path):
+    with pytest.raises(SplitError, match="without labeled training data"):
+        build_split(per_source, tmp_path / "x", spec, num_sites=80, strategy="iid")
+    with pytest.raises(SplitError, match="unknown strategy"):
+        build_split(per_source, tmp_path / "x", spec, strategy="random")
+
+
+def test_cli_prints_the_per_site_table(spec, tmp_path, capsys):
+    assert main(["--sources", str(spec), "--name", "x", "--out", str(tmp_path / "cli"), "--sites", "2",
+                 "--strategy", "iid"]) == 0
+    out = capsys.readouterr().out
+    assert "with boxes" in out and "site2" in out and "collapsed_building" in out
+    assert main(["--sources", str(tmp_path / "nope.yaml"), "--name", "x", "--out", str(tmp_path / "n")]) == 2
