@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import keras
+import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
@@ -31,6 +32,7 @@ class TrainOptions:
     warmup_epochs: float = 0.5
     clip_norm: float = 10.0
     loss_weights: LossWeights = field(default_factory=LossWeights)
+    logit_adjustment: bool = False  # disaster loss adjusted by the trainer's class prior (see MultiTaskLoss)
 
 
 def make_optimizer(options: TrainOptions, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -45,6 +47,15 @@ def make_optimizer(options: TrainOptions, steps_per_epoch: int) -> keras.optimiz
                                   global_clipnorm=options.clip_norm)
 
 
+def class_prior(records, num_classes: int, smoothing: float = 1.0) -> np.ndarray:
+    """Disaster-class frequencies of the labeled records (add-`smoothing` counts, so none is 0)."""
+    counts = np.full(num_classes, smoothing, np.float64)
+    for r in records:
+        if r.has_class:
+            counts[r.disaster_class] += 1
+    return counts / counts.sum()
+
+
 def trainable_for_groups(model: keras.Model, groups) -> list:
     """The trainable variables whose task group is in `groups` (all when None)."""
     if groups is None:
@@ -57,11 +68,14 @@ class Trainer:
     """Owns the loss, the optimizer and a compiled train step for one model."""
 
     def __init__(self, model: keras.Model, config: ModelConfig, options: TrainOptions,
-                 steps_per_epoch: int, groups=None):
+                 steps_per_epoch: int, groups=None, disaster_prior=None):
+        """disaster_prior: class frequencies of the training data, used when
+        options.logit_adjustment is on (see `class_prior`)."""
         self.model = model
         self.config = config
         self.options = options
-        self.loss = MultiTaskLoss(config, options.loss_weights)
+        prior = disaster_prior if options.logit_adjustment else None
+        self.loss = MultiTaskLoss(config, options.loss_weights, prior)
         self.optimizer = make_optimizer(options, steps_per_epoch)
         self.variables = trainable_for_groups(model, groups)
         self.optimizer.build(self.variables)

@@ -1,5 +1,6 @@
 """Multi-task loss: masking by available labels, images without victims, and that it trains."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from src.data.pipeline import PipelineOptions, training_dataset
@@ -65,3 +66,24 @@ def test_loss_drops_when_overfitting_a_small_batch(tiny_config, bright_box_recor
         last = trainer.train_epoch(dataset, epoch, progress=False)
     assert last["detection"] < 0.3 * first["detection"]
     assert last["disaster"] < 0.3 * first["disaster"]
+
+
+def test_logit_adjustment_uses_the_prior_and_is_plain_cross_entropy_when_uniform(tiny_config):
+    from src.model.loss import LossWeights
+
+    probs = tf.constant([[0.2] * 5, [0.1, 0.6, 0.1, 0.1, 0.1]])
+    outputs = {"disaster": probs}
+    targets = {"disaster": tf.constant([0, 1]), "has_class": tf.constant([1.0, 1.0])}
+
+    def disaster_loss(prior):
+        return float(MultiTaskLoss(tiny_config, LossWeights(), prior).disaster_loss(targets, outputs))
+
+    plain = disaster_loss(None)
+    assert disaster_loss([1, 1, 1, 1, 1]) == pytest.approx(plain, rel=1e-5)
+    # with the prior added, uniform scores already put 0.8 on the frequent class
+    skewed = [0.8, 0.05, 0.05, 0.05, 0.05]
+    single = {"disaster": tf.constant([0]), "has_class": tf.constant([1.0])}
+    loss = MultiTaskLoss(tiny_config, LossWeights(), skewed)
+    assert float(loss.disaster_loss(single, {"disaster": probs[:1]})) == pytest.approx(-np.log(0.8), rel=1e-4)
+    with pytest.raises(ValueError, match="positive"):
+        MultiTaskLoss(tiny_config, LossWeights(), [1, 0, 1, 1, 1])

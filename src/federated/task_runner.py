@@ -24,7 +24,7 @@ from src.config import load_config, model_config, train_options
 from src.evaluation import Predictor, score_predictions
 from src.federated.checkpoint import assign_weights
 from src.model import build_model
-from src.training import Trainer
+from src.training import Trainer, class_prior
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,9 @@ class MultiTaskRunner(KerasTaskRunner):
             options = train_options(self.cfg)
             steps = max(1, self.data_loader.get_train_data_size() // self.data_loader.batch_size)
             options = replace(options, epochs=self.rounds * self.epochs_per_round)
-            self.trainer = Trainer(self.model, self.model_config, options, steps_per_epoch=steps)
+            prior = class_prior(self.data_loader.train_records, self.model_config.num_disaster_classes)
+            self.trainer = Trainer(self.model, self.model_config, options, steps_per_epoch=steps,
+                                   disaster_prior=prior)
         return self.trainer
 
     def train_(self, batch_generator, metrics=None, **kwargs):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import keras_cv
+import numpy as np
 import tensorflow as tf
 
 from src.model.config import STRIDES, ModelConfig
@@ -47,9 +48,25 @@ def pairwise_iou(a, b):
 class MultiTaskLoss:
     """Callable: (targets dict, model outputs dict) -> dict of scalar losses."""
 
-    def __init__(self, config: ModelConfig, weights: LossWeights = LossWeights()):
+    def __init__(self, config: ModelConfig, weights: LossWeights = LossWeights(), disaster_prior=None):
+        """disaster_prior: this trainer's class frequencies (D,), for logit adjustment.
+
+        With a prior pi, the disaster loss is the cross-entropy of
+        softmax(log p + log pi): the head then learns scores that do not carry
+        the local class mix, and inference (plain p) assumes a uniform mix. A
+        site that holds almost no `normal` images otherwise teaches the
+        shared head that `normal` is rare (label-skew drift under FedAvg;
+        Menon et al. 2021 logit adjustment, FedLC 2022). None: plain cross-entropy.
+        """
         self.config = config
         self.weights = weights
+        self.log_prior = None
+        if disaster_prior is not None:
+            prior = np.asarray(disaster_prior, np.float64)
+            if prior.shape != (config.num_disaster_classes,) or np.any(prior <= 0):
+                raise ValueError(f"disaster_prior must be {config.num_disaster_classes} positive "
+                                 f"frequencies, got {disaster_prior}")
+            self.log_prior = tf.constant(np.log(prior / prior.sum()), tf.float32)
         self.anchors = scale_anchors(config)
         self.ciou = keras_cv.losses.CIoULoss(bounding_box_format="xyxy", reduction="none")
         self.image_area = float(config.input_size ** 2)
@@ -90,6 +107,18 @@ class MultiTaskLoss:
             cls_sum += tf.reduce_sum(tf.reshape(positive * cls_bce, [batch, -1]), axis=1)
         return box_sum, obj_sum, cls_sum
 
+    def disaster_loss(self, targets: dict, outputs: dict):
+        """Mean cross-entropy over the images that have a disaster class (logit-adjusted with a prior)."""
+        has_class = tf.cast(targets["has_class"], tf.float32)
+        probs = tf.cast(outputs["disaster"], tf.float32)
+        labels = tf.maximum(tf.cast(targets["disaster"], tf.int32), 0)
+        if self.log_prior is not None:
+            adjusted = tf.nn.log_softmax(tf.math.log(tf.maximum(probs, 1e-7)) + self.log_prior)
+            ce = -tf.gather(adjusted, labels, batch_dims=1)
+        else:
+            ce = -tf.math.log(tf.clip_by_value(tf.gather(probs, labels, batch_dims=1), 1e-7, 1.0))
+        return tf.reduce_sum(has_class * ce) / tf.maximum(tf.reduce_sum(has_class), 1.0)
+
     def __call__(self, targets: dict, outputs: dict) -> dict:
         w = self.weights
         has_boxes = tf.cast(targets["has_boxes"], tf.float32)
@@ -101,10 +130,7 @@ class MultiTaskLoss:
         obj = tf.reduce_sum(has_boxes * obj) / det_images
         cls = tf.reduce_sum(has_boxes * cls) / det_images
 
-        probs = tf.cast(outputs["disaster"], tf.float32)
-        labels = tf.maximum(tf.cast(targets["disaster"], tf.int32), 0)
-        ce = -tf.math.log(tf.clip_by_value(tf.gather(probs, labels, batch_dims=1), 1e-7, 1.0))
-        disaster = tf.reduce_sum(has_class * ce) / tf.maximum(tf.reduce_sum(has_class), 1.0)
+        disaster = self.disaster_loss(targets, outputs)
 
         detection = w.box * box + w.objectness * obj + w.victim_class * cls
         total = detection + w.disaster * disaster
