@@ -65,17 +65,24 @@ def test_in_process_federation_averages_site_uploads(tiny_sites, tmp_path, monke
     for name in ("loss", "map50", "accuracy", "score"):
         assert (1, "site1", name) in metrics
 
-    # The global model after the last round (final.pbuf) is the train-size-weighted mean of
-    # exactly what the two sites uploaded in that round.
+    # The global model after the last round (final.pbuf) is the plan's aggregation of exactly
+    # what the two sites uploaded in that round: the train-size-weighted mean, stepped
+    # server_lr times as far from the model the round started with (last.pbuf); batch-norm
+    # statistics plainly averaged.
+    plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
+    server_lr = plan["tasks"]["train"]["aggregation_type"]["settings"]["server_lr"]
     uploads = [clients[s].uploads[(1, "train")] for s in ("site1", "site2")]
     sizes = np.array([u["data_size"] for u in uploads], float)
     assert sizes.min() > 0
     last, final_round = load_pbuf_weights(tmp_path / "save" / "final.pbuf")
-    assert final_round == 2
+    start, start_round = load_pbuf_weights(tmp_path / "save" / "last.pbuf")
+    assert final_round == 2 and start_round == 1
     names = [n for n in last if n in uploads[0]["tensors"]]
     assert len(names) == len(last) and len(names) > 50
     for name in names:
-        expected = sum(w * u["tensors"][name] for w, u in zip(sizes / sizes.sum(), uploads))
+        mean = sum(w * u["tensors"][name] for w, u in zip(sizes / sizes.sum(), uploads))
+        step = 1.0 if name.endswith(("moving_mean", "moving_variance")) else server_lr
+        expected = start[name].reshape(mean.shape) + step * (mean - start[name].reshape(mean.shape))
         np.testing.assert_allclose(last[name].ravel(), np.ravel(expected), rtol=1e-5, atol=1e-6)
     # and the sites really trained: their uploads differ from each other
     assert any(not np.allclose(uploads[0]["tensors"][n], uploads[1]["tensors"][n]) for n in names)

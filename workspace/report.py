@@ -13,10 +13,16 @@ from PIL import Image  # noqa: E402
 
 
 def plot_curves(rounds: list[dict], out: Path, central: dict | None = None):
-    """Score, mAP@0.5, accuracy and train loss per round (mean over sites), with the
-    centralized reference's per-epoch validation numbers when available."""
+    """Score, mAP@0.5, accuracy and train loss (mean over sites), with the centralized
+    reference's per-epoch numbers when available, on one axis: epochs of training.
+
+    A round's validation scores the global model it *starts* with (trained for
+    round - 1 epochs) and its train loss is its own epoch, so validation points
+    sit at x = round index, losses at round index + 1: both curves then compare
+    models that saw the same number of epochs.
+    """
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    x = [r["round"] + 1 for r in rounds]
+    trained = [r["round"] for r in rounds]
     series = {
         "score": [r.get("score") for r in rounds],
         "mAP@0.5": [_mean_site(r, "map50") for r in rounds],
@@ -32,14 +38,15 @@ def plot_curves(rounds: list[dict], out: Path, central: dict | None = None):
             "train loss": [h["train"]["loss"] for h in hist],
         }
     for ax, (name, values) in zip(axes, series.items()):
-        ax.plot(x, values, "o-", label="federated (global model, mean over sites)")
+        x = [t + 1 for t in trained] if name == "train loss" else trained
+        ax.plot(x, values, "o-", label="federated (global model, mean over sites' val)")
         if central_series.get(name):
             ax.plot(range(1, len(central_series[name]) + 1), central_series[name], "s--",
-                    label="centralized (per epoch)")
+                    label="centralized (val, per epoch)")
         ax.set_title(name)
-        ax.set_xlabel("round / epoch")
+        ax.set_xlabel("epochs of training (federated: rounds)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
