@@ -37,7 +37,7 @@ def load_records(cfg: dict, split: Path | None, sources: Path | None, on_error: 
 def run(model_path: Path, cfg: dict, out_dir: Path, split: Path | None = None, sources: Path | None = None,
         on_error: str = "raise") -> dict:
     from src.config import model_config
-    from src.deploy.export import load_trained_model
+    from src.federated.checkpoint import load_trained_model
     from src.evaluation import Predictor, plot_confusion_matrix, score_predictions
 
     model = load_trained_model(model_path, cfg)

@@ -239,7 +239,7 @@ def test_export_reads_a_federation_state_file(exported, tmp_path):
     from openfl.pipelines import NoCompressionPipeline
     from openfl.protocols import utils
 
-    from src.deploy.export import load_trained_model
+    from src.federated.checkpoint import load_trained_model
 
     source = keras.saving.load_model(exported["model_path"], compile=False)
     tensors = {v.path: np.array(v.numpy()) for v in source.weights}

@@ -141,13 +141,8 @@ def prepare_workspace(ws: Path, split_dir: Path, rounds: int, port: int, seed: i
 
 
 def copy_split(split_dir: Path, target: Path):
-    """Copy a split folder into the workspace, keeping its data paths valid there.
-
-    A relative data path that resolves from the original folder (a split the
-    split builder wrote anywhere) becomes absolute; one that does not is a
-    workspace-relative path (`../../../data/...` of src.data.site_splits,
-    valid at <workspace>/data_splits/<split>/<site>) and stays as it is.
-    """
+    """Copy a split folder into the workspace; its data paths (relative to where the
+    split was written) become absolute, so they stay valid in the copy."""
     shutil.copytree(split_dir, target)
     for meta_file in [target / "split.yaml", *target.glob("*/site.yaml")]:
         if not meta_file.exists():
@@ -155,7 +150,7 @@ def copy_split(split_dir: Path, target: Path):
         meta = yaml.safe_load(meta_file.read_text()) or {}
         original = split_dir / meta_file.relative_to(target).parent
         for key in ("sources", "data_root"):
-            if meta.get(key) and (original / meta[key]).exists():
+            if meta.get(key):
                 meta[key] = str((original / meta[key]).resolve())
         meta_file.write_text(yaml.safe_dump(meta, sort_keys=False))
 

@@ -14,6 +14,7 @@ split is a few KB in git and the images are regenerated from the seed.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -72,6 +73,16 @@ def read_manifest(path: Path) -> list[tuple[str, str, bool, bool]]:
     return rows
 
 
+def relative_path(target, start) -> str:
+    """target relative to start, so a split folder moved with its data still resolves;
+    absolute when the two share no root."""
+    target, start = Path(target).resolve(), Path(start).resolve()
+    try:
+        return os.path.relpath(target, start)
+    except ValueError:
+        return str(target)
+
+
 def _resolve(folder: Path, value: str) -> Path:
     path = Path(value)
     return path if path.is_absolute() else folder / path
@@ -88,21 +99,13 @@ def load_records(folder: Path, meta: dict, keys, victim_classes, disaster_classe
         if not spec.exists():
             raise FileNotFoundError(f"{where}: sources file {spec} not found")
         per_source, _ = load_sources(spec, victim_classes, disaster_classes, on_error=on_error, only=set(keys))
-        return {key_of(r, per_source_name): r
-                for per_source_name, records in per_source.items() for r in records}
+        return {r.key: r for records in per_source.values() for r in records}
     root = _resolve(folder, meta.get("data_root", ""))
     if not (root / "images").is_dir():
         raise FileNotFoundError(f"{where}: data_root {root} has no images/ folder "
                                 "(generate the synthetic data with `make data`)")
     records, _ = load_yolo_dataset(root, victim_classes, disaster_classes, on_error=on_error, only=set(keys))
     return {Path(r.image_path).relative_to(root).as_posix(): r for r in records}
-
-
-def key_of(record, source_name: str) -> str:
-    """The manifest key of a record read through a sources spec."""
-    from src.data.sources import source_relative_key
-
-    return source_relative_key(record, source_name)
 
 
 def load_site(folder, victim_classes, disaster_classes, on_error: str = "raise") -> SiteData:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from src.config import load_config
-from src.data.manifests import dirichlet_partition, write_site
+from src.data.manifests import dirichlet_partition, relative_path, write_site
 from src.data.readers import load_yolo_dataset
 from src.data.splits import stratified_split
 
@@ -42,11 +42,8 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
     summary = []
     class_names = cfg["classes"]["disaster"]
     by_path = {rel(r): r for r in records}
-    # Site folders sit at <workspace>/data_splits/<split>/<site>; a relative data
-    # root (relative to the workspace) is written relative to the site folder.
-    site_root = str(root) if root.is_absolute() else str(Path("..", "..", "..", root))
     for name in names:
-        write_site(out_dir / name, name, site_root, sorted(rows[name]))
+        write_site(out_dir / name, name, relative_path(root, out_dir / name), sorted(rows[name]))
         hist = Counter(class_names[by_path[img].disaster_class] for img, split, *_ in rows[name]
                        if split == "train")
         summary.append({"site": name, "train": sum(s == "train" for _, s, *_ in rows[name]),

@@ -115,14 +115,6 @@ def split_record_key(key: str) -> tuple[str, str]:
     return name, relative
 
 
-def source_relative_key(record: Record, source_name: str) -> str:
-    """The key of a record that ``load_sources`` returned under ``source_name``."""
-    key = getattr(record, "key", "")
-    if not key or split_record_key(key)[0] != source_name:
-        raise ValueError(f"{record.image_path}: not a record of source {source_name!r} from load_sources")
-    return key
-
-
 # --------------------------------------------------------------------------- the spec
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -29,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from src.data.manifests import dirichlet_partition, key_of, write_site
+from src.data.manifests import dirichlet_partition, relative_path, write_site
+from src.data.sources import split_record_key
 from src.data.splits import stratified_split
 
 log = logging.getLogger("split_builder")
@@ -75,20 +75,14 @@ def build_split(per_source: dict, out_dir: Path, sources_file: Path, num_sites: 
     kind, alpha = parse_strategy(strategy)
     if not 0 < seed_fraction <= 1:
         raise SplitError(f"--seed-fraction must be in (0, 1], got {seed_fraction}")
-    records, source_of = {}, {}
-    for name, recs in per_source.items():
-        for r in recs:
-            key = key_of(r, name)
-            records[key], source_of[key] = r, name
+    records = {r.key: r for recs in per_source.values() for r in recs}  # SourceRecord keys
+    source_of = {key: split_record_key(key)[0] for key in records}
     if not records:
         raise SplitError("no images in any source")
     if kind == "by-source":
         num_sites = len(per_source)
-    keys = sorted(records)
-    ordered = [records[k] for k in keys]
-    parts = stratified_split(ordered, test_fraction, val_fraction, seed)
-    key_by_path = {records[k].image_path: k for k in keys}
-    split_keys = {name: [key_by_path[r.image_path] for r in parts[name]] for name in ("train", "val", "test")}
+    parts = stratified_split([records[k] for k in sorted(records)], test_fraction, val_fraction, seed)
+    split_keys = {name: [r.key for r in parts[name]] for name in ("train", "val", "test")}
     site_names = sorted(per_source) if kind == "by-source" else [f"site{i + 1}" for i in range(num_sites)]
     rows = {name: [] for name in site_names}
     rng = np.random.default_rng(seed + 7)
@@ -112,23 +106,14 @@ def build_split(per_source: dict, out_dir: Path, sources_file: Path, num_sites: 
     out_dir.mkdir(parents=True, exist_ok=True)
     for site in site_names:
         write_site(out_dir / site, site, None, sorted(rows[site]),
-                   sources=_relative(sources_file, out_dir / site))
+                   sources=relative_path(sources_file, out_dir / site))
     (out_dir / "test.tsv").write_text("image\n" + "".join(f"{k}\n" for k in sorted(split_keys["test"])),
                                       encoding="utf-8")
     (out_dir / "split.yaml").write_text(yaml.safe_dump({
-        "sources": _relative(sources_file, out_dir), "strategy": strategy, "seed": seed,
+        "sources": relative_path(sources_file, out_dir), "strategy": strategy, "seed": seed,
         "test_fraction": test_fraction, "val_fraction": val_fraction, "seed_fraction": seed_fraction,
         "test_images": len(split_keys["test"]), "sites": summary}, sort_keys=False))
     return summary
-
-
-def _relative(target: Path, start: Path) -> str:
-    """target relative to start when both live in one tree (so a workspace copy resolves), else absolute."""
-    target, start = Path(target).resolve(), Path(start).resolve()
-    try:
-        return os.path.relpath(target, start)
-    except ValueError:
-        return str(target)
 
 
 def site_summary(site: str, rows: list, records: dict, class_names=None) -> dict:

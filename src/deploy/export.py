@@ -67,27 +67,6 @@ def size_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
-def load_trained_model(path: Path, cfg: dict):
-    """A Keras model from a `.keras` file or an OpenFL `.pbuf` state (architecture from cfg)."""
-    import keras
-
-    from src.config import model_config
-    from src.federated.checkpoint import assign_weights, load_pbuf_weights
-    from src.model import build_model
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model file")
-    if path.suffix == ".keras":
-        return keras.saving.load_model(path, compile=False)
-    if path.suffix == ".pbuf":
-        model = build_model(model_config(cfg))
-        weights, _ = load_pbuf_weights(path)
-        assign_weights(model, weights)
-        return model
-    raise ValueError(f"{path}: expected a .keras file or an OpenFL .pbuf state file")
-
-
 def metadata_for(model, cfg: dict) -> ModelMetadata:
     from src.config import model_config
 
@@ -101,11 +80,14 @@ def metadata_for(model, cfg: dict) -> ModelMetadata:
                          disaster_classes=list(cfg["classes"]["disaster"]))
 
 
-def calibration_images(cfg: dict, count: int, size: int) -> np.ndarray:
-    """`count` letterboxed training-split images (seeded), float32 (N, S, S, 3)."""
-    from src.train_central import load_data
+def calibration_images(cfg: dict, count: int, size: int, train=None) -> np.ndarray:
+    """`count` letterboxed training-split images (seeded), float32 (N, S, S, 3).
 
-    train = load_data(cfg)["train"]
+    train: the training-split records when the caller has them already (else read here)."""
+    if train is None:
+        from src.train_central import load_data
+
+        train = load_data(cfg)["train"]
     rng = np.random.default_rng(cfg["seed"])
     chosen = rng.choice(len(train), size=min(count, len(train)), replace=False)
     return np.stack([letterbox(read_image(train[i].image_path), size)[0] for i in chosen])
@@ -162,13 +144,17 @@ def write_openvino(saved_model: Path, path: Path, precision: str, calibration: n
 
 
 def export(model_path: Path, cfg: dict, out_dir: Path, formats=DEFAULT_FORMATS,
-           calibration_count: int = DEFAULT_CALIBRATION_IMAGES) -> dict:
-    """Write every requested format into out_dir; returns {format: {path, bytes, seconds}}."""
+           calibration_count: int = DEFAULT_CALIBRATION_IMAGES, train_records=None) -> dict:
+    """Write every requested format into out_dir; returns {format: {path, bytes, seconds}}.
+
+    train_records: the training split for int8 calibration, if the caller has read it."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {FORMATS}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from src.federated.checkpoint import load_trained_model
+
     model = load_trained_model(model_path, cfg)
     meta = metadata_for(model, cfg)
     meta.save(out_dir)
@@ -177,7 +163,7 @@ def export(model_path: Path, cfg: dict, out_dir: Path, formats=DEFAULT_FORMATS,
     calibration = None
     if any(f.endswith("int8") for f in formats):
         log.info("calibration: %d letterboxed training images", calibration_count)
-        calibration = calibration_images(cfg, calibration_count, meta.input_size)
+        calibration = calibration_images(cfg, calibration_count, meta.input_size, train_records)
     ordered = [f for f in FORMATS if f in formats or (f == "savedmodel" and needs_savedmodel)]
     written = {}
     for fmt in tqdm(ordered, desc="export", unit="format"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
 import time
@@ -69,10 +70,11 @@ def run(model_path: Path, cfg: dict, out_dir: Path, rounds: int = 3, latency_ima
     from src.train_central import load_data
 
     out_dir = Path(out_dir)
-    written = export(model_path, cfg, out_dir / "models", formats, calibration_count)
+    splits = load_data(cfg)  # read once: calibration (train) and evaluation (test)
+    written = export(model_path, cfg, out_dir / "models", formats, calibration_count, splits["train"])
     meta = ModelMetadata.load(out_dir / "models")
     mcfg = model_config(cfg)
-    test = load_data(cfg)["test"]
+    test = splits["test"]
     images, scales, offsets = preprocess(test, meta.input_size)
     evaluation = cfg.get("evaluation", {})
     thresholds = Thresholds(evaluation.get("score_threshold", 0.01), evaluation.get("iou_threshold", 0.45),
@@ -107,7 +109,7 @@ def run(model_path: Path, cfg: dict, out_dir: Path, rounds: int = 3, latency_ima
         "latency": {"batch": 1, "rounds": rounds, "images_per_round": len(sample),
                     "includes": "runtime + numpy decode + NMS (score > 0.25); not letterboxing"},
         "thresholds_for_map": asdict(thresholds),
-        "machine": {"cpus": __import__("os").cpu_count(), "processor": platform.processor() or platform.machine()},
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "formats": rows,
     }
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""OpenFL model-state files (`save/best.pbuf`, `last.pbuf`, `final.pbuf`) as Keras weights."""
+"""Saved models: OpenFL model-state files (`save/best.pbuf`, ...) as Keras weights, and `.keras` files."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,3 +22,23 @@ def assign_weights(model, weights: dict) -> None:
         raise KeyError(f"tensor dict lacks {len(missing)} model tensors, e.g. {missing[:3]}")
     for v in model.weights:
         v.assign(weights[v.path].reshape(v.shape))
+
+
+def load_trained_model(path: Path, cfg: dict):
+    """A Keras model from a `.keras` file or an OpenFL `.pbuf` state (architecture from cfg)."""
+    import keras
+
+    from src.config import model_config
+    from src.model import build_model
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    if path.suffix == ".keras":
+        return keras.saving.load_model(path, compile=False)
+    if path.suffix == ".pbuf":
+        model = build_model(model_config(cfg))
+        weights, _ = load_pbuf_weights(path)
+        assign_weights(model, weights)
+        return model
+    raise ValueError(f"{path}: expected a .keras file or an OpenFL .pbuf state file")
