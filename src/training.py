@@ -56,12 +56,18 @@ def class_prior(records, num_classes: int, smoothing: float = 1.0) -> np.ndarray
     return counts / counts.sum()
 
 
-def trainable_for_groups(model: keras.Model, groups) -> list:
-    """The trainable variables whose task group is in `groups` (all when None)."""
-    if groups is None:
-        return list(model.trainable_variables)
-    groups = set(groups)
-    return [v for v in model.trainable_variables if task_group_of(v.path) in groups]
+def train_only_groups(model: keras.Model, groups) -> list:
+    """Freeze every layer outside `groups`; return the variables left to train (all when None).
+
+    A frozen layer gets no gradient and no optimizer slot (so no weight-decay
+    drift), and its batch norm runs in inference mode (Keras 3 skips the
+    moving-statistics update of a non-trainable BatchNormalization), so a
+    group a site cannot train is bit-identical after its training.
+    """
+    for layer in model.layers:
+        if layer.weights:
+            layer.trainable = groups is None or task_group_of(layer.name) in set(groups)
+    return list(model.trainable_variables)
 
 
 class Trainer:
@@ -69,7 +75,8 @@ class Trainer:
 
     def __init__(self, model: keras.Model, config: ModelConfig, options: TrainOptions,
                  steps_per_epoch: int, groups=None, disaster_prior=None):
-        """disaster_prior: class frequencies of the training data, used when
+        """groups: the task groups to train (the rest frozen, see `train_only_groups`); all when None.
+        disaster_prior: class frequencies of the training data, used when
         options.logit_adjustment is on (see `class_prior`)."""
         self.model = model
         self.config = config
@@ -77,7 +84,7 @@ class Trainer:
         prior = disaster_prior if options.logit_adjustment else None
         self.loss = MultiTaskLoss(config, options.loss_weights, prior)
         self.optimizer = make_optimizer(options, steps_per_epoch)
-        self.variables = trainable_for_groups(model, groups)
+        self.variables = train_only_groups(model, groups)
         self.optimizer.build(self.variables)
         self._step = tf.function(self._train_step, reduce_retracing=True)
 

@@ -14,46 +14,23 @@ import pytest
 import yaml
 
 from src.config import load_config
-from src.data.site_splits import build_site_splits
-from src.data.synthetic import generate_dataset
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = {"model.input_size": 64, "model.width": 0.125, "model.depth": [1, 1, 1, 1, 1],
-        "model.cls_head_blocks": 1}
+from tests.tiny_federation import REPO, TINY, write_tiny_plan, write_tiny_site_split
 
 
 @pytest.fixture(scope="module")
 def tiny_sites(tmp_path_factory):
-    """A 48-image synthetic data set split over two sites (plus a test split)."""
+    """A 48-image synthetic data set split over two sites holding both labels (plus a test split)."""
     root = tmp_path_factory.mktemp("fed")
-    cfg = load_config(overrides=[f"data.root={root / 'data'}", "data.test_fraction=0.25",
-                                 "data.val_fraction=0.25"])
-    generate_dataset(root / "data", num_images=48, seed=1, min_size=96, max_size=128, workers=1)
-    build_site_splits(cfg, root / "splits", num_sites=2, alpha=100.0, seed=0)
+    write_tiny_site_split(root, num_images=48, num_sites=2, labels=["both"], seed=1)
     return root
-
-
-def _tiny_plan(workspace: Path, sites_dir: Path, rounds: int):
-    plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
-    plan["aggregator"]["settings"].update(rounds_to_train=rounds, event_log="logs/events.jsonl")
-    plan["task_runner"]["settings"]["config"] = str(REPO / "configs" / "default.yaml")
-    plan["task_runner"]["settings"]["rounds"] = rounds
-    plan["task_runner"]["settings"]["overrides"].update(TINY)
-    plan["data_loader"]["settings"].update(config=str(REPO / "configs" / "default.yaml"), batch_size=8)
-    for task in plan["tasks"].values():
-        task["kwargs"]["batch_size"] = 8
-    (workspace / "plan").mkdir(parents=True)
-    (workspace / "plan" / "plan.yaml").write_text(yaml.safe_dump(plan))
-    (workspace / "plan" / "cols.yaml").write_text(yaml.safe_dump({"collaborators": ["site1", "site2"]}))
-    (workspace / "plan" / "data.yaml").write_text(
-        "".join(f"{s},{sites_dir / s}\n" for s in ("site1", "site2")))
 
 
 def test_in_process_federation_averages_site_uploads(tiny_sites, tmp_path, monkeypatch):
     from src.federated.in_process import run_federation
     from src.federated.checkpoint import load_pbuf_weights
 
-    _tiny_plan(tmp_path, tiny_sites / "splits", rounds=2)
+    write_tiny_plan(tmp_path, tiny_sites / "splits", rounds=2)
     monkeypatch.chdir(tmp_path)
     aggregator, clients = run_federation(tmp_path)
 
@@ -131,6 +108,17 @@ def test_simulate_end_to_end_with_real_fx_processes_and_certificates(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [0, 1]
     assert set(metrics["rounds"][1]["sites"]) == {"site1", "site2"}
+    # The default labels cycle both, boxes, class: site2 is detection-only, so over the
+    # real gRPC transport it uploads no cls_head, and the accounting says so.
+    assert metrics["backbone_mode"] == "joint" and metrics["exchange"] == "decoupled"
+    assert metrics["model_bytes"] > 0
+    for rnd in metrics["rounds"]:
+        for site, m in rnd["sites"].items():
+            # (tensor messages carry a few bytes of header each way)
+            assert 0 < m["upload_bytes"] < 1.01 * metrics["model_bytes"] < 1.02 * m["download_bytes"], (site, m)
+    groups = {s: set(metrics["rounds"][1]["sites"][s]["upload_bytes_by_group"]) for s in ("site1", "site2")}
+    assert groups == {"site1": {"backbone", "neck", "det_head", "cls_head", "metrics"},
+                      "site2": {"backbone", "neck", "det_head", "metrics"}}
     # the model improved: lower multi-task loss on the held-out test split than at init
     assert metrics["last_aggregate"]["test"]["loss"] < 0.9 * metrics["initial"]["test"]["loss"]
     assert metrics["median_idle_s"] is not None and metrics["median_idle_s"] < 2.0
@@ -156,13 +144,16 @@ def real_format_split(tmp_path_factory):
 def test_simulate_runs_on_a_real_format_split_with_only_the_path_changed(real_format_split, tmp_path):
     """`make simulate SPLIT=...`: real fx processes on COCO-json/class-folder data, test split from the json."""
     cmd = [sys.executable, "-m", "workspace.simulate", "--rounds", "2", "--split", str(real_format_split),
-           "--runs-dir", str(tmp_path), "--set", "model.input_size=96", "--set", "model.width=0.125"]
+           "--runs-dir", str(tmp_path), "--set", "model.input_size=96", "--set", "model.width=0.125",
+           "--plan-set", "aggregator.settings.backbone_weighting=task_balanced"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = (tmp_path / "latest").resolve()
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["rounds"][1]["sites"]) == {"site1", "site2"}
+    plan = yaml.safe_load((run / "workspace" / "plan" / "plan.yaml").read_text())
+    assert plan["aggregator"]["settings"]["backbone_weighting"] == "task_balanced"
     test = metrics["last_aggregate"]["test"]
     assert test["images"] == len((real_format_split / "test.tsv").read_text().split()) - 1
     assert test["detection_images"] > 0 and test["classification_images"] > 0

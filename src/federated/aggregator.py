@@ -15,7 +15,9 @@ last round's training is never saved; it goes to `final_state_path`.
 
 Event log (`event_log`, JSON lines): round starts, when each site got its
 tasks and how long it waited for work that was ready (idle_s), every metric
-each site reported, and the aggregated metrics per round. `make simulate`
+each site reported, the aggregated metrics per round, and the bytes each site
+uploaded and downloaded per task group (the serialized NamedTensor messages,
+i.e. what crosses the wire inside gRPC/TLS framing). `make simulate`
 turns it into progress lines and metrics.json.
 """
 from __future__ import annotations
@@ -25,8 +27,28 @@ import os
 import queue
 import threading
 import time
+from collections import defaultdict
 
 from openfl.component.aggregator import Aggregator
+
+from src.model.config import task_group_of
+
+
+def wire_group(named_tensor) -> str:
+    """Accounting bucket of a tensor message: its task group, or `metrics` for scalars."""
+    if "metric" in named_tensor.tags:
+        return "metrics"
+    try:
+        return task_group_of(named_tensor.name)
+    except ValueError:
+        return "other"
+
+
+def bytes_by_group(named_tensors) -> dict:
+    out = defaultdict(int)
+    for t in named_tensors:
+        out[wire_group(t)] += t.ByteSize()
+    return dict(out)
 
 
 class PromptAggregator(Aggregator):
@@ -37,7 +59,10 @@ class PromptAggregator(Aggregator):
         self.event_log = event_log
         self.final_state_path = final_state_path
         self._round_ready_at = {}
+        self._downloads = defaultdict(lambda: defaultdict(int))  # (site, round) -> group -> bytes
         super().__init__(*args, **kwargs)
+        self._event("model", model_bytes=sum(t.ByteSize() for t in self.model.tensors),
+                    model_bytes_by_group=bytes_by_group(self.model.tensors))
         self.poll_interval_s = float(poll_interval_s)
         self.long_poll_s = float(long_poll_s)
         self._mark_round_ready(self.round_number)
@@ -78,13 +103,34 @@ class PromptAggregator(Aggregator):
                 return tasks, round_number, (sleep_time if self.long_poll_s <= 0 else 0), time_to_quit
             time.sleep(self.poll_interval_s)
 
+    # ---- wire accounting -----------------------------------------------------------------
+    def get_aggregated_tensor(self, tensor_name, round_number, report, tags, require_lossless,
+                              requested_by):
+        named_tensor = super().get_aggregated_tensor(tensor_name, round_number, report, tags,
+                                                     require_lossless, requested_by)
+        with self._events_lock:
+            self._downloads[(requested_by, round_number)][wire_group(named_tensor)] += named_tensor.ByteSize()
+        return named_tensor
+
+    def _log_downloads(self, round_number: int):
+        with self._events_lock:
+            done = {k: dict(v) for k, v in self._downloads.items() if k[1] == round_number}
+            for k in done:
+                del self._downloads[k]
+        for (site, rnd), by_group in sorted(done.items()):
+            self._event("download", round=rnd, site=site, bytes=sum(by_group.values()), by_group=by_group)
+
     def send_local_task_results(self, collaborator_name, round_number, task_name, data_size,
                                 named_tensors):
+        by_group = bytes_by_group(named_tensors)
+        self._event("upload", round=round_number, site=collaborator_name, task=task_name,
+                    bytes=sum(by_group.values()), by_group=by_group)
         before = self.round_number
         super().send_local_task_results(collaborator_name, round_number, task_name, data_size,
                                         named_tensors)
         self._drain_metrics()
         if self.round_number != before:
+            self._log_downloads(before)
             self._event("round_end", round=before)
             if not self._time_to_quit():
                 self._mark_round_ready(self.round_number)

@@ -56,7 +56,8 @@ def run_federation(workspace: Path) -> tuple[object, dict]:
     """Initialise and run the federation described by workspace/plan/*.yaml.
 
     Must be called with the workspace as the current directory (as `fx` is).
-    Returns the aggregator and the per-site clients (with their uploads).
+    Returns the aggregator and the per-site clients (with their uploads; each
+    client's `collaborator` is the site's Collaborator, holding its task runner).
     """
     plan = Plan.parse(plan_config_path=Path("plan/plan.yaml"), cols_config_path=Path("plan/cols.yaml"),
                       data_config_path=Path("plan/data.yaml"))
@@ -76,7 +77,8 @@ def run_federation(workspace: Path) -> tuple[object, dict]:
                                cols_config_path=Path("plan/cols.yaml"),
                                data_config_path=Path("plan/data.yaml"))
         clients[name] = InProcessClient(aggregator, name)
-        collaborators.append(site_plan.get_collaborator(name, client=clients[name]))
+        clients[name].collaborator = site_plan.get_collaborator(name, client=clients[name])
+        collaborators.append(clients[name].collaborator)
     errors = []
 
     def run(collaborator):

@@ -8,7 +8,11 @@ Differences from the stock KerasTaskRunner, each for a reason:
 - validation reports victim mAP@0.5, disaster accuracy and one `score`
   (their mean) so `best.pbuf` follows one number;
 - save_native/load_native round-trip a Keras 3 `.keras` file (the stock
-  save_native writes a SavedModel folder that load_native cannot read).
+  save_native writes a SavedModel folder that load_native cannot read);
+- decoupled per-task weights (src/task_groups.py): the site trains only the
+  groups its labels reach (the rest frozen), uploads only those tensors, and
+  reports per group how many images taught it (`samples_<group>` metrics),
+  which the aggregator (src/federated/decoupled.py) uses as that group's weight.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from src.config import load_config, model_config, train_options
 from src.evaluation import Predictor, score_predictions
 from src.federated.checkpoint import assign_weights
 from src.model import build_model
+from src.model.config import TASK_GROUPS, task_group_of
+from src.task_groups import group_sample_counts, load_group_weights
 from src.training import Trainer, class_prior
 
 log = logging.getLogger(__name__)
@@ -39,8 +45,14 @@ def validation_score(result: dict) -> float:
 
 class MultiTaskRunner(KerasTaskRunner):
     def __init__(self, data_loader=None, config: str | None = None, rounds: int = 1,
-                 epochs_per_round: int = 1, overrides: dict | None = None, **kwargs):
-        """`overrides` are config keys (`training.learning_rate: 0.002`) set in the plan."""
+                 epochs_per_round: int = 1, overrides: dict | None = None,
+                 backbone_mode: str = "joint", backbone_checkpoint: str | None = None,
+                 exchange: str = "decoupled", **kwargs):
+        """`overrides` are config keys (`training.learning_rate: 0.002`) set in the plan.
+
+        backbone_mode joint|frozen and exchange decoupled|full: see src/task_groups.py.
+        backbone_checkpoint: the pretrained backbone (.npz) that `frozen` starts from.
+        """
         cfg = load_config(config, [f"{k}={v}" for k, v in (overrides or {}).items()])
         self.cfg = cfg
         self.model_config = model_config(cfg)
@@ -49,6 +61,16 @@ class MultiTaskRunner(KerasTaskRunner):
         super().__init__(data_loader=data_loader, **kwargs)
         keras.utils.set_random_seed(cfg["seed"])
         self.model = build_model(self.model_config)
+        if backbone_mode == "frozen":
+            if not backbone_checkpoint:
+                raise ValueError("backbone_mode frozen needs task_runner.settings.backbone_checkpoint")
+            load_group_weights(self.model, backbone_checkpoint)
+        records = data_loader.train_records if data_loader is not None else []
+        self.group_samples = group_sample_counts(records, backbone_mode, exchange)
+        if records and not self.group_samples:
+            raise ValueError(f"site {data_loader.site_name}: none of its {len(records)} training "
+                             "images has a label this federation trains")
+        self.backbone_mode, self.exchange = backbone_mode, exchange
         self.rounds = int(rounds)
         self.epochs_per_round = int(epochs_per_round)
         self.trainer = None
@@ -74,8 +96,23 @@ class MultiTaskRunner(KerasTaskRunner):
             options = replace(options, epochs=self.rounds * self.epochs_per_round)
             prior = class_prior(self.data_loader.train_records, self.model_config.num_disaster_classes)
             self.trainer = Trainer(self.model, self.model_config, options, steps_per_epoch=steps,
-                                   disaster_prior=prior)
+                                   groups=tuple(self.group_samples), disaster_prior=prior)
+            log.info("training groups %s (images per group %s; backbone %s, exchange %s)",
+                     list(self.group_samples), self.group_samples, self.backbone_mode, self.exchange)
         return self.trainer
+
+    def train_task(self, col_name, round_num, input_tensor_dict, metrics, epochs=1, batch_size=1,
+                   **kwargs):
+        """The stock task, then the upload cut down to the groups this site trained,
+        plus one `samples_<group>` metric per group (0 = not trained here)."""
+        global_out, local_out = super().train_task(col_name, round_num, input_tensor_dict, metrics,
+                                                   epochs=epochs, batch_size=batch_size, **kwargs)
+        upload = {k: v for k, v in global_out.items()
+                  if "metric" in k.tags or task_group_of(k.tensor_name) in self.group_samples}
+        for group in TASK_GROUPS:
+            key = TensorKey(f"samples_{group}", col_name, round_num, True, ("metric",))
+            upload[key] = np.array(float(self.group_samples.get(group, 0)))
+        return upload, local_out
 
     def train_(self, batch_generator, metrics=None, **kwargs):
         """One epoch of the core trainer; returns the requested loss metrics."""
@@ -104,7 +141,8 @@ class MultiTaskRunner(KerasTaskRunner):
         out = {}
         for m in names:
             tags = change_tags(("metric",), add_field=suffix if m == "score" else "validate_detail")
-            out[TensorKey(m, col_name, round_num, True, tags)] = np.array(float(result.get(m, 0.0)))
+            # NaN = this site holds no labels to score it (e.g. mAP at a classification-only site)
+            out[TensorKey(m, col_name, round_num, True, tags)] = np.array(float(result.get(m, np.nan)))
         return out, {}
 
     # ---- native model files ---------------------------------------------------------------

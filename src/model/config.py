@@ -57,7 +57,7 @@ class ModelConfig:
     anchor_iou_threshold: float = 1.0  # 1.0 = best anchor only (YOLOv3)
     neighbour_cells: bool = False      # YOLOv5: also the 2 nearest neighbour cells
     cls_head_blocks: int = 2
-    cls_head_expansion: int = 4
+    cls_head_expansion: int = 2
     cls_head_dropout: float = 0.2
 
     def __post_init__(self):

@@ -1,0 +1,100 @@
+"""Group-wise aggregation of decoupled uploads (the aggregator named in plan.yaml).
+
+Stock OpenFL 1.9 aggregates a training task by walking the tensor list of the
+*first* collaborator and insists that every collaborator sent every tensor
+(TensorDB.get_aggregated_tensor returns None otherwise). With decoupled
+per-task weights a classification-only site sends backbone + cls_head only,
+a detection-only site no cls_head, and in `frozen` mode nobody sends the
+backbone. This aggregator, for the trained tensors of a task:
+- averages each tensor over exactly the sites that sent it, through the plan's
+  aggregation function (the OpenFL AggregationFunction interface, e.g.
+  src.federated.aggregation.ServerStepAverage), with each site weighted by the
+  `samples_<group>` metric it reported for that tensor's group, i.e. by how
+  many images taught that group (its data_size when a runner reports none);
+- carries every tensor nobody sent this round into the next round unchanged,
+  so a group nobody trained keeps its previous global value and the global
+  model stays complete (best/last.pbuf, the next round's downloads).
+`backbone_weighting: task_balanced` (plan, aggregator settings) weights the
+shared backbone so that each task gets an equal vote instead of each image
+(src/task_groups.py:task_balanced_weights); `samples` (default) uses the
+backbone's own image counts like every other group.
+Metrics go through the stock code path (including best-model selection).
+"""
+from __future__ import annotations
+
+from openfl.utilities import TaskResultKey, TensorKey, change_tags
+
+from src.federated.aggregator import PromptAggregator
+from src.model.config import TASK_GROUPS, task_group_of
+from src.task_groups import task_balanced_weights
+
+BACKBONE_WEIGHTINGS = ("samples", "task_balanced")
+
+
+class DecoupledAggregator(PromptAggregator):
+    def __init__(self, *args, backbone_weighting: str = "samples", **kwargs):
+        if backbone_weighting not in BACKBONE_WEIGHTINGS:
+            raise ValueError(f"backbone_weighting must be one of {BACKBONE_WEIGHTINGS}, "
+                             f"got {backbone_weighting!r}")
+        self.backbone_weighting = backbone_weighting
+        super().__init__(*args, **kwargs)
+
+    def _compute_validation_related_task_metrics(self, task_name) -> dict:
+        done = [c for c in self.assigner.get_collaborators_for_task(task_name, self.round_number)
+                if c in self.collaborators_done]
+        keys = [TaskResultKey(task_name, c, self.round_number) for c in done]
+        results = {k: self.collaborator_tasks_results[k] for k in keys}
+        trained = {k: [t for t in v if "trained" in t.tags] for k, v in results.items()}
+        if not any(trained.values()):
+            return super()._compute_validation_related_task_metrics(task_name)
+        # The stock method handles the metrics; the trained tensors are ours.
+        for k in keys:
+            self.collaborator_tasks_results[k] = [t for t in results[k] if "trained" not in t.tags]
+        try:
+            logs = super()._compute_validation_related_task_metrics(task_name)
+        finally:
+            self.collaborator_tasks_results.update(results)
+        self._aggregate_by_group(task_name, trained)
+        return logs
+
+    def _group_weight(self, task_name: str, collaborator: str, group: str) -> float:
+        reported = self.tensor_db.get_tensor_from_cache(
+            TensorKey(f"samples_{group}", self.uuid, self.round_number, True, ("metric", collaborator)))
+        if reported is not None:
+            return float(reported)
+        return float(self.collaborator_task_weight[TaskResultKey(task_name, collaborator, self.round_number)])
+
+    def _aggregate_by_group(self, task_name: str, trained: dict):
+        sites = [k.owner for k in trained]
+        weight = {site: {g: self._group_weight(task_name, site, g) for g in TASK_GROUPS} for site in sites}
+        if self.backbone_weighting == "task_balanced":
+            shared = task_balanced_weights(weight)
+            for site in sites:
+                weight[site]["backbone"] = shared[site]
+        senders = {}  # aggregated tensor key -> {collaborator: weight}
+        for result_key, tensor_keys in trained.items():
+            site = result_key.owner
+            for tk in tensor_keys:
+                agg_key = TensorKey(tk.tensor_name, tk.origin, tk.round_number, tk.report,
+                                    change_tags(tk.tags, remove_field=site))
+                senders.setdefault(agg_key, {})[site] = weight[site][task_group_of(tk.tensor_name)]
+        function = self.assigner.get_aggregation_type_for_task(task_name)
+        aggregated = set()
+        for agg_key, weights in senders.items():
+            total = sum(weights.values())
+            if total <= 0:
+                raise ValueError(f"round {self.round_number}: {agg_key.tensor_name} was sent by "
+                                 f"{sorted(weights)}, all reporting 0 training images for its group")
+            value = self.tensor_db.get_aggregated_tensor(
+                agg_key, {site: w / total for site, w in weights.items()}, aggregation_function=function)
+            self._prepare_trained(agg_key.tensor_name, agg_key.origin, agg_key.round_number,
+                                  agg_key.report, value)
+            aggregated.add(agg_key.tensor_name)
+        for named in self.model.tensors:
+            if named.name in aggregated:
+                continue
+            previous = self.tensor_db.get_tensor_from_cache(
+                TensorKey(named.name, self.uuid, self.round_number, False, ("model",)))
+            if previous is None:
+                raise RuntimeError(f"round {self.round_number}: no global value of {named.name} to keep")
+            self._prepare_trained(named.name, self.uuid, self.round_number, False, previous)

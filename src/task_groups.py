@@ -1,0 +1,112 @@
+"""Which task groups a site trains and exchanges, read off the labels it holds.
+
+Every weight belongs to one group by its name prefix (`task_group_of`). A
+detection label (boxes) reaches backbone, neck and det_head; a disaster label
+reaches backbone and cls_head. So a site's capability follows from its data:
+a classification-only site trains (and sends) backbone + cls_head and never
+touches neck/det_head.
+
+Two plan settings shape this:
+- backbone_mode `joint`: the backbone is trained and averaged over every site;
+  `frozen`: it stays the pretrained checkpoint everywhere and never travels
+  (only the task parts are trained and exchanged);
+- exchange `decoupled` (the design): each group is averaged over the sites
+  that trained it, weighted by how many images taught it; `full`: the naive
+  baseline, every site trains and sends every group, weighted by its whole
+  train size.
+Framework-free: the trainer and the OpenFL runner both use it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from src.model.config import TASK_GROUPS, task_group_of
+
+BACKBONE_MODES = ("joint", "frozen")
+EXCHANGES = ("decoupled", "full")
+# The groups below the backbone that each kind of label trains.
+LABEL_GROUPS = {"has_boxes": ("neck", "det_head"), "has_class": ("cls_head",)}
+
+
+def group_sample_counts(records, backbone_mode: str = "joint", exchange: str = "decoupled") -> dict:
+    """{group: number of training images that teach it}, only for groups this site trains.
+
+    These counts are both the site's trained groups and its aggregation
+    weights per group.
+    """
+    if backbone_mode not in BACKBONE_MODES:
+        raise ValueError(f"backbone_mode must be one of {BACKBONE_MODES}, got {backbone_mode!r}")
+    if exchange not in EXCHANGES:
+        raise ValueError(f"exchange must be one of {EXCHANGES}, got {exchange!r}")
+    records = list(records)
+    labeled = [r for r in records if r.has_boxes or r.has_class]
+    counts = {"backbone": len(labeled)}
+    for flag, groups in LABEL_GROUPS.items():
+        n = sum(bool(getattr(r, flag)) for r in records)
+        counts.update({g: n for g in groups})
+    if exchange == "full":
+        counts = {g: len(records) for g in TASK_GROUPS} if labeled else {}
+    if backbone_mode == "frozen":
+        counts.pop("backbone", None)
+    return {g: n for g, n in counts.items() if n > 0}
+
+
+def task_balanced_weights(samples: dict) -> dict:
+    """Each site's weight for the shared backbone when every task gets an equal vote.
+
+    samples: {site: {group: images}} as the sites report them. Each task (box
+    labels, counted by `neck`; disaster labels, by `cls_head`) hands out a
+    vote of 1, split over the sites by their share of that task's images; a
+    site's weight is the sum of its shares. Why: weighted by image counts, a
+    large classification-only site dominates the shared backbone and the
+    detector's features drift towards classification (3 default sites: the
+    classification-only site would hold 76 % of the backbone weight, 41 % here).
+    """
+    weights = dict.fromkeys(samples, 0.0)
+    for groups in LABEL_GROUPS.values():
+        total = sum(counts.get(groups[0], 0) for counts in samples.values())
+        for site, counts in samples.items():
+            if total:
+                weights[site] += counts.get(groups[0], 0) / total
+    return weights
+
+
+def weights_of_groups(model: keras.Model, groups) -> dict:
+    """{variable path: array} of the model's weights in `groups` (trainable or not)."""
+    groups = set(groups)
+    return {v.path: np.array(v.numpy()) for v in model.weights if task_group_of(v.path) in groups}
+
+
+def save_group_weights(model: keras.Model, groups, path) -> Path:
+    """Write the weights of `groups` to an .npz keyed by variable path (e.g. a pretrained backbone)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **weights_of_groups(model, groups))
+    tmp.replace(path)
+    return path
+
+
+def load_group_weights(model: keras.Model, path) -> list[str]:
+    """Assign every weight an .npz from `save_group_weights` holds; returns the groups loaded.
+
+    Every stored name must exist in the model with the same shape: a
+    checkpoint made for another variant is an error, not a partial load.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found (make one with `make pretrain-backbone`)")
+    by_path = {v.path: v for v in model.weights}
+    with np.load(path) as stored:
+        for name in stored.files:
+            if name not in by_path:
+                raise ValueError(f"{path}: weight {name!r} is not in model {model.name}")
+            if tuple(stored[name].shape) != tuple(by_path[name].shape):
+                raise ValueError(f"{path}: weight {name!r} has shape {stored[name].shape}, "
+                                 f"the model expects {tuple(by_path[name].shape)} (another model variant?)")
+        for name in stored.files:
+            by_path[name].assign(stored[name])
+        return sorted({task_group_of(n) for n in stored.files})

@@ -1,0 +1,42 @@
+"""A tiny OpenFL workspace for in-process federation tests: the real plan, tiny model and batches."""
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = {"model.input_size": 64, "model.width": 0.125, "model.depth": [1, 1, 1, 1, 1],
+        "model.cls_head_blocks": 1}
+
+
+def write_tiny_plan(workspace: Path, sites_dir: Path, rounds: int, sites=("site1", "site2"),
+                    runner: dict | None = None, aggregator: dict | None = None):
+    """plan/ (plan.yaml from the repository with tiny settings; `runner` / `aggregator`
+    settings to set), cols.yaml and data.yaml for `sites` under `sites_dir`."""
+    plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
+    plan["aggregator"]["settings"].update(rounds_to_train=rounds, event_log="logs/events.jsonl")
+    plan["task_runner"]["settings"]["config"] = str(REPO / "configs" / "default.yaml")
+    plan["task_runner"]["settings"]["rounds"] = rounds
+    plan["task_runner"]["settings"]["overrides"].update(TINY)
+    plan["task_runner"]["settings"].update(runner or {})
+    plan["aggregator"]["settings"].update(aggregator or {})
+    plan["data_loader"]["settings"].update(config=str(REPO / "configs" / "default.yaml"), batch_size=8)
+    for task in plan["tasks"].values():
+        task["kwargs"]["batch_size"] = 8
+    (workspace / "plan").mkdir(parents=True)
+    (workspace / "plan" / "plan.yaml").write_text(yaml.safe_dump(plan))
+    (workspace / "plan" / "cols.yaml").write_text(yaml.safe_dump({"collaborators": list(sites)}))
+    (workspace / "plan" / "data.yaml").write_text("".join(f"{s},{sites_dir / s}\n" for s in sites))
+    return plan
+
+
+def write_tiny_site_split(root: Path, num_images: int, num_sites: int, labels, seed: int,
+                          test_fraction: float = 0.25, val_fraction: float = 0.25) -> list[dict]:
+    """A small synthetic data set in root/data split over sites in root/splits (+ test.tsv)."""
+    from src.config import load_config
+    from src.data.site_splits import build_site_splits
+    from src.data.synthetic import generate_dataset
+
+    cfg = load_config(overrides=[f"data.root={root / 'data'}", f"data.test_fraction={test_fraction}",
+                                 f"data.val_fraction={val_fraction}"])
+    generate_dataset(root / "data", num_images=num_images, seed=seed, min_size=96, max_size=128, workers=1)
+    return build_site_splits(cfg, root / "splits", num_sites=num_sites, alpha=100.0, seed=0, labels=labels)
