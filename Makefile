@@ -12,10 +12,13 @@ EPOCHS ?=
 ROUNDS ?=
 SITES ?= 3
 SPLIT ?=
+LABELS ?=
+BACKBONE ?=
+EXCHANGE ?=
 CENTRAL_MODEL := workspace/runs/central/model.keras
 MODEL ?= $(CENTRAL_MODEL)
 
-.PHONY: setup data splits train-central simulate test bench export-report clean
+.PHONY: setup data splits train-central pretrain-backbone simulate test bench export-report clean
 
 setup: $(STAMP)
 
@@ -29,12 +32,19 @@ $(STAMP): requirements.txt constraints.txt
 data: setup
 	$(PY) -m src.data.synthetic --out data/synthetic --seed $(SEED)
 
+# The reference a federation compares with: the same images and the same labels as
+# the sites of the split hold (default: data_splits/default).
 train-central: setup
-	$(PY) -m src.train_central --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(PY) -m src.train_central --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS)) --split $(or $(SPLIT),data_splits/default)
+
+# The "public" backbone checkpoint that BACKBONE=frozen starts from.
+pretrain-backbone: setup
+	$(PY) -m src.pretrain_backbone
 
 # A whole federation on this machine: real fx processes, real certificates.
 simulate: setup
-	$(PY) -m workspace.simulate --sites $(SITES) --seed $(SEED) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SPLIT),--split $(SPLIT))
+	$(PY) -m workspace.simulate --sites $(SITES) --seed $(SEED) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SPLIT),--split $(SPLIT)) \
+		$(if $(LABELS),--labels $(LABELS)) $(if $(BACKBONE),--backbone-mode $(BACKBONE)) $(if $(EXCHANGE),--exchange $(EXCHANGE))
 
 splits: setup
 	$(PY) -m src.data.site_splits --sites $(SITES) --seed $(SEED)

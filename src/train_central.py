@@ -1,10 +1,14 @@
 """Centralized trainer: the pooled-data reference every federated run is compared with.
 
 python -m src.train_central [--config configs/default.yaml] [--epochs N] [--seed S]
-    [--out workspace/runs/central] [--set key.sub=value ...]
+    [--out workspace/runs/central] [--split data_splits/NAME] [--set key.sub=value ...]
 
 Generates the synthetic data if it is missing, trains on the train split,
 evaluates on the held-out test split, writes metrics.json and model.keras.
+With --split it trains on exactly what the federation's sites hold: the union
+of their train (val) manifests with each image's labels as the site has them
+(a detection-only site's images carry no disaster label), and tests on the
+split's test.tsv: the reference a federation on that split compares with.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from pathlib import Path
 import keras
 
 from src.config import load_config, model_config, pipeline_options, train_options
+from src.data.manifests import load_site, load_test_split
 from src.data.pipeline import training_dataset
 from src.data.readers import load_yolo_dataset
 from src.data.splits import stratified_split
@@ -33,13 +38,15 @@ def set_seed(seed: int):
     keras.utils.set_random_seed(seed)
 
 
-def load_data(cfg: dict) -> dict:
-    """Generate the default data set when absent, read it, split it."""
+def load_data(cfg: dict, split_dir: Path | None = None) -> dict:
+    """Generate the default data set when absent, read it, split it (or read a site split)."""
     d = cfg["data"]
     root = Path(d["root"])
     if not (root / "dataset.yaml").exists():
         log.info("data set %s missing: generating %d synthetic images", root, d["num_images"])
         generate_from_config(cfg)
+    if split_dir is not None:
+        return load_split_union(cfg, Path(split_dir))
     records, report = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"],
                                         on_error=d.get("on_error", "raise"))
     if report.skipped:
@@ -47,10 +54,26 @@ def load_data(cfg: dict) -> dict:
     return stratified_split(records, d["test_fraction"], d["val_fraction"], cfg["seed"])
 
 
-def run(cfg: dict, out_dir: Path) -> dict:
+def load_split_union(cfg: dict, split_dir: Path) -> dict:
+    """train/val: the union of a split's sites (labels as the sites hold them); test: test.tsv."""
+    victim, disaster = cfg["classes"]["victim"], cfg["classes"]["disaster"]
+    on_error = cfg["data"].get("on_error", "raise")
+    folders = sorted(p for p in split_dir.iterdir() if (p / "site.yaml").exists())
+    if not folders:
+        raise FileNotFoundError(f"{split_dir}: no site folders (site.yaml + manifest.tsv)")
+    sites = [load_site(f, victim, disaster, on_error=on_error) for f in folders]
+    for s in sites:
+        log.info("site %s: %d train images, %d with boxes, %d with a disaster label", s.name,
+                 len(s.train), sum(r.has_boxes for r in s.train), sum(r.has_class for r in s.train))
+    return {"train": [r for s in sites for r in s.train], "val": [r for s in sites for r in s.val],
+            "test": load_test_split(split_dir, victim, disaster, default_data_root=cfg["data"]["root"],
+                                    on_error=on_error)}
+
+
+def run(cfg: dict, out_dir: Path, split_dir: Path | None = None) -> dict:
     start = time.perf_counter()
     set_seed(cfg["seed"])
-    splits = load_data(cfg)
+    splits = load_data(cfg, split_dir)
     log.info("split sizes: %s", {k: len(v) for k, v in splits.items()})
     mcfg = model_config(cfg)
     model = build_model(mcfg)
@@ -81,6 +104,9 @@ def run(cfg: dict, out_dir: Path) -> dict:
         "test": test, "epochs": topts.epochs, "seed": cfg["seed"],
         "wall_s": time.perf_counter() - start, "train_wall_s": train_wall,
         "images": {k: len(v) for k, v in splits.items()},
+        "labels": {"boxes": sum(r.has_boxes for r in splits["train"]),
+                   "class": sum(r.has_class for r in splits["train"])},
+        "split": str(split_dir) if split_dir else None,
         "model": mcfg.to_dict(), "parameters": int(model.count_params()),
         "history": history, "model_path": str(model_path),
     }
@@ -99,6 +125,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, help="override seed")
     p.add_argument("--data", help="override data.root")
     p.add_argument("--out", default="workspace/runs/central", help="output folder")
+    p.add_argument("--split", type=Path, help="train on the union of this site split's labels")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set model.width=0.5")
     args = p.parse_args(argv)
@@ -111,7 +138,7 @@ def main(argv=None):
     if args.data:
         overrides.append(f"data.root={args.data}")
     cfg = load_config(args.config, overrides)
-    run(cfg, Path(args.out))
+    run(cfg, Path(args.out), args.split)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """`make simulate`: a whole OpenFL federation on one machine, for real.
 
 python -m workspace.simulate [--rounds N] [--sites N] [--seed S] [--split data_splits/NAME]
+    [--labels both,boxes,class] [--backbone-mode joint|frozen] [--exchange decoupled|full]
 
 Runs on the built-in synthetic data (generated if missing), or with --split on
 any split folder the split builder wrote (src/data/split_builder.py). It builds a run folder
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -112,9 +114,27 @@ def wait_for_port(port: int, proc: subprocess.Popen, log_path: Path, timeout_s: 
 
 
 # ---- workspace --------------------------------------------------------------------------------
+def set_plan_value(plan: dict, item: str):
+    """`aggregator.settings.backbone_weighting=task_balanced`: set one nested plan key (YAML value)."""
+    path, sep, value = item.partition("=")
+    if not sep or not path:
+        raise RunFailed(f"--plan-set {item!r}: expected SECTION.KEY=VALUE")
+    *parents, key = path.split(".")
+    node = plan
+    for name in parents:
+        if not isinstance(node.get(name), dict):
+            raise RunFailed(f"--plan-set {item!r}: the plan has no section {name!r} there")
+        node = node[name]
+    node[key] = yaml.safe_load(value)
+
+
 def prepare_workspace(ws: Path, split_dir: Path, rounds: int, port: int, seed: int,
-                      overrides: list[str] = (), stock_polling: bool = False):
-    """An OpenFL workspace in the run folder: code and data linked, plan and split copied."""
+                      overrides: list[str] = (), stock_polling: bool = False, runner: dict | None = None,
+                      plan_values: list[str] = ()):
+    """An OpenFL workspace in the run folder: code and data linked, plan and split copied.
+
+    runner: task-runner plan settings to set (backbone_mode, exchange); plan_values:
+    `--plan-set` items."""
     ws.mkdir(parents=True)
     (ws / ".workspace").write_text("")
     for name in ("src", "configs", "data"):
@@ -123,6 +143,9 @@ def prepare_workspace(ws: Path, split_dir: Path, rounds: int, port: int, seed: i
     plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
     plan["aggregator"]["settings"]["rounds_to_train"] = rounds
     plan["task_runner"]["settings"]["rounds"] = rounds
+    plan["task_runner"]["settings"].update(runner or {})
+    for item in plan_values:
+        set_plan_value(plan, item)
     runner_overrides = plan["task_runner"]["settings"].setdefault("overrides", {})
     runner_overrides["seed"] = seed
     for item in overrides:
@@ -210,11 +233,21 @@ class Progress:
             if e.get("round") != rnd:
                 continue
             if e["event"] == "metric":
-                sites.setdefault(e["site"], {})[e["name"]] = e["value"]
+                # NaN: a metric the site has no labels for (mAP at a classification-only site)
+                value = e["value"] if math.isfinite(e["value"]) else None
+                sites.setdefault(e["site"], {})[e["name"]] = value
                 if e["site"] == "aggregator" and e["name"] == "score":
                     score = e["value"]
             elif e["event"] == "tasks_sent":
                 sites.setdefault(e["site"], {})["idle_s"] = e["idle_s"]
+            elif e["event"] == "upload" and e.get("task") == "train":
+                site = sites.setdefault(e["site"], {})
+                site["upload_bytes"] = e["bytes"]
+                site["upload_bytes_by_group"] = e["by_group"]
+            elif e["event"] == "download":
+                site = sites.setdefault(e["site"], {})
+                site["download_bytes"] = e["bytes"]
+                site["download_bytes_by_group"] = e["by_group"]
         agg = sites.pop("aggregator", {})
         idle = [s["idle_s"] for s in sites.values() if "idle_s" in s]
         start = next((e["time"] for e in self.events if e["event"] == "round_start" and e["round"] == rnd), None)
@@ -224,19 +257,46 @@ class Progress:
                 "idle_s": statistics.median(idle) if idle else None,
                 "wall_s": (end - start) if start and end else None}
 
+    def model_bytes(self) -> dict:
+        """The full model's size on the wire, as the aggregator measured it at start."""
+        event = next((e for e in self.events if e["event"] == "model"), {})
+        return {"model_bytes": event.get("model_bytes"), "by_group": event.get("model_bytes_by_group", {})}
+
     def print_round(self, rnd: int):
         s = self.round_summary(rnd)
         parts = []
         for site, m in s["sites"].items():
-            parts.append(f"{site} loss {m.get('loss', float('nan')):.2f} "
-                         f"mAP {m.get('map50', float('nan')):.3f} acc {m.get('accuracy', float('nan')):.3f}")
+            parts.append(f"{site} loss {_fmt(m.get('loss'), 2)} mAP {_fmt(m.get('map50'))} "
+                         f"acc {_fmt(m.get('accuracy'))} up {m.get('upload_bytes', 0) / 1e6:.2f} MB")
         print(f"round {rnd + 1}/{self.rounds} | " + " | ".join(parts) +
-              f" | score {s['score'] if s['score'] is not None else float('nan'):.3f}"
+              f" | score {_fmt(s['score'])}"
               f" | idle {s['idle_s'] if s['idle_s'] is not None else float('nan'):.2f} s"
               f" | {s['wall_s'] or 0:.0f} s", flush=True)
 
 
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 # ---- final report -----------------------------------------------------------------------------
+def traffic_summary(rounds: list[dict], model_bytes: int | None) -> dict:
+    """Per site: mean bytes per round up and down, by group, and upload as a share of the model."""
+    out = {}
+    for site in sorted({s for r in rounds for s in r["sites"]}):
+        per = [r["sites"][site] for r in rounds if "upload_bytes" in r["sites"].get(site, {})]
+        if not per:
+            continue
+        groups = sorted({g for m in per for g in m.get("upload_bytes_by_group", {})})
+        up = statistics.mean(m["upload_bytes"] for m in per)
+        down = [m["download_bytes"] for m in per if "download_bytes" in m]
+        out[site] = {"upload_bytes_per_round": up,
+                     "download_bytes_per_round": statistics.mean(down) if down else None,
+                     "upload_bytes_by_group": {g: statistics.mean(m["upload_bytes_by_group"].get(g, 0)
+                                                                  for m in per) for g in groups},
+                     "upload_fraction_of_model": up / model_bytes if model_bytes else None}
+    return out
+
+
 def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, seed: int,
                  wall_s: float) -> dict:
     from src.config import load_config, model_config, train_options
@@ -271,6 +331,8 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
     model.save(run_dir / "model.keras")
     rounds = [progress.round_summary(r) for r in range(progress.rounds)]
     idle = [r["idle_s"] for r in rounds[1:] if r["idle_s"] is not None]
+    runner = plan["task_runner"]["settings"]
+    model_bytes = progress.model_bytes()
     metrics = {
         "final": {"test": test, "best_round": int(best_round)},
         "initial": {"test": initial},
@@ -281,11 +343,15 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
         "median_idle_s": statistics.median(idle) if idle else None,
         "wall_s": wall_s, "seed": seed, "sites": progress.sites,
         "model": mcfg.to_dict(),
+        "backbone_mode": runner.get("backbone_mode", "joint"), "exchange": runner.get("exchange", "decoupled"),
+        "model_bytes": model_bytes["model_bytes"], "model_bytes_by_group": model_bytes["by_group"],
+        "traffic": traffic_summary(rounds, model_bytes["model_bytes"]),
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     central = load_central(REPO)
     if central:
-        metrics["central_reference"] = {"test": central["test"], "epochs": central["epochs"]}
+        metrics["central_reference"] = {"test": central["test"], "epochs": central["epochs"],
+                                        "split": central.get("split"), "labels": central.get("labels")}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_curves(rounds, run_dir / "curves.png", central)
     plot_detections(records, predictions, cfg["classes"]["disaster"], run_dir / "detections.png")
     return metrics
@@ -300,8 +366,18 @@ def main(argv=None) -> int:
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet non-IID-ness of a new split")
     p.add_argument("--split", type=Path, default=None,
                    help="a split folder (data_splits/NAME from src.data.split_builder); sites are its folders")
+    p.add_argument("--labels", default=None,
+                   help="label set per site of a new split, cycled: both|boxes|class "
+                        "(default both,boxes,class: the committed default split)")
+    p.add_argument("--backbone-mode", choices=("joint", "frozen"), default=None,
+                   help="default: the plan's (joint); frozen needs the pretrained backbone "
+                        "(made here with src.pretrain_backbone when missing)")
+    p.add_argument("--exchange", choices=("decoupled", "full"), default=None,
+                   help="default: the plan's (decoupled); full = naive baseline averaging every tensor")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the sites' task runner, e.g. model.input_size=128")
+    p.add_argument("--plan-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="set any plan key, e.g. aggregator.settings.backbone_weighting=task_balanced")
     p.add_argument("--stock-polling", action="store_true",
                    help="OpenFL's stock 10 s sleep between rounds (to measure what the long poll saves)")
     p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS, help="where run folders go")
@@ -336,7 +412,11 @@ def main(argv=None) -> int:
         sites = split_sites(split_dir)
         ws = run_dir / "workspace"
         port = free_port()
-        prepare_workspace(ws, split_dir, rounds, port, args.seed, args.set, args.stock_polling)
+        runner = {k: v for k, v in (("backbone_mode", args.backbone_mode), ("exchange", args.exchange)) if v}
+        if (args.backbone_mode or plan["task_runner"]["settings"].get("backbone_mode")) == "frozen":
+            ensure_backbone_checkpoint(plan["task_runner"]["settings"]["backbone_checkpoint"], args.set)
+        prepare_workspace(ws, split_dir, rounds, port, args.seed, args.set, args.stock_polling, runner,
+                          args.plan_set)
         # fx puts the workspace on sys.path itself; an inherited PYTHONPATH (the
         # Makefile exports the repository root) would shadow OpenFL's own
         # `workspace` template package with our workspace/ tools folder.
@@ -370,6 +450,12 @@ def main(argv=None) -> int:
         la = metrics["last_aggregate"]["test"]
         print(f"test (aggregate after the last round): mAP50 {la.get('map50', float('nan')):.3f} "
               f"accuracy {la.get('accuracy', float('nan')):.3f}")
+        print(f"upload per round ({metrics['exchange']}, backbone {metrics['backbone_mode']}; "
+              f"full model {(metrics['model_bytes'] or 0) / 1e6:.2f} MB): " + " | ".join(
+                  f"{site} {t['upload_bytes_per_round'] / 1e6:.2f} MB "
+                  f"({100 * (t['upload_fraction_of_model'] or 0):.1f} %: "
+                  + ", ".join(f"{g} {b / 1e6:.2f}" for g, b in t["upload_bytes_by_group"].items()) + ")"
+                  for site, t in metrics["traffic"].items()))
         print(f"report: {run_dir}/(metrics.json, curves.png, detections.png, model.keras)")
         return 0
     except RunFailed as e:
@@ -389,18 +475,33 @@ def ensure_data_and_split(args, run_dir: Path) -> Path:
             raise RunFailed(f"--split {args.split}: no such folder")
         return args.split.resolve()
     from src.config import load_config
-    from src.data.site_splits import build_site_splits
+    from src.data.site_splits import DEFAULT_LABELS, build_site_splits
     from src.data.synthetic import generate_from_config
 
     cfg = load_config(REPO / "configs" / "default.yaml")
     generate_from_config(cfg, REPO / cfg["data"]["root"])
     default = REPO / "data_splits" / "default"
-    if args.sites == 3 and args.seed == 0 and args.alpha == 0.5 and default.exists():
+    labels = args.labels.split(",") if args.labels else list(DEFAULT_LABELS)
+    if (args.sites == 3 and args.seed == 0 and args.alpha == 0.5 and labels == list(DEFAULT_LABELS)
+            and default.exists()):
         return default
     split_dir = run_dir / "split" / f"sites{args.sites}-seed{args.seed}"
-    for s in build_site_splits(cfg, split_dir, args.sites, args.alpha, args.seed):
-        log.info("%s: %d train, %d val", s["site"], s["train"], s["val"])
+    for s in build_site_splits(cfg, split_dir, args.sites, args.alpha, args.seed, labels):
+        log.info("%s (%s labels): %d train, %d val", s["site"], s["labels"], s["train"], s["val"])
     return split_dir
+
+
+def ensure_backbone_checkpoint(path: str, overrides: list[str]):
+    """backbone_mode frozen starts from the public pretrained backbone: make it when missing."""
+    if (REPO / path).exists():
+        return
+    from src.config import load_config
+    from src.pretrain_backbone import pretrain
+
+    cfg = load_config(REPO / "configs" / "default.yaml", list(overrides) + [f"pretrain.checkpoint={path}"])
+    log.info("backbone checkpoint %s missing: pretraining it on the public slice (%d images, %d epochs)",
+             path, cfg["pretrain"]["num_images"], cfg["pretrain"]["epochs"])
+    pretrain(cfg, REPO / "workspace" / "runs" / "pretrain")
 
 
 if __name__ == "__main__":

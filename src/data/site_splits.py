@@ -1,11 +1,15 @@
 """Split builder: the default federation's per-site manifests under data_splits/.
 
 python -m src.data.site_splits [--name default] [--sites 3] [--alpha 0.5] [--seed 0]
+    [--labels both,boxes,class]
 
 The global test split and the union of the sites' train (and val) images
 are exactly the centralized trainer's test/train/val splits (same seed,
 same fractions), so federated and centralized runs compare on equal terms.
 Disaster classes are spread over sites by Dirichlet(alpha): non-IID.
+Sites differ in what they labeled (`--labels`, one per site, cycled): `both`,
+`boxes` (detection only) or `class` (disaster classification only); the
+default federation is heterogeneous: site1 both, site2 boxes, site3 class.
 """
 from __future__ import annotations
 
@@ -23,8 +27,21 @@ from src.data.splits import stratified_split
 
 log = logging.getLogger("site_splits")
 
+LABEL_SETS = {"both": (1, 1), "boxes": (1, 0), "class": (0, 1)}  # -> manifest (boxes, class)
+DEFAULT_LABELS = ("both", "boxes", "class")
 
-def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, seed: int) -> list[dict]:
+
+def site_labels(num_sites: int, labels=DEFAULT_LABELS) -> list[str]:
+    """The label set of each site: `labels` cycled over the sites."""
+    labels = list(labels)
+    unknown = [x for x in labels if x not in LABEL_SETS]
+    if unknown or not labels:
+        raise ValueError(f"labels must be from {sorted(LABEL_SETS)}, got {labels}")
+    return [labels[i % len(labels)] for i in range(num_sites)]
+
+
+def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, seed: int,
+                      labels=DEFAULT_LABELS) -> list[dict]:
     """Write one folder per site plus test.tsv; returns a per-site summary."""
     root = Path(cfg["data"]["root"])
     records, _ = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"])
@@ -32,12 +49,13 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
                               cfg["seed"])
     rel = lambda r: Path(r.image_path).relative_to(root).as_posix()  # noqa: E731
     names = [f"site{i + 1}" for i in range(num_sites)]
+    label_sets = dict(zip(names, site_labels(num_sites, labels)))
     rows = {n: [] for n in names}
     for split in ("train", "val"):
         labels = np.array([r.disaster_class for r in splits[split]])
         parts = dirichlet_partition(labels, num_sites, alpha, seed + (split == "val"))
         for name, idx in zip(names, parts):
-            rows[name] += [(rel(splits[split][i]), split, 1, 1) for i in idx]
+            rows[name] += [(rel(splits[split][i]), split, *LABEL_SETS[label_sets[name]]) for i in idx]
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = []
     class_names = cfg["classes"]["disaster"]
@@ -46,7 +64,7 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
         write_site(out_dir / name, name, relative_path(root, out_dir / name), sorted(rows[name]))
         hist = Counter(class_names[by_path[img].disaster_class] for img, split, *_ in rows[name]
                        if split == "train")
-        summary.append({"site": name, "train": sum(s == "train" for _, s, *_ in rows[name]),
+        summary.append({"site": name, "labels": label_sets[name], "train": sum(s == "train" for _, s, *_ in rows[name]),
                         "val": sum(s == "val" for _, s, *_ in rows[name]),
                         "classes": {c: hist.get(c, 0) for c in class_names}})
     (out_dir / "test.tsv").write_text("image\n" + "".join(f"{rel(r)}\n" for r in splits["test"]))
@@ -60,12 +78,15 @@ def main(argv=None):
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labels", default=",".join(DEFAULT_LABELS),
+                   help="label set per site, cycled: both | boxes | class (default %(default)s)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(args.config)
-    summary = build_site_splits(cfg, Path("data_splits") / args.name, args.sites, args.alpha, args.seed)
+    summary = build_site_splits(cfg, Path("data_splits") / args.name, args.sites, args.alpha, args.seed,
+                                args.labels.split(","))
     for s in summary:
-        print(f"{s['site']}: {s['train']} train, {s['val']} val | " +
+        print(f"{s['site']} ({s['labels']}): {s['train']} train, {s['val']} val | " +
               ", ".join(f"{k} {v}" for k, v in s["classes"].items()))
 
 
