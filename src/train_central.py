@@ -28,6 +28,8 @@ from src.data.splits import stratified_split
 from src.data.synthetic import generate_from_config
 from src.evaluation import Predictor, score_predictions
 from src.model import build_model
+from src.model.config import TASK_GROUPS
+from src.task_groups import load_group_weights
 from src.training import Trainer
 
 log = logging.getLogger("train_central")
@@ -70,7 +72,10 @@ def load_split_union(cfg: dict, split_dir: Path) -> dict:
                                     on_error=on_error)}
 
 
-def run(cfg: dict, out_dir: Path, split_dir: Path | None = None) -> dict:
+def run(cfg: dict, out_dir: Path, split_dir: Path | None = None,
+        frozen_backbone: Path | None = None) -> dict:
+    """frozen_backbone: start from this backbone checkpoint and keep it fixed (the
+    centralized counterpart of a federation with backbone_mode frozen)."""
     start = time.perf_counter()
     set_seed(cfg["seed"])
     splits = load_data(cfg, split_dir)
@@ -82,7 +87,12 @@ def run(cfg: dict, out_dir: Path, split_dir: Path | None = None) -> dict:
     topts = train_options(cfg)
     train_ds = training_dataset(splits["train"], mcfg, popts)
     steps = len(splits["train"]) // popts.batch_size
-    trainer = Trainer(model, mcfg, topts, steps_per_epoch=steps)
+    groups = None
+    if frozen_backbone is not None:
+        load_group_weights(model, frozen_backbone)
+        groups = [g for g in TASK_GROUPS if g != "backbone"]
+        log.info("backbone fixed at %s; training %s", frozen_backbone, groups)
+    trainer = Trainer(model, mcfg, topts, steps_per_epoch=steps, groups=groups)
     predictor = Predictor(model, mcfg, **cfg.get("evaluation", {}))
     history = []
     for epoch in range(topts.epochs):
@@ -107,6 +117,7 @@ def run(cfg: dict, out_dir: Path, split_dir: Path | None = None) -> dict:
         "labels": {"boxes": sum(r.has_boxes for r in splits["train"]),
                    "class": sum(r.has_class for r in splits["train"])},
         "split": str(split_dir) if split_dir else None,
+        "frozen_backbone": str(frozen_backbone) if frozen_backbone else None,
         "model": mcfg.to_dict(), "parameters": int(model.count_params()),
         "history": history, "model_path": str(model_path),
     }
@@ -126,6 +137,8 @@ def main(argv=None):
     p.add_argument("--data", help="override data.root")
     p.add_argument("--out", default="workspace/runs/central", help="output folder")
     p.add_argument("--split", type=Path, help="train on the union of this site split's labels")
+    p.add_argument("--frozen-backbone", type=Path, metavar="NPZ",
+                   help="start from this backbone checkpoint and keep it fixed (make pretrain-backbone)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set model.width=0.5")
     args = p.parse_args(argv)
@@ -138,7 +151,7 @@ def main(argv=None):
     if args.data:
         overrides.append(f"data.root={args.data}")
     cfg = load_config(args.config, overrides)
-    run(cfg, Path(args.out), args.split)
+    run(cfg, Path(args.out), args.split, args.frozen_backbone)
 
 
 if __name__ == "__main__":

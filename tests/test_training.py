@@ -56,3 +56,31 @@ def test_centralized_trainer_writes_metrics_and_a_reloadable_model(tmp_path):
     x = np.zeros((1, 64, 64, 3), np.float32)
     assert reloaded(x)["disaster"].shape == (1, 5)
     assert result["test"] == written["test"]
+
+
+def test_pretrained_backbone_from_a_disjoint_slice_then_frozen_centralized_training(tmp_path):
+    """make pretrain-backbone on its own synthetic slice, then train-central --frozen-backbone:
+    the backbone stays the checkpoint bit for bit while the task parts train."""
+    from src.model.config import task_group_of
+    from src.pretrain_backbone import pretrain
+
+    tiny = ["model.input_size=64", "model.width=0.125", "model.depth=[1,1,1,1,1]", "pipeline.batch_size=8",
+            "data.test_fraction=0.25", "data.val_fraction=0.1", "training.epochs=1"]
+    cfg = load_config(overrides=tiny + [
+        f"data.root={tmp_path / 'sites'}", "data.num_images=40", f"pretrain.data_root={tmp_path / 'public'}",
+        "pretrain.num_images=40", "pretrain.epochs=1", f"pretrain.checkpoint={tmp_path / 'backbone.npz'}"])
+    result = pretrain(cfg, tmp_path / "pretrain")
+    checkpoint = np.load(result["checkpoint"])
+    assert checkpoint.files and {task_group_of(n) for n in checkpoint.files} == {"backbone"}
+    # the public slice has its own images (another generator seed), not the sites'
+    run(cfg, tmp_path / "central", frozen_backbone=tmp_path / "backbone.npz")
+    public = sorted(p.read_bytes() for p in (tmp_path / "public" / "images").iterdir())[:5]
+    sites = {p.read_bytes() for p in (tmp_path / "sites" / "images").iterdir()}
+    assert not any(image in sites for image in public)
+
+    model = keras.models.load_model(tmp_path / "central" / "model.keras")
+    weights = {v.path: v.numpy() for v in model.weights}
+    for name in checkpoint.files:
+        np.testing.assert_array_equal(weights[name], checkpoint[name])
+    written = json.loads((tmp_path / "central" / "metrics.json").read_text())
+    assert written["frozen_backbone"] == str(tmp_path / "backbone.npz")
