@@ -28,8 +28,7 @@ from src.data.splits import stratified_split
 from src.data.synthetic import generate_from_config
 from src.evaluation import Predictor, score_predictions
 from src.model import build_model
-from src.model.config import TASK_GROUPS
-from src.task_groups import load_group_weights
+from src.task_groups import group_sample_counts, load_group_weights
 from src.training import Trainer
 
 log = logging.getLogger("train_central")
@@ -90,7 +89,7 @@ def run(cfg: dict, out_dir: Path, split_dir: Path | None = None,
     groups = None
     if frozen_backbone is not None:
         load_group_weights(model, frozen_backbone)
-        groups = [g for g in TASK_GROUPS if g != "backbone"]
+        groups = list(group_sample_counts(splits["train"], backbone_mode="frozen"))
         log.info("backbone fixed at %s; training %s", frozen_backbone, groups)
     trainer = Trainer(model, mcfg, topts, steps_per_epoch=steps, groups=groups)
     predictor = Predictor(model, mcfg, **cfg.get("evaluation", {}))

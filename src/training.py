@@ -64,9 +64,10 @@ def train_only_groups(model: keras.Model, groups) -> list:
     moving-statistics update of a non-trainable BatchNormalization), so a
     group a site cannot train is bit-identical after its training.
     """
+    groups = None if groups is None else set(groups)
     for layer in model.layers:
         if layer.weights:
-            layer.trainable = groups is None or task_group_of(layer.name) in set(groups)
+            layer.trainable = groups is None or task_group_of(layer.name) in groups
     return list(model.trainable_variables)
 
 

@@ -18,6 +18,7 @@ Ctrl-C (or SIGTERM) kills every child process group, so no `fx` is left behind.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -128,24 +129,19 @@ def set_plan_value(plan: dict, item: str):
     node[key] = yaml.safe_load(value)
 
 
-def prepare_workspace(ws: Path, split_dir: Path, rounds: int, port: int, seed: int,
-                      overrides: list[str] = (), stock_polling: bool = False, runner: dict | None = None,
-                      plan_values: list[str] = ()):
-    """An OpenFL workspace in the run folder: code and data linked, plan and split copied.
-
-    runner: task-runner plan settings to set (backbone_mode, exchange); plan_values:
-    `--plan-set` items."""
+def prepare_workspace(ws: Path, plan: dict, split_dir: Path, rounds: int, port: int, seed: int,
+                      overrides: list[str] = (), stock_polling: bool = False):
+    """An OpenFL workspace in the run folder: code and data linked, split copied, and
+    `plan` (the repository's with the run's --plan-set items) written with this run's
+    rounds, seed, port, config overrides and event log."""
     ws.mkdir(parents=True)
     (ws / ".workspace").write_text("")
     for name in ("src", "configs", "data"):
         (ws / name).symlink_to(REPO / name)
     (ws / "plan").mkdir()
-    plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
+    plan = copy.deepcopy(plan)
     plan["aggregator"]["settings"]["rounds_to_train"] = rounds
     plan["task_runner"]["settings"]["rounds"] = rounds
-    plan["task_runner"]["settings"].update(runner or {})
-    for item in plan_values:
-        set_plan_value(plan, item)
     runner_overrides = plan["task_runner"]["settings"].setdefault("overrides", {})
     runner_overrides["seed"] = seed
     for item in overrides:
@@ -412,11 +408,15 @@ def main(argv=None) -> int:
         sites = split_sites(split_dir)
         ws = run_dir / "workspace"
         port = free_port()
-        runner = {k: v for k, v in (("backbone_mode", args.backbone_mode), ("exchange", args.exchange)) if v}
-        if (args.backbone_mode or plan["task_runner"]["settings"].get("backbone_mode")) == "frozen":
-            ensure_backbone_checkpoint(plan["task_runner"]["settings"]["backbone_checkpoint"], args.set)
-        prepare_workspace(ws, split_dir, rounds, port, args.seed, args.set, args.stock_polling, runner,
-                          args.plan_set)
+        # --backbone-mode / --exchange are shorthands for --plan-set task_runner.settings.*
+        shorthands = [f"task_runner.settings.{k}={v}" for k, v in
+                      (("backbone_mode", args.backbone_mode), ("exchange", args.exchange)) if v]
+        for item in shorthands + args.plan_set:
+            set_plan_value(plan, item)
+        runner = plan["task_runner"]["settings"]
+        if runner.get("backbone_mode") == "frozen":
+            ensure_backbone_checkpoint(runner["backbone_checkpoint"], args.set)
+        prepare_workspace(ws, plan, split_dir, rounds, port, args.seed, args.set, args.stock_polling)
         # fx puts the workspace on sys.path itself; an inherited PYTHONPATH (the
         # Makefile exports the repository root) would shadow OpenFL's own
         # `workspace` template package with our workspace/ tools folder.
