@@ -5,6 +5,7 @@ image pixels, so they compare with the records' boxes as annotated.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from src.data.records import Record
 from src.model.config import ModelConfig
 from src.model.decode import detect
 from src.model.loss import LossWeights, MultiTaskLoss
+
+log = logging.getLogger(__name__)
 
 
 class Predictor:
@@ -33,20 +36,29 @@ class Predictor:
         self._run = tf.function(run, reduce_retracing=True)
 
     def predict(self, records: list[Record], batch_size: int = 16, progress: bool = False):
-        """Per record: dict boxes (K, 4) original px, scores, classes, disaster_probs."""
-        results = []
+        """Per record: dict boxes (K, 4) original px, scores, classes, disaster_probs.
+
+        None for a record whose image could not be read or decoded (the
+        pipeline drops it, see src.data.pipeline): logged with the file names
+        and left out of the scores, rather than ending a validation round.
+        """
+        results = [None] * len(records)
         ds = inference_dataset(records, self.config, batch_size)
         for batch in tqdm(ds, desc="predict", unit="batch", disable=not progress, leave=False):
             out = {k: v.numpy() for k, v in self._run(batch["images"]).items()}
             scale = batch["scale"].numpy()
             offset = batch["offset"].numpy()
-            for i in range(len(scale)):
+            for i, index in enumerate(batch["index"].numpy()):
                 k = int(out["num_detections"][i])
                 boxes = (out["boxes"][i, :k] - np.tile(offset[i], 2)) / scale[i]
-                results.append({"boxes": boxes.astype(np.float32),
-                                "scores": out["scores"][i, :k].astype(np.float32),
-                                "classes": out["classes"][i, :k].astype(np.int32),
-                                "disaster_probs": out["disaster_probs"][i]})
+                results[index] = {"boxes": boxes.astype(np.float32),
+                                  "scores": out["scores"][i, :k].astype(np.float32),
+                                  "classes": out["classes"][i, :k].astype(np.int32),
+                                  "disaster_probs": out["disaster_probs"][i]}
+        unreadable = [r.image_path for r, p in zip(records, results) if p is None]
+        if unreadable:
+            log.warning("%d of %d image(s) could not be read or decoded, left out of the scores: %s",
+                        len(unreadable), len(records), unreadable[:10])
         return results
 
 
@@ -71,14 +83,19 @@ def score_predictions(predictions, records: list[Record], config: ModelConfig,
     ``detection_per_class`` keyed by class name (``victim_class_names``, else
     "0", "1", ...). Classification: accuracy, macro-F1 and the confusion
     matrix (rows truth, columns prediction; ``confusion_matrix_labels`` names
-    them after ``disaster_class_names``, else "0", "1", ...).
+    them after ``disaster_class_names``, else "0", "1", ...). A prediction of
+    None (the image could not be decoded) is left out of both and counted in
+    ``unreadable_images``.
     """
     victim_names = _class_names(victim_class_names, config.num_victim_classes, "victim")
     disaster_names = _class_names(disaster_class_names, config.num_disaster_classes, "disaster")
-    det = [(p, r) for p, r in zip(predictions, records) if r.has_boxes]
-    cls = [(p, r) for p, r in zip(predictions, records) if r.has_class]
+    det = [(p, r) for p, r in zip(predictions, records) if r.has_boxes and p is not None]
+    cls = [(p, r) for p, r in zip(predictions, records) if r.has_class and p is not None]
     result = {"images": len(records), "detection_images": len(det),
               "classification_images": len(cls)}
+    unreadable = sum(p is None for p in predictions)
+    if unreadable:  # see Predictor.predict
+        result["unreadable_images"] = unreadable
     if det:
         ground_truth = [{"boxes": r.boxes, "classes": r.victim_classes,
                          "crowd_boxes": r.crowd_boxes, "crowd_classes": r.crowd_classes} for _, r in det]

@@ -201,7 +201,7 @@ def write_sources_spec(folder, coco_images: int = 50, tsv_images: int = 15, seed
 # --------------------------------------------------------------------------- odd image files
 
 ODD_IMAGE_KINDS = ("grey", "rgba", "palette", "png16", "png16_rgb", "exif_rotated", "truncated_jpeg",
-                   "not_an_image", "bomb", "tiff", "palette_bmp")
+                   "truncated_png", "corrupt_jpeg", "not_an_image", "bomb", "bomb_header", "tiff", "palette_bmp")
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -213,6 +213,21 @@ def _raw_png(width: int, height: int, bit_depth: int, colour_type: int, rows: by
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(rows))
             + _png_chunk(b"IEND", b""))
+
+
+def write_png_bomb(path, width: int, height: int) -> Path:
+    """A complete, valid black grey-level PNG of width x height: a few KB per 10 MP on disk.
+
+    Compressed row by row, so writing it never holds the pixels in memory.
+    """
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + one byte a pixel
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path = Path(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
+                     + _png_chunk(b"IEND", b""))
+    return path
 
 
 def gradient16(size: tuple[int, int]) -> np.ndarray:
@@ -246,12 +261,18 @@ def write_odd_image(path, kind: str, size: tuple[int, int] = (64, 48)) -> Path:
         exif = Image.Exif()
         exif[0x0112] = 6  # rotate 90 degrees clockwise to display
         rgb.save(path, format="JPEG", exif=exif)
-    elif kind == "truncated_jpeg":
-        rgb.save(path, format="JPEG", quality=95)
+    elif kind in ("truncated_jpeg", "truncated_png"):  # a valid file cut in half
+        rgb.save(path, format="JPEG" if kind == "truncated_jpeg" else "PNG")
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "corrupt_jpeg":  # complete, but a bogus marker in the scan data: only a decode fails
+        rgb.save(path, format="JPEG", quality=95)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] + b"\xff\xc8" * 10 + data[len(data) // 2:])
     elif kind == "not_an_image":
         path.write_bytes(b"this is a text file, not an image\n" * 5)
-    elif kind == "bomb":  # header says 30000 x 30000 (0.9 Gpixel); a few bytes of data
+    elif kind == "bomb":  # a real one: 10000 x 10000 (100 MP, 300 MB as RGB) in ~100 KB
+        write_png_bomb(path, 10_000, 10_000)
+    elif kind == "bomb_header":  # header says 30000 x 30000 (0.9 Gpixel), beyond PIL's own limit
         path.write_bytes(_raw_png(30000, 30000, 8, 0, b"\x00" * 30001))
     elif kind == "tiff":
         rgb.save(path, format="TIFF")

@@ -1,5 +1,6 @@
 """Input pipeline: letterbox geometry and keras-cv augmentation keep boxes on their objects."""
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,7 +8,9 @@ import tensorflow as tf
 
 from src.data.pipeline import (PipelineOptions, inference_dataset, letterbox, records_to_arrays,
                                training_dataset)
+from src.data.readers import check_image
 from src.data.records import Record
+from tests.real_formats import write_odd_image
 
 
 def _mean_inside(images, boxes, classes):
@@ -75,3 +78,47 @@ def test_too_many_boxes_are_truncated_with_a_warning(caplog):
 def test_empty_training_set_is_a_clear_error(tiny_config):
     with pytest.raises(ValueError, match="no records"):
         training_dataset([], tiny_config)
+
+
+# --------------------------------------------------------------------------- images that fail to decode
+
+
+@pytest.fixture
+def records_with_undecodable_images(bright_box_records, tmp_path):
+    """8 records; 2 and 5 pass the loader's checks (or passed them once) but TensorFlow cannot
+    read them: corrupt JPEG scan data (found only by a full decode), a file deleted since."""
+    records = list(bright_box_records[:8])
+    corrupt = write_odd_image(tmp_path / "corrupt.jpg", "corrupt_jpeg")
+    check_image(corrupt)  # what the site loader checks by default: passes
+    records[2] = replace(records[2], image_path=str(corrupt))
+    records[5] = replace(records[5], image_path=str(tmp_path / "deleted_since_loading.png"))
+    return records
+
+
+def test_training_drops_images_that_fail_to_decode(tiny_config, records_with_undecodable_images):
+    options = PipelineOptions(batch_size=2, color_jitter=0.0, scale_jitter=None)
+    seen = sum(int(images.shape[0]) for images, _ in
+               training_dataset(records_with_undecodable_images, tiny_config, options))
+    assert seen == 6  # the epoch ends normally, without the two
+
+
+def test_inference_says_which_records_it_could_not_decode(tiny_config, records_with_undecodable_images):
+    ds = inference_dataset(records_with_undecodable_images, tiny_config, batch_size=4)
+    indices = np.concatenate([batch["index"].numpy() for batch in ds])
+    assert indices.tolist() == [0, 1, 3, 4, 6, 7]
+
+
+def test_predictor_leaves_undecodable_images_out_of_the_scores(tiny_config, records_with_undecodable_images,
+                                                                caplog):
+    from src.evaluation import Predictor, score_predictions
+    from src.model import build_model
+
+    records = records_with_undecodable_images
+    with caplog.at_level(logging.WARNING):
+        predictions = Predictor(build_model(tiny_config), tiny_config).predict(records, batch_size=4)
+    assert [p is None for p in predictions] == [i in (2, 5) for i in range(8)]
+    assert "2 of 8 image(s) could not be read or decoded" in caplog.text
+    assert "corrupt.jpg" in caplog.text and "deleted_since_loading.png" in caplog.text
+    result = score_predictions(predictions, records, tiny_config)
+    assert result["unreadable_images"] == 2 and result["classification_images"] == 6
+    assert result["images"] == 8 and result["detection_images"] == 6

@@ -2,20 +2,34 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from src.data.readers import (
+    BAD_LABEL,
+    MAX_LABEL_BYTES,
+    MISSING,
+    OUTSIDE,
+    TOO_LARGE,
+    UNREADABLE,
     DataError,
     ErrorReport,
+    check_image,
     image_size,
+    inside_folder,
     load_yolo_dataset,
+    parse_class_table,
     read_class_folders,
     read_class_table,
     read_yolo_labels,
 )
+from tests.real_formats import write_odd_image, write_png_bomb
 
 VICTIMS = ["person"]
 DISASTERS = ["collapsed_building", "fire", "flooded_areas", "traffic_incident", "normal"]
@@ -84,8 +98,13 @@ def test_edge_overhang_is_clipped_but_tiny_rounding_tolerated(tmp_path):
         ("-1 0.5 0.5 0.2 0.2", "out of range"),
         ("0.5 0.5 0.5 0.2 0.2", "not an integer"),
         ("0 1.5 0.5 0.2 0.2", "outside [0, 1]"),
+        ("0 -0.5 0.5 0.2 0.2", "outside [0, 1]"),
         ("0 0.5 0.5 0 0.2", "must be positive"),
         ("0 0.5 0.5 0.2 nan", "non-finite"),
+        ("0 0.5 0.5 inf 0.2", "non-finite"),
+        ("0 0.5 0.5 0.2 0.2 0.7", "expected 5 fields"),
+        ("7e9 0.5 0.5 0.2 0.2", "out of range"),
+        ("\x00\x01\x02\x7f junk", "expected 5 fields"),  # control bytes are valid UTF-8
     ],
 )
 def test_malformed_line_names_file_and_line(tmp_path, line, fragment):
@@ -94,7 +113,22 @@ def test_malformed_line_names_file_and_line(tmp_path, line, fragment):
         read_yolo_labels(label, 100, 100, 1)
     msg = str(exc.value)
     assert "bad_00007.txt" in msg and "line 2" in msg and fragment in msg
-    assert isinstance(exc.value, ValueError)
+    assert isinstance(exc.value, ValueError) and exc.value.reason == BAD_LABEL
+
+
+def test_binary_label_file_names_the_line(tmp_path):
+    label = tmp_path / "junk.txt"
+    label.write_bytes(b"0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n\x89PNG\r\n\x1a\n\xff\xd8\x00")
+    with pytest.raises(DataError, match=r"junk\.txt: line 3: not UTF-8 text \(byte b'\\x89'"):
+        read_yolo_labels(label, 100, 100, 1)
+
+
+def test_oversized_label_file_is_not_read(tmp_path):
+    label = tmp_path / "huge.txt"
+    with open(label, "wb") as f:  # sparse: no disk, and never read into memory
+        f.truncate(MAX_LABEL_BYTES + 1)
+    with pytest.raises(DataError, match=r"huge\.txt: 1,048,577 bytes, more than the 1,048,576 .* not read"):
+        read_yolo_labels(label, 100, 100, 1)
 
 
 # --------------------------------------------------------------------------- images
@@ -183,15 +217,27 @@ def test_corrupt_image_raises_with_file_name(dataset):
         load_yolo_dataset(dataset, VICTIMS, DISASTERS)
 
 
-def test_truncated_jpeg_needs_full_decode(dataset):
+def test_truncated_jpeg_found_without_decoding(dataset):
     img = dataset / "images" / "00000.jpg"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (100, 200, 3), np.uint8)).save(img, quality=90)
-    img.write_bytes(img.read_bytes()[: img.stat().st_size // 2])
-    records, _ = load_yolo_dataset(dataset, VICTIMS, DISASTERS)  # header check passes
-    assert len(records) == 3
-    with pytest.raises(DataError, match="00000.jpg.*truncated"):
-        load_yolo_dataset(dataset, VICTIMS, DISASTERS, full_decode=True)
+    whole = img.read_bytes()
+    img.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=r"00000\.jpg: truncated JPEG \(no end-of-image marker"):
+        load_yolo_dataset(dataset, VICTIMS, DISASTERS)
+    img.write_bytes(whole[:-2])  # only the end marker missing: TensorFlow refuses that too
+    with pytest.raises(DataError, match="truncated JPEG"):
+        check_image(img)
+    img.write_bytes(whole + b"\x00" * 64)  # padding after the marker is fine
+    assert check_image(img, full_decode=True) == (200, 100)
+
+
+def test_corrupt_jpeg_data_needs_full_decode(dataset):
+    img = write_odd_image(dataset / "images" / "00000.jpg", "corrupt_jpeg", (200, 100))
+    assert check_image(img) == (200, 100)  # header, verify() and end marker pass
+    with pytest.raises(DataError, match=r"00000\.jpg: corrupt image") as exc:
+        check_image(img, full_decode=True)
+    assert exc.value.reason == UNREADABLE
 
 
 def test_skip_mode_skips_and_counts(dataset, caplog):
@@ -201,7 +247,7 @@ def test_skip_mode_skips_and_counts(dataset, caplog):
     assert report.skipped == 1 and len(report.messages) == 1
     assert "00001.jpg" in report.messages[0] and "00001.jpg" in report.summary()
     assert [r.image_path.split("/")[-1] for r in records] == ["00000.jpg", "00002.png"]
-    assert "1 image(s) skipped" in caplog.text
+    assert "1 image(s) skipped, 1 problem(s) (1 unreadable image)" in caplog.text
 
 
 def test_bad_label_line_raise_and_skip(dataset):
@@ -242,3 +288,148 @@ def test_error_report_summary_truncates():
         report.add(f"problem {i}")
     text = report.summary(max_messages=3)
     assert text.startswith("12 image(s) skipped") and "... and 9 more" in text
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def test_decompression_bomb_refused_from_its_header(tmp_path):
+    bomb = write_png_bomb(tmp_path / "bomb.png", 10_000, 10_000)
+    assert bomb.stat().st_size < 200_000  # complete and valid: 100 MP (300 MB as RGB) in ~100 KB
+    for full_decode in (False, True):
+        with pytest.raises(DataError) as exc:
+            check_image(bomb, full_decode)
+        assert str(exc.value).startswith(f"{bomb}: rejected as a possible decompression bomb, not decoded: "
+                                         "the header declares 10000x10000 = 100,000,000 pixels, over the "
+                                         "limit of 50,000,000 (readers.MAX_IMAGE_PIXELS)")
+        assert exc.value.reason == TOO_LARGE
+
+
+# VmHWM (peak resident memory of this process image), not ru_maxrss: Linux carries
+# ru_maxrss over fork + exec, so a child of the pytest process would start at its peak.
+RSS_PROBE = """
+import sys
+from src.data import readers
+
+def peak_mb():
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+readers.MAX_IMAGE_PIXELS = int(sys.argv[2])
+before = peak_mb()
+try:
+    readers.check_image(sys.argv[1], full_decode=True)
+    outcome = "decoded"
+except readers.DataError as err:
+    outcome = err.reason
+print(outcome, peak_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux /proc")
+def test_decompression_bomb_refused_in_bounded_memory(tmp_path):
+    """Peak memory of a fresh process around check_image(full_decode=True) on a 64 MP PNG.
+
+    What this proves: refused, the peak grows by a few MB at most; with the limit
+    raised, the same call decodes it and the peak grows by >= 60 MB (8-bit grey), so
+    the probe does see a decode. The pipeline would need 15 bytes a pixel (~1 GB).
+    """
+    bomb = write_png_bomb(tmp_path / "bomb.png", 8000, 8000)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def probe(limit: int) -> tuple[str, float]:
+        done = subprocess.run([sys.executable, "-c", RSS_PROBE, str(bomb), str(limit)],
+                              capture_output=True, text=True, env=env, timeout=120, check=True)
+        outcome, grown_mb = done.stdout.rsplit(maxsplit=1)
+        return outcome, float(grown_mb)
+
+    refused, refused_mb = probe(50_000_000)
+    decoded, decoded_mb = probe(100_000_000)
+    assert refused == TOO_LARGE and refused_mb < 16, refused_mb
+    assert decoded == "decoded" and decoded_mb > 60, decoded_mb
+
+
+def test_hostile_images_refused_naming_the_file_and_counted_by_reason(dataset):
+    images = dataset / "images"
+    write_odd_image(images / "cut.jpg", "truncated_jpeg", (128, 96))
+    write_odd_image(images / "cut2.png", "truncated_png", (128, 96))
+    write_odd_image(images / "text.jpg", "not_an_image")
+    write_odd_image(images / "bomb.png", "bomb")
+    write_odd_image(images / "huge.png", "bomb_header")
+    expected = {"cut.jpg": "truncated JPEG", "cut2.png": "corrupt image", "text.jpg": "not a readable image",
+                "bomb.png": "10000x10000 = 100,000,000 pixels", "huge.png": "possible decompression bomb"}
+    for name, fragment in expected.items():
+        with pytest.raises(DataError) as exc:
+            load_yolo_dataset(dataset, VICTIMS, DISASTERS, only={f"images/{name}"})
+        assert f"images/{name}: " in str(exc.value) and fragment in str(exc.value)
+    records, report = load_yolo_dataset(dataset, VICTIMS, DISASTERS, on_error="skip")
+    assert len(records) == 3 and report.skipped == 5
+    assert report.reasons == {UNREADABLE: 3, TOO_LARGE: 2}
+    assert "5 image(s) skipped, 5 problem(s) (3 unreadable image, 2 image too large)" in report.summary()
+
+
+def outside_file(tmp_path, name: str, content: bytes) -> Path:
+    path = tmp_path / "elsewhere" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def test_symlinks_leaving_the_data_folder_are_refused_unread(dataset, tmp_path):
+    secret = outside_file(tmp_path, "secret.jpg", (dataset / "images" / "00000.jpg").read_bytes())
+    (dataset / "images" / "leak.jpg").symlink_to(secret)
+    passwd = outside_file(tmp_path, "passwd", b"root:x:0:0:root:/root:/bin/bash\n")
+    (dataset / "labels" / "00002.txt").symlink_to(passwd)
+    with pytest.raises(DataError) as exc:
+        load_yolo_dataset(dataset, VICTIMS, DISASTERS)
+    assert str(exc.value).startswith(f"{dataset / 'labels' / '00002.txt'}: label file resolves to {passwd}, "
+                                     f"outside the data folder {dataset}; refused, not read")
+    assert exc.value.reason == OUTSIDE
+    records, report = load_yolo_dataset(dataset, VICTIMS, DISASTERS, on_error="skip")
+    assert [Path(r.image_path).name for r in records] == ["00000.jpg", "00001.jpg"]
+    assert report.reasons == {OUTSIDE: 2} and "leak.jpg: image resolves to" in report.summary()
+    assert "root:x" not in report.summary()  # the file was never read
+
+
+def test_symlinks_inside_the_folder_and_a_linked_root_are_fine(dataset, tmp_path):
+    (dataset / "images" / "alias.jpg").symlink_to(dataset / "images" / "00000.jpg")
+    linked_root = tmp_path / "linked"
+    linked_root.symlink_to(dataset)  # like a workspace's data -> repository data link
+    records, report = load_yolo_dataset(linked_root, VICTIMS, DISASTERS)
+    assert len(records) == 4 and report.clean
+
+
+def test_non_regular_files_are_refused_without_opening(tmp_path):
+    fifo = tmp_path / "images" / "pipe.jpg"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    with pytest.raises(DataError, match="pipe.jpg: image is not a regular file; refused") as exc:
+        inside_folder(fifo, tmp_path, "image")
+    assert exc.value.reason == UNREADABLE
+
+
+@pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "images/../../x.jpg", "C:/data/x.jpg"])
+def test_table_paths_leaving_the_data_folder_are_refused(tmp_path, path):
+    tsv = write(tmp_path / "t.tsv", f"image\tdisaster_class\nimages/a.jpg\tfire\n{path}\tfire\n")
+    table = parse_class_table(tsv, DISASTERS)
+    assert table.classes == {"images/a.jpg": 1} and len(table.errors) == 1
+    key, err = table.errors[0]
+    assert key is None and err.reason == OUTSIDE
+    assert f"t.tsv: line 3: image path {path!r} must be relative to the data root" in str(err)
+
+
+def test_table_row_the_csv_module_rejects_is_one_bad_row(tmp_path):
+    tsv = write(tmp_path / "t.tsv", "image\tdisaster_class\nimages/a.jpg\tfire\n"
+                f"images/b.jpg\t{'x' * 200_000}\nimages/c.jpg\tnormal\n")
+    table = parse_class_table(tsv, DISASTERS)
+    assert table.classes == {"images/a.jpg": 1, "images/c.jpg": 4}
+    assert len(table.errors) == 1 and "t.tsv: line 3: not a '\\t'-delimited row" in str(table.errors[0][1])
+
+
+def test_listed_images_that_are_not_there_are_counted(dataset):
+    only = {"images/00000.jpg": "m.tsv: line 2", "images/gone.jpg": "m.tsv: line 3"}
+    with pytest.raises(DataError, match=r"m\.tsv: line 3: image images/gone\.jpg not found in") as exc:
+        load_yolo_dataset(dataset, VICTIMS, DISASTERS, only=only)
+    assert exc.value.reason == MISSING
+    records, report = load_yolo_dataset(dataset, VICTIMS, DISASTERS, on_error="skip", only=only)
+    assert len(records) == 1 and report.skipped == 1 and report.reasons == {MISSING: 1}

@@ -130,17 +130,19 @@ def _image_key(path: Path, i: int, entry) -> str:
     return relative_key(entry["file_name"], where)
 
 
-def _images(path: Path, entries: list, coco: CocoFile) -> dict[int, str]:
-    """Fill coco.images / bad_images from ``images``; returns image id -> key."""
-    keyed = []
+def _images(path: Path, entries: list, coco: CocoFile) -> dict[int, str | None]:
+    """Fill coco.images / bad_images from ``images``; returns image id -> key
+    (None: the entry is already reported, e.g. its file_name leaves the root)."""
+    keyed, by_id = [], {}
     for i, entry in enumerate(entries):
         try:
             keyed.append((i, entry, _image_key(path, i, entry)))
         except DataError as err:
             coco.problems.append(err)
+            if isinstance(entry, dict) and _is_int(entry.get("id")):
+                by_id.setdefault(entry["id"], None)
     keys_seen = Counter(key for _, _, key in keyed)  # './a.jpg' and 'a.jpg' are the same file
     ids_seen = Counter(entry["id"] for _, entry, _ in keyed)
-    by_id = {}
     for i, entry, key in keyed:
         where = f"{path}: images[{i}] (id {entry['id']}, {entry['file_name']!r})"
         coco.listed_at.setdefault(key, where)
@@ -188,7 +190,7 @@ def read_coco(
             continue
         key = by_id[ann["image_id"]]
         if key not in coco.images:
-            continue  # that image is already bad
+            continue  # that image is already bad (or was never keyed)
         try:
             _add_annotation(coco, coco.images[key], ann, categories, victim_classes, class_map,
                             drop_unmapped, where)

@@ -10,18 +10,28 @@ A site's data folder (what plan/data.yaml maps a collaborator to) holds:
                 labels the site holds for that image
 The images stay where they are; the manifest only names them, so the default
 split is a few KB in git and the images are regenerated from the seed.
+
+A manifest is the federation's own configuration (the split builder writes
+it), not third-party data: a malformed row, including an image path that is
+absolute or climbs out with '..', raises in both on_error modes, because a
+site silently training on part of its split is worse than one that does not
+start. The images and label files it names follow on_error like any data.
 """
 from __future__ import annotations
 
 import csv
+import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from src.data.readers import DataError, load_yolo_dataset
+from src.data.readers import (DataError, ErrorReport, load_yolo_dataset, read_text_file, relative_key,
+                              split_row)
+
+log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("image", "split", "boxes", "class")
 SPLITS = ("train", "val", "pool")
@@ -29,10 +39,13 @@ SPLITS = ("train", "val", "pool")
 
 @dataclass(frozen=True)
 class SiteData:
+    """problems: what on_error='skip' left out of the manifest's images, and why."""
+
     name: str
     train: list
     val: list
     pool: list = ()
+    problems: ErrorReport = field(default_factory=ErrorReport, compare=False)
 
     @property
     def has_boxes(self) -> bool:
@@ -56,21 +69,28 @@ def write_site(folder: Path, name: str, data_root: str | None, rows: list[tuple[
         w.writerows(rows)
 
 
+def _manifest_rows(path: Path) -> list[tuple[int, tuple[str, str, bool, bool]]]:
+    """(line number, row) of a manifest; any malformed row raises (see the module docstring)."""
+    lines = read_text_file(Path(path)).splitlines()
+    header = tuple(split_row(lines[0], "\t", f"{path}: line 1")) if lines else None
+    if header != MANIFEST_COLUMNS:
+        raise DataError(f"{path}: line 1: header must be {'<TAB>'.join(MANIFEST_COLUMNS)}, got {header}")
+    rows = []
+    for line, text in enumerate(lines[1:], start=2):
+        where = f"{path}: line {line}"
+        row = split_row(text, "\t", where)
+        if not row:
+            continue
+        if len(row) != 4 or row[1] not in SPLITS or row[2] not in ("0", "1") or row[3] not in ("0", "1"):
+            raise DataError(f"{where}: expected image, train|val|pool, 0|1, 0|1; got {row}")
+        relative_key(row[0], where)  # absolute or '..': refused
+        rows.append((line, (row[0], row[1], row[2] == "1", row[3] == "1")))
+    return rows
+
+
 def read_manifest(path: Path) -> list[tuple[str, str, bool, bool]]:
     """Rows of a manifest; a malformed row is a DataError naming file and line."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = next(reader, None)
-        if tuple(header or ()) != MANIFEST_COLUMNS:
-            raise DataError(f"{path}: line 1: header must be {'<TAB>'.join(MANIFEST_COLUMNS)}, got {header}")
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != 4 or row[1] not in SPLITS or row[2] not in ("0", "1") or row[3] not in ("0", "1"):
-                raise DataError(f"{path}: line {line}: expected image, train|val|pool, 0|1, 0|1; got {row}")
-            rows.append((row[0], row[1], row[2] == "1", row[3] == "1"))
-    return rows
+    return [row for _, row in _manifest_rows(path)]
 
 
 def relative_path(target, start) -> str:
@@ -88,9 +108,10 @@ def _resolve(folder: Path, value: str) -> Path:
     return path if path.is_absolute() else folder / path
 
 
-def load_records(folder: Path, meta: dict, keys, victim_classes, disaster_classes,
-                 on_error: str = "raise") -> dict:
-    """{image key: Record} for the keys a manifest names, from `data_root` or `sources`."""
+def load_records(folder: Path, meta: dict, keys: dict[str, str], victim_classes, disaster_classes,
+                 on_error: str = "raise") -> tuple[dict, ErrorReport]:
+    """{image key: Record} for the keys a manifest names, from `data_root` or `sources`,
+    and what was left out. keys: image key -> where it is listed, for messages."""
     where = folder / "site.yaml"
     if meta.get("sources"):
         from src.data.sources import load_sources
@@ -98,36 +119,49 @@ def load_records(folder: Path, meta: dict, keys, victim_classes, disaster_classe
         spec = _resolve(folder, meta["sources"])
         if not spec.exists():
             raise FileNotFoundError(f"{where}: sources file {spec} not found")
-        per_source, _ = load_sources(spec, victim_classes, disaster_classes, on_error=on_error, only=set(keys))
-        return {r.key: r for records in per_source.values() for r in records}
+        per_source, report = load_sources(spec, victim_classes, disaster_classes, on_error=on_error, only=keys)
+        return {r.key: r for records in per_source.values() for r in records}, report
     root = _resolve(folder, meta.get("data_root", ""))
     if not (root / "images").is_dir():
         raise FileNotFoundError(f"{where}: data_root {root} has no images/ folder "
                                 "(generate the synthetic data with `make data`)")
-    records, _ = load_yolo_dataset(root, victim_classes, disaster_classes, on_error=on_error, only=set(keys))
-    return {Path(r.image_path).relative_to(root).as_posix(): r for r in records}
+    records, report = load_yolo_dataset(root, victim_classes, disaster_classes, on_error=on_error, only=keys)
+    return {Path(r.image_path).relative_to(root).as_posix(): r for r in records}, report
 
 
 def load_site(folder, victim_classes, disaster_classes, on_error: str = "raise") -> SiteData:
-    """Records of one site, with label flags masked to what the site holds."""
+    """Records of one site, with label flags masked to what the site holds.
+
+    With on_error='skip' every manifest image that could not be used (missing,
+    corrupt, too large, bad labels, outside the data folder) is left out,
+    counted by reason in ``SiteData.problems`` and logged in one line; the
+    readers log the files themselves.
+    """
     folder = Path(folder)
     site_file = folder / "site.yaml"
     if not site_file.exists():
         raise FileNotFoundError(f"{site_file}: missing (a site folder needs site.yaml and manifest.tsv)")
     meta = yaml.safe_load(site_file.read_text()) or {}
-    rows = read_manifest(folder / "manifest.tsv")
-    by_key = load_records(folder, meta, [row[0] for row in rows], victim_classes, disaster_classes, on_error)
+    manifest = folder / "manifest.tsv"
+    rows = _manifest_rows(manifest)
+    keys = {}
+    for line, row in rows:
+        keys.setdefault(row[0], f"{manifest}: line {line}")
+    by_key, report = load_records(folder, meta, keys, victim_classes, disaster_classes, on_error)
     parts = {split: [] for split in SPLITS}
-    for image, split, boxes, cls in rows:
-        if image not in by_key:
-            if on_error == "skip":
-                continue
-            raise DataError(f"{folder / 'manifest.tsv'}: image {image} not found ({site_file})")
+    for _, (image, split, boxes, cls) in rows:
+        if image not in by_key:  # reported by the reader (which raised unless on_error='skip')
+            continue
         r = by_key[image]
         masked = replace(r, has_boxes=r.has_boxes and boxes, has_class=r.has_class and cls,
                          disaster_class=r.disaster_class if (r.has_class and cls) else -1)
         parts[split].append(masked)
-    return SiteData(meta.get("site", folder.name), parts["train"], parts["val"], parts["pool"])
+    name = meta.get("site", folder.name)
+    used = sum(len(part) for part in parts.values())
+    if used < len(rows):
+        log.warning("site %s: %d of %d image(s) of %s skipped (%s); the files are named above",
+                    name, len(rows) - used, len(rows), manifest, report.reason_counts())
+    return SiteData(name, parts["train"], parts["val"], parts["pool"], report)
 
 
 def load_test_split(split_dir, victim_classes, disaster_classes, default_data_root=None,
@@ -140,11 +174,18 @@ def load_test_split(split_dir, victim_classes, disaster_classes, default_data_ro
         if default_data_root is None:
             raise FileNotFoundError(f"{meta_file}: missing, and no default data root given")
         meta = {"data_root": str(Path(default_data_root).resolve())}
-    keys = [line for line in (split_dir / "test.tsv").read_text(encoding="utf-8").splitlines()[1:] if line]
-    by_key = load_records(split_dir, meta, keys, victim_classes, disaster_classes, on_error)
-    missing = [k for k in keys if k not in by_key]
-    if missing and on_error == "raise":
-        raise DataError(f"{split_dir / 'test.tsv'}: {len(missing)} image(s) not found, e.g. {missing[:3]}")
+    listing = split_dir / "test.tsv"
+    keys, listed_at = [], {}
+    for line, key in enumerate(read_text_file(listing).splitlines()[1:], start=2):
+        if key:
+            where = f"{listing}: line {line}"
+            relative_key(key, where)  # absolute or '..': refused, as in a manifest
+            keys.append(key)
+            listed_at.setdefault(key, where)
+    by_key, report = load_records(split_dir, meta, listed_at, victim_classes, disaster_classes, on_error)
+    if report.skipped:
+        log.warning("%s: %d of %d test image(s) skipped (%s)", listing, report.skipped, len(keys),
+                    report.reason_counts())
     return [by_key[k] for k in keys if k in by_key]
 
 

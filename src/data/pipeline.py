@@ -3,6 +3,14 @@
 Boxes travel padded to `max_boxes` with class -1 as padding (keras-cv's dense
 box format), so every batch has static shapes and the label encoder is
 vectorised. Augmentation uses keras-cv layers that move boxes with pixels.
+
+Images are checked when records are loaded (``readers.check_image``: size
+limit, truncation, format), so a bad file normally never gets here. One that
+still fails to read or decode (deleted or replaced since, or corrupt in a way
+only a full decode finds) drops out of the stream instead of ending training
+or a federated round: tf.data logs the error (a C++ warning, hidden at
+TF_CPP_MIN_LOG_LEVEL=2), and every element carries its record ``index`` so
+an inference caller can tell which records are missing (``Predictor``).
 """
 from __future__ import annotations
 
@@ -48,6 +56,7 @@ def records_to_arrays(records: list[Record], max_boxes: int) -> dict:
         log.warning("%d images have more than max_boxes=%d boxes; extra boxes are dropped",
                     truncated, max_boxes)
     return {
+        "index": np.arange(n, dtype=np.int64),
         "path": np.array([r.image_path for r in records]),
         "boxes": boxes,
         "classes": classes,
@@ -74,16 +83,26 @@ def letterbox(image, boxes, size: int):
     return padded + LETTERBOX_FILL, boxes * scale + offset, scale, offset[:2]
 
 
+def decode_pixels(path):
+    """Decode any JPEG/PNG/BMP (grey or RGBA -> RGB) to uint8 (h, w, 3)."""
+    raw = tf.io.read_file(path)
+    return tf.io.decode_image(raw, channels=3, expand_animations=False)
+
+
 def load_image(path):
     """Decode any JPEG/PNG/BMP (grey or RGBA -> RGB) to float32 [0, 1]."""
-    raw = tf.io.read_file(path)
-    image = tf.io.decode_image(raw, channels=3, expand_animations=False)
-    return tf.image.convert_image_dtype(image, tf.float32)
+    return tf.image.convert_image_dtype(decode_pixels(path), tf.float32)
 
 
-def _load_example(size: int):
+def _with_pixels(item):
+    out = dict(item)
+    out["images"] = decode_pixels(item["path"])
+    return out
+
+
+def _letterboxed(size: int):
     def fn(item):
-        image = load_image(item["path"])
+        image = tf.image.convert_image_dtype(item["images"], tf.float32)
         image, boxes, scale, offset = letterbox(image, item["boxes"], size)
         valid = item["classes"] >= 0
         boxes = tf.where(valid[:, None], boxes, 0.0)
@@ -91,6 +110,16 @@ def _load_example(size: int):
         out.update(images=image, boxes=boxes, scale=scale, offset=offset)
         return out
     return fn
+
+
+def _decoded(ds: tf.data.Dataset, size: int) -> tf.data.Dataset:
+    """Per-record decode + letterbox; a record whose image cannot be read or decoded is dropped.
+
+    Only the read + decode step may fail quietly (a bug further on still
+    raises), and it hands on uint8 pixels, a quarter of their float size.
+    """
+    ds = ds.map(_with_pixels, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
+    return ds.map(_letterboxed(size), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 class Augmenter:
@@ -163,7 +192,7 @@ def training_dataset(records: list[Record], config: ModelConfig,
     ds = tf.data.Dataset.from_tensor_slices(arrays)
     ds = ds.shuffle(min(len(records), options.shuffle_buffer), seed=options.seed,
                     reshuffle_each_iteration=True)
-    ds = ds.map(_load_example(config.input_size), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _decoded(ds, config.input_size)
     ds = ds.batch(options.batch_size, drop_remainder=len(records) >= options.batch_size)
     ds = ds.map(Augmenter(config.input_size, options), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(_to_model_io(config), num_parallel_calls=tf.data.AUTOTUNE)
@@ -172,10 +201,14 @@ def training_dataset(records: list[Record], config: ModelConfig,
 
 def inference_dataset(records: list[Record], config: ModelConfig, batch_size: int = 16,
                       max_boxes: int = 32) -> tf.data.Dataset:
-    """Letterboxed batches in record order, with the scale/offset to map boxes back."""
+    """Letterboxed batches in record order, with the scale/offset to map boxes back.
+
+    A record whose image cannot be decoded is missing from the batches; each
+    batch's ``index`` says which records it holds.
+    """
     arrays = records_to_arrays(records, max_boxes)
     ds = tf.data.Dataset.from_tensor_slices(arrays)
-    ds = ds.map(_load_example(config.input_size), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _decoded(ds, config.input_size)
     ds = ds.batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -44,7 +44,10 @@ Errors in the spec itself and label files that cannot be parsed at all
 with single images, rows or annotations follow ``on_error`` as in
 ``readers.load_yolo_dataset``. Which image files are accepted (EXIF
 rotation, 16-bit PNG, decompression bombs, ...) is decided by
-``readers.check_image``; see the readers module docstring.
+``readers.check_image``; see the readers module docstring. Images and
+per-image label files must lie inside their source's root, also after
+following symlinks (``readers.inside_folder``); the spec's own paths
+(``root``, ``file``) are the operator's choice and may point anywhere.
 """
 from __future__ import annotations
 
@@ -59,12 +62,16 @@ import yaml
 
 from src.data.coco import read_coco
 from src.data.readers import (
+    MISSING,
     DataError,
     ErrorReport,
     check_image,
     class_lookup,
     display_path,
+    inside_folder,
     list_images,
+    listing_of,
+    missing_image,
     parse_class_table,
     read_text_file,
     read_yolo_labels,
@@ -300,7 +307,7 @@ class _YoloBoxes:
     """root/images + root/labels; ids index the victim classes or the source's ``names``."""
 
     def __init__(self, source: SourceSpec, victims: Sequence[str]):
-        root = source.root
+        root = self.root = source.root
         images, name_errors = list_images(root / "images")
         labels, ambiguous = yolo_label_files(root, images)
         self.labels_of = {p.relative_to(root).as_posix(): label for p, label in labels.items()}
@@ -316,6 +323,7 @@ class _YoloBoxes:
         label = self.labels_of.get(key)
         if label is None:
             return None
+        label = inside_folder(label, self.root, "label file")
         boxes, ids = read_yolo_labels(label, width, height, self.num_ids)
         if self.to_ours is not None:
             ours = self.to_ours[ids]
@@ -330,7 +338,8 @@ def _orphan_labels(root: Path) -> list[DataError]:
     stems = {p.stem for p in (root / "images").iterdir()}
     labels = sorted(labels_dir.glob("*.txt")) if labels_dir.is_dir() else []
     return [DataError(f"{display_path(p)}: no image {root / 'images' / p.stem}.* for this label file "
-                      "(missing image)") for p in labels if p.stem not in stems and not p.name.startswith(".")]
+                      "(missing image)", MISSING)
+            for p in labels if p.stem not in stems and not p.name.startswith(".")]
 
 
 class _CocoBoxes:
@@ -381,18 +390,19 @@ def _table_classes(source: SourceSpec, disasters: Sequence[str]) -> tuple[_Listi
 # --------------------------------------------------------------------------- loading
 
 
-def _check_listed_image(path: Path, listed_at: str, full_decode: bool) -> tuple[int, int]:
-    """check_image, but a missing file listed in a label file is reported at that line."""
+def _check_listed_image(path: Path, root: Path, listed_at: str, full_decode: bool) -> tuple[int, int]:
+    """check_image of a file inside root; a missing file listed in a label file is reported at that line."""
     if listed_at and not path.exists():
-        raise DataError(f"{listed_at}: image file {path} not found")
-    return check_image(path, full_decode)
+        raise DataError(f"{listed_at}: image file {path} not found", MISSING)
+    return check_image(inside_folder(path, root, "image"), full_decode)
 
 
-def _load_source(source: SourceSpec, spec: Spec, handle, only: Collection[str] | None,
+def _load_source(source: SourceSpec, spec: Spec, handle, only: Mapping[str, str] | None,
                  full_decode: bool) -> tuple[list[SourceRecord], list[str]]:
     """Records of one source (sorted by key) and notes on what was dropped on purpose.
 
-    handle(error, images) raises or records each problem.
+    handle(error, images) raises or records each problem; only: path relative
+    to the root -> where it is listed ('' if nowhere in particular).
     """
     boxes, listings, classes = None, [], {}
     if source.boxes:
@@ -410,7 +420,10 @@ def _load_source(source: SourceSpec, spec: Spec, handle, only: Collection[str] |
                 handle(err, count)
     keys = sorted({key for listing in listings for key in listing.images})
     if only is not None:
-        keys = [k for k in keys if record_key(source.name, k) in only]
+        for relative in sorted(set(only) - set(keys)):
+            handle(missing_image(record_key(source.name, relative), only[relative],
+                                 f": source {source.name!r} ({source.root}) has no such image"), 1)
+        keys = [k for k in keys if k in only]
     if len(listings) == 2 and listings[0].images and listings[1].images \
             and not listings[0].images.keys() & listings[1].images.keys():
         log.warning("%s: no image has both boxes and a class: do the paths of the two label specs "
@@ -423,7 +436,7 @@ def _load_source(source: SourceSpec, spec: Spec, handle, only: Collection[str] |
                 raise err
             path = source.root / key
             listed_at = next((listing.images[key] for listing in listings if listing.images.get(key)), "")
-            width, height = _check_listed_image(path, listed_at, full_decode)
+            width, height = _check_listed_image(path, source.root, listed_at, full_decode)
             labels = boxes.labels(key, width, height) if boxes and key in boxes.listing.images else None
             box, cls, crowd, crowd_cls = labels if labels is not None else (_NO_BOXES, _NO_CLASSES) * 2
             records.append(SourceRecord(
@@ -444,7 +457,7 @@ def load_sources(
     victim_classes: Sequence[str] | None = None,
     disaster_classes: Sequence[str] | None = None,
     on_error: str = "raise",
-    only: Collection[str] | None = None,
+    only: Collection[str] | Mapping[str, str] | None = None,
     full_decode: bool = False,
     base_dir: str | Path | None = None,
 ) -> tuple[dict[str, list[Record]], ErrorReport]:
@@ -454,8 +467,10 @@ def load_sources(
     images concerned, counts them in the report and logs its summary.
     only: record keys to read; other images are not opened, sources with no
     key in it are not read at all, and problems tied to no listed image are
-    left to whoever reads everything (``python -m src.data.validate``).
-    full_decode: decode every image once to also catch truncated JPEGs.
+    left to whoever reads everything (``python -m src.data.validate``). A key
+    naming no image is a problem (reason MISSING); as a mapping, only gives
+    where each key is listed ('manifest.tsv: line 3') for the message.
+    full_decode: decode every image once to also catch corrupt JPEG data.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -465,15 +480,25 @@ def load_sources(
     def handle(err: DataError, images: int) -> None:
         if on_error == "raise":
             raise err
-        report.add(str(err), images)
+        report.add(err, images)
 
-    wanted = None if only is None else {split_record_key(k)[0] for k in only if "/" in k}
+    per_source = None  # source name -> {relative path: where listed}
+    if only is not None:
+        per_source = {source.name: {} for source in parsed.sources}
+        for key, listed_at in sorted(listing_of(only).items()):
+            name, _, relative = key.partition("/")
+            if name in per_source and relative:
+                per_source[name][relative] = listed_at
+            else:
+                handle(missing_image(key, listed_at, f": no source {name!r} in the spec "
+                                                     f"(sources: {sorted(per_source)})"), 1)
     out = {}
     for source in parsed.sources:
-        if wanted is not None and source.name not in wanted:
+        wanted = None if per_source is None else per_source[source.name]
+        if wanted is not None and not wanted:
             out[source.name] = []
             continue
-        out[source.name], notes = _load_source(source, parsed, handle, only, full_decode)
+        out[source.name], notes = _load_source(source, parsed, handle, wanted, full_decode)
         for note in notes:
             report.note(note)
     if report.messages or report.notes:

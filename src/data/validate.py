@@ -67,7 +67,8 @@ def format_table(rows: list[tuple]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", type=Path, help="sources.yaml, or a folder in the built-in YOLO layout")
-    p.add_argument("--full-decode", action="store_true", help="decode every image (finds truncated JPEGs)")
+    p.add_argument("--full-decode", action="store_true",
+                   help="decode every image (finds corrupt JPEG data; truncated files are found without it)")
     p.add_argument("--on-error", choices=("skip", "raise"), default="skip")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="where the model's class lists are")
     args = p.parse_args(argv)
