@@ -18,7 +18,7 @@ EXCHANGE ?=
 CENTRAL_MODEL := workspace/runs/central/model.keras
 MODEL ?= $(CENTRAL_MODEL)
 
-.PHONY: setup data splits train-central pretrain-backbone simulate test bench export-report clean
+.PHONY: setup data splits train-central pretrain-backbone simulate test test-faults bench export-report clean
 
 setup: $(STAMP)
 
@@ -50,7 +50,12 @@ splits: setup
 	$(PY) -m src.data.site_splits --sites $(SITES) --seed $(SEED)
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not faults" tests
+
+# Crashes, intruders, poisoned updates, interrupted writes, what a site sends
+# (real fx processes and certificates; ~10 min, so not part of `make test`).
+test-faults: setup
+	$(PY) -m pytest -q -m faults tests
 
 bench: setup
 	$(PY) -m bench.run

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import keras
 
+from src.atomic_files import save_model_atomically
 from src.config import load_config, model_config, pipeline_options, train_options
 from src.data.manifests import load_site, load_test_split
 from src.data.pipeline import training_dataset
@@ -108,7 +109,7 @@ def run(cfg: dict, out_dir: Path, split_dir: Path | None = None,
     test = score_predictions(predictor.predict(splits["test"], progress=True), splits["test"], mcfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / "model.keras"
-    model.save(model_path)
+    save_model_atomically(model, model_path)
     result = {
         "test": test, "epochs": topts.epochs, "seed": cfg["seed"],
         "wall_s": time.perf_counter() - start, "train_wall_s": train_wall,

@@ -47,3 +47,8 @@ def write_bright_box_images(folder, count, seed=0, size_range=(48, 80)):
 @pytest.fixture(scope="session")
 def bright_box_records(tmp_path_factory):
     return write_bright_box_images(tmp_path_factory.mktemp("bright"), 16)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "faults: reliability/security scenarios (`make test-faults`; not in `make test`'s time budget)")

@@ -240,6 +240,8 @@ class Progress:
                 site = sites.setdefault(e["site"], {})
                 site["upload_bytes"] = e["bytes"]
                 site["upload_bytes_by_group"] = e["by_group"]
+            elif e["event"] == "rejected":  # a broken update left out (src/federated/update_checks.py)
+                sites.setdefault(e["site"], {})["rejected"] = e["reason"]
             elif e["event"] == "download":
                 site = sites.setdefault(e["site"], {})
                 site["download_bytes"] = e["bytes"]
@@ -263,11 +265,15 @@ class Progress:
         parts = []
         for site, m in s["sites"].items():
             parts.append(f"{site} loss {_fmt(m.get('loss'), 2)} mAP {_fmt(m.get('map50'))} "
-                         f"acc {_fmt(m.get('accuracy'))} up {m.get('upload_bytes', 0) / 1e6:.2f} MB")
+                         f"acc {_fmt(m.get('accuracy'))} up {m.get('upload_bytes', 0) / 1e6:.2f} MB"
+                         + (" REJECTED" if "rejected" in m else ""))
         print(f"round {rnd + 1}/{self.rounds} | " + " | ".join(parts) +
               f" | score {_fmt(s['score'])}"
               f" | idle {s['idle_s'] if s['idle_s'] is not None else float('nan'):.2f} s"
               f" | {s['wall_s'] or 0:.0f} s", flush=True)
+        for site, m in s["sites"].items():
+            if "rejected" in m:
+                print(f"  {site}: update rejected, not averaged this round: {m['rejected']}", flush=True)
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -297,6 +303,7 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
                  wall_s: float) -> dict:
     from src.config import load_config, model_config, train_options
     from src.evaluation import Predictor, mean_loss, score_predictions
+    from src.atomic_files import save_model_atomically
     from src.model import build_model
     from src.federated.checkpoint import assign_weights, load_pbuf_weights
     from src.data.manifests import load_test_split
@@ -324,7 +331,7 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
     best_path = ws / "save" / "best.pbuf"
     model, predictions, test, best_round = evaluate_state(
         best_path if best_path.exists() else ws / "save" / "last.pbuf")
-    model.save(run_dir / "model.keras")
+    save_model_atomically(model, run_dir / "model.keras")
     rounds = [progress.round_summary(r) for r in range(progress.rounds)]
     idle = [r["idle_s"] for r in rounds[1:] if r["idle_s"] is not None]
     runner = plan["task_runner"]["settings"]

@@ -30,8 +30,16 @@ import time
 from collections import defaultdict
 
 from openfl.component.aggregator import Aggregator
+from openfl.protocols import utils as openfl_utils
 
+from src.atomic_files import dump_proto_atomically
 from src.model.config import task_group_of
+
+# OpenFL 1.9 writes best/last.pbuf in place (protocols.utils.dump_proto), so an
+# aggregator killed mid-write would leave a truncated state file and lose the
+# previous one. In a process that runs this aggregator, every state file is
+# written to a temporary file and renamed over the old one instead.
+openfl_utils.dump_proto = dump_proto_atomically
 
 
 def wire_group(named_tensor) -> str:
@@ -125,17 +133,25 @@ class PromptAggregator(Aggregator):
         by_group = bytes_by_group(named_tensors)
         self._event("upload", round=round_number, site=collaborator_name, task=task_name,
                     bytes=sum(by_group.values()), by_group=by_group)
-        before = self.round_number
         super().send_local_task_results(collaborator_name, round_number, task_name, data_size,
                                         named_tensors)
         self._drain_metrics()
-        if self.round_number != before:
-            self._log_downloads(before)
-            self._event("round_end", round=before)
-            if not self._time_to_quit():
-                self._mark_round_ready(self.round_number)
-            elif self.final_state_path:
-                # OpenFL saves last/best.pbuf from the model a round *started*
-                # with, so the last round's training would be lost: keep it.
-                self._save_model(self.round_number, self.final_state_path)
-                self._event("final_model", round=self.round_number, path=self.final_state_path)
+
+    # ---- round transitions -------------------------------------------------------------------
+    def _end_of_round_check(self):
+        """Every way a round ends passes here: the last result arriving, a straggler
+        policy's cutoff timer (another thread), or results replayed after a restart."""
+        before, stragglers = self.round_number, list(self.stragglers)
+        super()._end_of_round_check()
+        if self.round_number == before:
+            return
+        self._drain_metrics()
+        self._log_downloads(before)
+        self._event("round_end", round=before, stragglers=stragglers)
+        if not self._time_to_quit():
+            self._mark_round_ready(self.round_number)
+        elif self.final_state_path:
+            # OpenFL saves last/best.pbuf from the model a round *started*
+            # with, so the last round's training would be lost: keep it.
+            self._save_model(self.round_number, self.final_state_path)
+            self._event("final_model", round=self.round_number, path=self.final_state_path)

@@ -18,17 +18,25 @@ backbone. This aggregator, for the trained tensors of a task:
 shared backbone so that each task gets an equal vote instead of each image
 (src/task_groups.py:task_balanced_weights); `samples` (default) uses the
 backbone's own image counts like every other group.
+Before averaging, each site's whole update is checked
+(src/federated/update_checks.py): one with NaN/Inf, a wrong shape, an unknown
+tensor or a bogus sample count is left out of that round, with the reason in
+the log and the event log (`rejected`), instead of corrupting the model.
 Metrics go through the stock code path (including best-model selection).
 """
 from __future__ import annotations
 
+import logging
+
 from openfl.utilities import TaskResultKey, TensorKey, change_tags
 
 from src.federated.aggregator import PromptAggregator
+from src.federated.update_checks import update_problem
 from src.model.config import TASK_GROUPS, task_group_of
 from src.task_groups import task_balanced_weights
 
 BACKBONE_WEIGHTINGS = ("samples", "task_balanced")
+log = logging.getLogger(__name__)
 
 
 class DecoupledAggregator(PromptAggregator):
@@ -64,9 +72,31 @@ class DecoupledAggregator(PromptAggregator):
             return float(reported)
         return float(self.collaborator_task_weight[TaskResultKey(task_name, collaborator, self.round_number)])
 
+    def _global_tensor(self, name: str):
+        return self.tensor_db.get_tensor_from_cache(TensorKey(name, self.uuid, self.round_number, False, ("model",)))
+
+    def _reject_broken_updates(self, task_name: str, trained: dict, weight: dict) -> dict:
+        """trained without the updates that must not be averaged (logged as `rejected`)."""
+        shapes = {t.name: self._global_tensor(t.name).shape for t in self.model.tensors}
+        kept = {}
+        for result_key, tensor_keys in trained.items():
+            site = result_key.owner
+            update = {tk.tensor_name: self.tensor_db.get_tensor_from_cache(tk) for tk in tensor_keys}
+            sent_groups = {task_group_of(name) for name in update if name in shapes}
+            problem = update_problem(update, shapes, {g: weight[site][g] for g in sent_groups})
+            if problem is None:
+                kept[result_key] = tensor_keys
+                continue
+            log.warning("round %d: rejected the update of %s: %s", self.round_number, site, problem)
+            self._event("rejected", round=self.round_number, site=site, task=task_name, reason=problem)
+        return kept
+
     def _aggregate_by_group(self, task_name: str, trained: dict):
         sites = [k.owner for k in trained]
         weight = {site: {g: self._group_weight(task_name, site, g) for g in TASK_GROUPS} for site in sites}
+        trained = self._reject_broken_updates(task_name, trained, weight)
+        sites = [k.owner for k in trained]
+        weight = {site: weight[site] for site in sites}
         if self.backbone_weighting == "task_balanced":
             shared = task_balanced_weights(weight)
             for site in sites:
@@ -93,8 +123,7 @@ class DecoupledAggregator(PromptAggregator):
         for named in self.model.tensors:
             if named.name in aggregated:
                 continue
-            previous = self.tensor_db.get_tensor_from_cache(
-                TensorKey(named.name, self.uuid, self.round_number, False, ("model",)))
+            previous = self._global_tensor(named.name)
             if previous is None:
                 raise RuntimeError(f"round {self.round_number}: no global value of {named.name} to keep")
             self._prepare_trained(named.name, self.uuid, self.round_number, False, previous)

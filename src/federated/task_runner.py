@@ -24,6 +24,7 @@ import numpy as np
 from openfl.federated.task.runner_keras import KerasTaskRunner
 from openfl.utilities import Metric, TensorKey, change_tags
 
+from src.atomic_files import save_model_atomically
 from src.config import load_config, model_config, train_options
 from src.evaluation import Predictor, score_predictions
 from src.federated.checkpoint import assign_weights
@@ -150,7 +151,7 @@ class MultiTaskRunner(KerasTaskRunner):
         filepath = str(filepath)
         if not filepath.endswith(".keras"):
             filepath += ".keras"
-        self.model.save(filepath)
+        save_model_atomically(self.model, filepath)
         return filepath
 
     def load_native(self, filepath):

@@ -1,0 +1,80 @@
+"""A collaborator that finds out first whether the aggregator admits it.
+
+Stock OpenFL 1.9 clients retry every refused call forever
+(`_resend_data_on_reconnection`), so a site whose plan.yaml differs from the
+aggregator's, or whose certificate or name the aggregator refuses, logs
+"Failed to send data request ... error code UNKNOWN" every few seconds and
+never says why. Before its first task this collaborator pings the aggregator
+(with the client's retry switched off) and stops with a message an operator can act
+on: the plan differs (OpenFL derives the aggregator and federation UUIDs in
+every request header from the plan's hash), or the certificate/name is not
+admitted. An aggregator that is not up yet is waited for, as stock does.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+from openfl.component import Collaborator
+
+log = logging.getLogger(__name__)
+
+# What the OpenFL server says (aggregator_server.check_request) when the header's
+# UUIDs, i.e. the hash of the sender's plan, are not the aggregator's.
+PLAN_MISMATCH_MARKERS = ("does not match aggregator UUID", "Federation UUID in request header does not match")
+
+
+class FederationRefused(RuntimeError):
+    """The aggregator will never accept this site as it is configured."""
+
+
+def refusal_reason(error: grpc.RpcError, site: str, federation_uuid: str) -> str | None:
+    """An operator's explanation of a refused call, or None if it may be transient."""
+    details = error.details() or ""
+    if any(marker in details for marker in PLAN_MISMATCH_MARKERS):
+        return (f"the aggregator refused site {site}: this site's plan/plan.yaml differs from the "
+                f"aggregator's (this plan is federation {federation_uuid}). Use the plan the "
+                f"coordinator exported (fx workspace import) and do not edit it. Server said: {details}")
+    if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+        return (f"the aggregator refused site {site}: its certificate or name is not admitted "
+                f"(the certificate's common name must be {site!r}, signed by the federation's CA, "
+                f"and {site!r} listed in the aggregator's plan/cols.yaml). Server said: {details}")
+    return None
+
+
+class SiteCollaborator(Collaborator):
+    def __init__(self, *args, admission_timeout_s: float = 3600.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.admission_timeout_s = float(admission_timeout_s)
+
+    def check_admission(self):
+        """Ping until the aggregator answers; raise FederationRefused if it refuses us."""
+        deadline = time.monotonic() + self.admission_timeout_s
+        resend = getattr(self.client, "resend_data_on_reconnection", False)
+        self.client.resend_data_on_reconnection = False  # see each answer, no silent retry
+        try:
+            self._ping_until_answered(deadline)
+        finally:
+            self.client.resend_data_on_reconnection = resend
+
+    def _ping_until_answered(self, deadline: float):
+        while True:
+            try:
+                self.client.ping()
+                return
+            except grpc.RpcError as e:
+                reason = refusal_reason(e, self.collaborator_name, self.federation_uuid)
+                if reason:
+                    log.error(reason)
+                    raise FederationRefused(reason) from None
+                if time.monotonic() > deadline:
+                    raise FederationRefused(f"no answer from the aggregator for "
+                                            f"{self.admission_timeout_s:.0f} s: {e.code()} {e.details()}")
+                log.info("waiting for the aggregator (%s)", e.code())
+                self.client.reconnect()
+                time.sleep(2.0)
+
+    def run(self):
+        self.check_admission()
+        super().run()
