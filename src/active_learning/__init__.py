@@ -1,0 +1,1 @@
+"""Active learning: which unlabeled pool images a site sends to be labeled next."""
