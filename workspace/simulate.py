@@ -266,6 +266,7 @@ class Progress:
         for site, m in s["sites"].items():
             parts.append(f"{site} loss {_fmt(m.get('loss'), 2)} mAP {_fmt(m.get('map50'))} "
                          f"acc {_fmt(m.get('accuracy'))} up {m.get('upload_bytes', 0) / 1e6:.2f} MB"
+                         + (f" labeled {m['al_labeled']:.0f} pool {m['al_pool']:.0f}" if "al_labeled" in m else "")
                          + (" REJECTED" if "rejected" in m else ""))
         print(f"round {rnd + 1}/{self.rounds} | " + " | ".join(parts) +
               f" | score {_fmt(s['score'])}"

@@ -25,7 +25,7 @@ class SiteDataLoader(KerasDataLoader):
         self.cfg = load_config(config)
         self.model_config = None
         self.train_records, self.val_records = [], []
-        self.site_name = None
+        self.site_name, self.site_folder = None, data_path
         if data_path is not None:
             site = load_site(data_path, self.cfg["classes"]["victim"], self.cfg["classes"]["disaster"],
                              on_error=on_error)

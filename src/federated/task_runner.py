@@ -24,6 +24,7 @@ import numpy as np
 from openfl.federated.task.runner_keras import KerasTaskRunner
 from openfl.utilities import Metric, TensorKey, change_tags
 
+from src.active_learning.site_labeling import LabelingSettings, SiteLabeling
 from src.atomic_files import save_model_atomically
 from src.config import load_config, model_config, train_options
 from src.evaluation import Predictor, score_predictions
@@ -38,6 +39,14 @@ log = logging.getLogger(__name__)
 VALIDATION_METRICS = ("map50", "accuracy", "score")
 
 
+def labeling_metric_values(metrics: dict) -> dict:
+    """A label step's metrics as scalar `al_*` metrics (the class histogram one per class)."""
+    out = {f"al_{k}": float(v) for k, v in metrics.items() if k != "class_histogram"}
+    for i, count in enumerate(metrics.get("class_histogram", [])):
+        out[f"al_chosen_class_{i}"] = float(count)
+    return out
+
+
 def validation_score(result: dict) -> float:
     """Mean of mAP@0.5 and accuracy over the tasks this site can score."""
     parts = [result[k] for k in ("map50", "accuracy") if k in result and np.isfinite(result[k])]
@@ -48,11 +57,13 @@ class MultiTaskRunner(KerasTaskRunner):
     def __init__(self, data_loader=None, config: str | None = None, rounds: int = 1,
                  epochs_per_round: int = 1, overrides: dict | None = None,
                  backbone_mode: str = "joint", backbone_checkpoint: str | None = None,
-                 exchange: str = "decoupled", **kwargs):
+                 exchange: str = "decoupled", active_learning: dict | None = None, **kwargs):
         """`overrides` are config keys (`training.learning_rate: 0.002`) set in the plan.
 
         backbone_mode joint|frozen and exchange decoupled|full: see src/task_groups.py.
         backbone_checkpoint: the pretrained backbone (.npz) that `frozen` starts from.
+        active_learning: label-step settings (src/active_learning/site_labeling.py); the
+        site then trains on its labeled set only, which grows every query_every rounds.
         """
         cfg = load_config(config, [f"{k}={v}" for k, v in (overrides or {}).items()])
         self.cfg = cfg
@@ -66,6 +77,12 @@ class MultiTaskRunner(KerasTaskRunner):
             if not backbone_checkpoint:
                 raise ValueError("backbone_mode frozen needs task_runner.settings.backbone_checkpoint")
             load_group_weights(self.model, backbone_checkpoint)
+        self.labeling, self.labeling_metrics = None, {}
+        if active_learning is not None and data_loader is not None and data_loader.site_folder:
+            self.labeling = SiteLabeling(LabelingSettings.from_plan(active_learning), data_loader.site_folder,
+                                         data_loader.site_name, self.model, self.model_config,
+                                         cfg["classes"]["victim"], cfg["classes"]["disaster"])
+            data_loader.train_records = self.labeling.labeled_records()
         records = data_loader.train_records if data_loader is not None else []
         self.group_samples = group_sample_counts(records, backbone_mode, exchange)
         if records and not self.group_samples:
@@ -93,7 +110,9 @@ class MultiTaskRunner(KerasTaskRunner):
     def _trainer(self) -> Trainer:
         if self.trainer is None:
             options = train_options(self.cfg)
-            steps = max(1, self.data_loader.get_train_data_size() // self.data_loader.batch_size)
+            images = (self.labeling.expected_labeled(self.rounds) if self.labeling
+                      else self.data_loader.get_train_data_size())
+            steps = max(1, images // self.data_loader.batch_size)
             options = replace(options, epochs=self.rounds * self.epochs_per_round)
             prior = class_prior(self.data_loader.train_records, self.model_config.num_disaster_classes)
             self.trainer = Trainer(self.model, self.model_config, options, steps_per_epoch=steps,
@@ -102,10 +121,24 @@ class MultiTaskRunner(KerasTaskRunner):
                      list(self.group_samples), self.group_samples, self.backbone_mode, self.exchange)
         return self.trainer
 
+    def rebuild_model(self, round_num, input_tensor_dict, validation=False):
+        """The global model arrives here; before training on it, the site ingests label
+        answers and, in a query round, runs its label step with it (active learning)."""
+        super().rebuild_model(round_num, input_tensor_dict, validation=validation)
+        if self.labeling is None or validation:
+            return
+        self.labeling_metrics = self.labeling.start_round(round_num)
+        self.data_loader.train_records = self.labeling.labeled_records()
+        self.group_samples = group_sample_counts(self.data_loader.train_records, self.backbone_mode,
+                                                 self.exchange)
+        log.info("active learning, round %d: %s", round_num, self.labeling_metrics)
+
     def train_task(self, col_name, round_num, input_tensor_dict, metrics, epochs=1, batch_size=1,
                    **kwargs):
         """The stock task, then the upload cut down to the groups this site trained,
-        plus one `samples_<group>` metric per group (0 = not trained here)."""
+        plus one `samples_<group>` metric per group (0 = not trained here) and, with
+        active learning, `al_<count>` metrics (labeled, pool, pending, mean_uncertainty
+        and `al_chosen_class_<i>`: the predicted disaster classes of the chosen batch)."""
         global_out, local_out = super().train_task(col_name, round_num, input_tensor_dict, metrics,
                                                    epochs=epochs, batch_size=batch_size, **kwargs)
         upload = {k: v for k, v in global_out.items()
@@ -113,6 +146,8 @@ class MultiTaskRunner(KerasTaskRunner):
         for group in TASK_GROUPS:
             key = TensorKey(f"samples_{group}", col_name, round_num, True, ("metric",))
             upload[key] = np.array(float(self.group_samples.get(group, 0)))
+        for name, value in labeling_metric_values(self.labeling_metrics).items():
+            upload[TensorKey(name, col_name, round_num, True, ("metric",))] = np.array(value)
         return upload, local_out
 
     def train_(self, batch_generator, metrics=None, **kwargs):

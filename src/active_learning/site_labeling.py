@@ -1,0 +1,91 @@
+"""Active learning at one site across a federation: when to query, and with what.
+
+The plan names the settings (task_runner.settings.active_learning):
+strategy, budget (images per query), query_every (rounds), oracle
+(simulated | human), seed, and where the site keeps its labeled set
+(`state`, under its local state so a restart resumes) and its human queue.
+A query runs before a round's training, on the global model the site just
+received; training then sees only labeled images. Answers of a human oracle
+are ingested at the start of every round, whenever they appear.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from src.active_learning.oracles import HumanOracle, SimulatedOracle, ingest_answers
+from src.active_learning.pool import LabelPool
+from src.active_learning.scoring import PoolScorer
+from src.active_learning.selection import STRATEGIES
+from src.active_learning.step import label_step
+
+log = logging.getLogger(__name__)
+ORACLES = ("simulated", "human")
+
+
+@dataclass(frozen=True)
+class LabelingSettings:
+    strategy: str = "hybrid"
+    budget: int = 10
+    query_every: int = 1
+    oracle: str = "simulated"
+    seed: int = 0
+    state: str = "local_state/al_{site}.json"
+    queue: str = "al_queue/{site}"
+
+    @classmethod
+    def from_plan(cls, settings: dict) -> "LabelingSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"active_learning: unknown settings {unknown}; known: {sorted(known)}")
+        out = cls(**settings)
+        if out.strategy not in STRATEGIES:
+            raise ValueError(f"active_learning.strategy {out.strategy!r}: known {sorted(STRATEGIES)}")
+        if out.oracle not in ORACLES:
+            raise ValueError(f"active_learning.oracle {out.oracle!r}: known {ORACLES}")
+        if out.budget < 0 or out.query_every < 1:
+            raise ValueError("active_learning: budget must be >= 0 and query_every >= 1")
+        return out
+
+
+class SiteLabeling:
+    """The site's LabelPool, oracle and scorer, driven round by round."""
+
+    def __init__(self, settings: LabelingSettings, site_folder, site: str, model, model_config,
+                 victim_classes, disaster_classes):
+        self.settings = settings
+        self.pool = LabelPool.from_site(site_folder, Path(settings.state.format(site=site)),
+                                        victim_classes, disaster_classes)
+        if settings.oracle == "simulated":
+            self.oracle = SimulatedOracle(self.pool.held_back())
+        else:
+            self.oracle = HumanOracle(Path(settings.queue.format(site=site)), victim_classes,
+                                      disaster_classes, tasks=self.pool.tasks)
+        self.scorer = PoolScorer(model, model_config)
+        log.info("site %s: active learning %s, %d labeled, %d in the pool", site, settings,
+                 self.pool.counts()["labeled"], self.pool.counts()["pool"])
+
+    def due(self, round_num: int) -> bool:
+        """Query rounds: every query_every rounds after the first (round 0's model knows nothing)."""
+        return round_num > 0 and round_num % self.settings.query_every == 0
+
+    def expected_labeled(self, rounds: int) -> int:
+        """Labeled images at the end of `rounds` rounds if every query is answered (for the
+        learning-rate schedule, which is planned once for the whole federation)."""
+        counts = self.pool.counts()
+        queries = sum(self.due(r) for r in range(rounds))
+        return counts["labeled"] + min(counts["pool"], queries * self.settings.budget)
+
+    def start_round(self, round_num: int) -> dict:
+        """Ingest answers that arrived, query if due; the site's labeling metrics."""
+        ingest_answers(self.pool, self.oracle, round_num)
+        if not self.due(round_num):
+            return self.pool.counts()
+        s = self.settings
+        return label_step(self.pool, self.scorer, self.oracle, s.strategy, s.budget, round_num,
+                          seed=s.seed, progress=False)
+
+    def labeled_records(self) -> list:
+        return self.pool.labeled_records()

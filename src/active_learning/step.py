@@ -1,0 +1,49 @@
+"""One active-learning label step of one site: score, select, ask, take answers.
+
+The pieces live in their own modules (scoring.py: the model's view of the
+pool; selection.py: which images; oracles.py: who labels them; pool.py: what
+is labeled, persisted). This module is the order they run in, so a runner
+(a collaborator every `query_every` rounds, or an experiment) calls one
+function and gets the metrics the aggregator should see.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from src.active_learning.oracles import Oracle, ingest_answers, request_labels
+from src.active_learning.pool import LabelPool
+from src.active_learning.scoring import PoolScorer, PoolScores
+from src.active_learning.selection import (UNCERTAINTY_SCORES, combined_uncertainty, disaster_entropy, select,
+                                           selection_summary, top2_margin)
+
+
+def pool_uncertainty(strategy: str, scores: PoolScores, tasks) -> np.ndarray:
+    """Per pool image, the uncertainty `strategy` ranks by, over the tasks the site trains."""
+    disaster_score = UNCERTAINTY_SCORES.get(strategy, disaster_entropy)
+    return combined_uncertainty(
+        scores.detection_uncertainty if "boxes" in tasks else None,
+        disaster_score(scores.disaster_probs) if "class" in tasks else None,
+        "boxes" in tasks, "class" in tasks)
+
+
+def label_step(pool: LabelPool, scorer: PoolScorer, oracle: Oracle, strategy: str, budget: int,
+               round_num: int, seed: int = 0, batch_size: int = 16, progress: bool = True) -> dict:
+    """Pick `budget` unlabeled images by `strategy`, send them to `oracle`, ingest every
+    answer that is in (a human oracle's may come rounds later). Returns the site's
+    counts (labeled, pool, pending, ...) and the chosen batch's mean uncertainty and
+    predicted disaster-class histogram. `hybrid` also keeps picks away from what is
+    already labeled (one more pass, over the labeled images' embeddings)."""
+    scores = scorer.score(pool.unlabeled_records(), batch_size, progress)
+    uncertainty = pool_uncertainty(strategy, scores, pool.tasks) if scores.keys else np.zeros(0)
+    labeled = None
+    if strategy == "hybrid" and scores.keys:
+        labeled_records = {str(i): r for i, r in enumerate(pool.labeled_records())}
+        labeled = scorer.score(labeled_records, batch_size, progress).embeddings if labeled_records else None
+    chosen = select(strategy, budget, uncertainty, margins=top2_margin(scores.disaster_probs),
+                    embeddings=scores.embeddings, rng=np.random.default_rng([seed, round_num]),
+                    labeled_embeddings=labeled)
+    request_labels(pool, oracle, [scores.keys[i] for i in chosen], round_num, strategy)
+    ingest_answers(pool, oracle, round_num)
+    summary = selection_summary(chosen, uncertainty, scores.disaster_probs.argmax(axis=1),
+                                scores.disaster_probs.shape[1])
+    return {**pool.counts(), **summary}

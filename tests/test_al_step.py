@@ -1,0 +1,63 @@
+"""One label step end to end: a real (tiny) model scores a real pool, a strategy picks,
+the oracle answers, the pool grows and says so in the metrics for the aggregator."""
+import numpy as np
+import pytest
+
+from src.active_learning.oracles import HumanOracle, SimulatedOracle
+from src.active_learning.pool import LabelPool
+from src.active_learning.scoring import PoolScorer
+from src.active_learning.step import label_step
+from src.config import load_config, model_config
+from src.model import build_model
+from tests.test_al_pool import DISASTER, VICTIM, tiny_data, write_pool_site  # noqa: F401 (fixture)
+from tests.tiny_federation import TINY
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    cfg = load_config(overrides=[f"{k}={v}" for k, v in TINY.items()])
+    config = model_config(cfg)
+    return PoolScorer(build_model(config), config)
+
+
+def test_scores_cover_the_pool_with_probabilities_uncertainties_and_embeddings(scorer, tiny_data, tmp_path):
+    pool = LabelPool.from_site(write_pool_site(tmp_path / "site1", tiny_data), tmp_path / "al.json",
+                               VICTIM, DISASTER)
+    unlabeled = pool.unlabeled_records()
+    scores = scorer.score(unlabeled, batch_size=4, progress=False)
+    assert scores.keys == list(unlabeled)
+    assert scores.disaster_probs.shape == (len(unlabeled), len(DISASTER))
+    np.testing.assert_allclose(scores.disaster_probs.sum(axis=1), 1.0, rtol=1e-4)
+    assert np.all((scores.detection_uncertainty >= 0) & (scores.detection_uncertainty <= 1))
+    assert scores.embeddings.shape[0] == len(unlabeled) and scores.embeddings.shape[1] > 8
+    assert np.ptp(scores.embeddings, axis=0).max() > 0  # different images, different embeddings
+
+
+@pytest.mark.parametrize("strategy", ["hybrid", "random", "emh"])
+def test_a_label_step_labels_budget_images_and_reports_it(scorer, tiny_data, tmp_path, strategy):
+    site = write_pool_site(tmp_path / "site1", tiny_data)
+    pool = LabelPool.from_site(site, tmp_path / "al.json", VICTIM, DISASTER)
+    before = pool.counts()
+    truth = pool.held_back()
+    metrics = label_step(pool, scorer, SimulatedOracle(truth), strategy, budget=3, round_num=2,
+                         progress=False)
+    assert metrics["labeled"] == before["labeled"] + 3 and metrics["pool"] == before["pool"] - 3
+    assert metrics["selected"] == 3 and 0 <= metrics["mean_uncertainty"] <= 1
+    assert sum(metrics["class_histogram"]) == 3 and len(metrics["class_histogram"]) == len(DISASTER)
+    acquired = [k for k in truth if k not in pool.unlabeled_records()]
+    assert len(acquired) == 3
+    labeled_paths = {r.image_path: r for r in pool.labeled_records()}
+    for key in acquired:  # training now sees the true labels of exactly these images
+        assert labeled_paths[truth[key].image_path].disaster_class == truth[key].disaster_class
+    again = LabelPool.from_site(site, tmp_path / "al.json", VICTIM, DISASTER)
+    assert again.counts() == pool.counts()  # persisted
+
+
+def test_a_human_oracle_step_does_not_block_and_leaves_the_choice_pending(scorer, tiny_data, tmp_path):
+    pool = LabelPool.from_site(write_pool_site(tmp_path / "site1", tiny_data), tmp_path / "al.json",
+                               VICTIM, DISASTER)
+    before = pool.counts()
+    oracle = HumanOracle(tmp_path / "queue", VICTIM, DISASTER, tasks=pool.tasks)
+    metrics = label_step(pool, scorer, oracle, "hybrid", budget=2, round_num=1, progress=False)
+    assert metrics["labeled"] == before["labeled"] and metrics["pending"] == 2
+    assert (tmp_path / "queue" / "1" / "queue.csv").exists()
