@@ -42,7 +42,7 @@ import numpy as np
 import yaml
 
 from src.atomic_files import write_bytes_atomically
-from src.data.manifests import load_site
+from src.data.manifests import SiteData, load_site
 from src.data.readers import DataError, read_text_file
 from src.data.records import Record
 
@@ -148,6 +148,12 @@ class LabelPool:
                   on_error: str = "raise") -> "LabelPool":
         """The pool of a site folder (site.yaml + manifest.tsv): train rows seed, pool rows pool."""
         site = load_site(site_folder, victim_classes, disaster_classes, on_error)
+        return cls.from_site_data(site, site_folder, state_path, victim_classes, disaster_classes, tasks)
+
+    @classmethod
+    def from_site_data(cls, site: SiteData, site_folder, state_path, victim_classes, disaster_classes,
+                       tasks=None) -> "LabelPool":
+        """As from_site, for a site already loaded (a collaborator's data loader has it)."""
         return cls.load_or_create(state_path, site.name, site_keys(site_folder, site.train),
                                   site_keys(site_folder, site.pool), victim_classes, disaster_classes, tasks)
 

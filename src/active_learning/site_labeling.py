@@ -53,11 +53,13 @@ class LabelingSettings:
 class SiteLabeling:
     """The site's LabelPool, oracle and scorer, driven round by round."""
 
-    def __init__(self, settings: LabelingSettings, site_folder, site: str, model, model_config,
+    def __init__(self, settings: LabelingSettings, site_data, site_folder, model, model_config,
                  victim_classes, disaster_classes):
+        """site_data: the site as its data loader read it (src.data.manifests.SiteData)."""
         self.settings = settings
-        self.pool = LabelPool.from_site(site_folder, Path(settings.state.format(site=site)),
-                                        victim_classes, disaster_classes)
+        site = site_data.name
+        self.pool = LabelPool.from_site_data(site_data, site_folder, Path(settings.state.format(site=site)),
+                                             victim_classes, disaster_classes)
         if settings.oracle == "simulated":
             self.oracle = SimulatedOracle(self.pool.held_back())
         else:

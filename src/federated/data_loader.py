@@ -25,10 +25,11 @@ class SiteDataLoader(KerasDataLoader):
         self.cfg = load_config(config)
         self.model_config = None
         self.train_records, self.val_records = [], []
-        self.site_name, self.site_folder = None, data_path
+        self.site_name, self.site_folder, self.site = None, data_path, None
         if data_path is not None:
             site = load_site(data_path, self.cfg["classes"]["victim"], self.cfg["classes"]["disaster"],
                              on_error=on_error)
+            self.site = site  # all of it, pool rows included (active learning)
             self.site_name = site.name
             self.train_records, self.val_records = site.train, site.val
             log.info("site %s: %d train / %d val images; boxes: %s, classes: %s", site.name,

@@ -79,8 +79,8 @@ class MultiTaskRunner(KerasTaskRunner):
             load_group_weights(self.model, backbone_checkpoint)
         self.labeling, self.labeling_metrics = None, {}
         if active_learning is not None and data_loader is not None and data_loader.site_folder:
-            self.labeling = SiteLabeling(LabelingSettings.from_plan(active_learning), data_loader.site_folder,
-                                         data_loader.site_name, self.model, self.model_config,
+            self.labeling = SiteLabeling(LabelingSettings.from_plan(active_learning), data_loader.site,
+                                         data_loader.site_folder, self.model, self.model_config,
                                          cfg["classes"]["victim"], cfg["classes"]["disaster"])
             data_loader.train_records = self.labeling.labeled_records()
         records = data_loader.train_records if data_loader is not None else []
