@@ -38,12 +38,13 @@ FX_ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
           "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def make_workspace(root: Path, split_dir: Path, name: str, plan_sections: dict | None = None) -> Path:
+def make_workspace(root: Path, split_dir: Path, name: str, plan_sections: dict | None = None,
+                   rounds: int = ROUNDS) -> Path:
     """A certified OpenFL workspace for the tiny two-site federation (as `make simulate`
     makes it), with `plan_sections` added to the repository's plan."""
     plan = {**yaml.safe_load((REPO / "plan" / "plan.yaml").read_text()), **(plan_sections or {})}
     ws = root / name
-    prepare_workspace(ws, plan, split_dir, rounds=ROUNDS, port=free_port(), seed=0,
+    prepare_workspace(ws, plan, split_dir, rounds=rounds, port=free_port(), seed=0,
                       overrides=[f"{k}={json.dumps(v)}" for k, v in TINY.items()])
     certify(ws, SITES, split_dir.name, root / f"{name}-setup.log", FX_ENV)
     return ws
@@ -308,9 +309,13 @@ CUTOFF_POLICY = {"straggler_handling_policy": {
 def test_a_collaborator_killed_mid_round_is_waited_for_or_cut_off_and_rejoins(tiny_split, policy):
     """Default (OpenFL's WaitForAllPolicy): the round waits for the dead site, which
     finishes it after its restart. CutoffTimePolicy (plan snippet above): the round
-    ends without it at the cutoff and the restarted site joins the next round."""
+    ends without it at the cutoff and the restarted site joins a later round: the
+    next one if its cold start (process start, model build, first traced training
+    step: 40-60 s on this machine) beats the cutoff, else the one after, so that
+    variant runs one round more."""
+    rounds = ROUNDS + (policy == "cutoff_time")
     ws = make_workspace(tiny_split, tiny_split / "splits", f"ws_{policy}",
-                        CUTOFF_POLICY if policy == "cutoff_time" else None)
+                        CUTOFF_POLICY if policy == "cutoff_time" else None, rounds)
     children = Children()
     try:
         start_aggregator(children, ws)
@@ -318,7 +323,6 @@ def test_a_collaborator_killed_mid_round_is_waited_for_or_cut_off_and_rejoins(ti
         wait_until(lambda: round_started_for_all(ws, 1), 600, "round 1 to start", [("site1", site1), ("site2", site2)])
         os.killpg(site2.pid, signal.SIGKILL)
         site2.wait(timeout=30)
-        killed_at = time.time()
         if policy == "wait_for_all":
             time.sleep(20)  # long enough for site1 to finish round 1: the round must still be open
             assert not any(e["event"] == "round_end" and e["round"] == 1 for e in events_of(ws))
@@ -333,14 +337,16 @@ def test_a_collaborator_killed_mid_round_is_waited_for_or_cut_off_and_rejoins(ti
 
     events = events_of(ws)
     ends = {e["round"]: e for e in events if e["event"] == "round_end"}
-    assert sorted(ends) == list(range(ROUNDS))
+    assert sorted(ends) == list(range(rounds))
     uploads = {(e["round"], e["site"]) for e in events if e["event"] == "upload" and e["task"] == "train"}
     if policy == "wait_for_all":
         assert ends[1]["stragglers"] == [] and (1, "site2") in uploads  # round 1 finished by the restarted site
     else:
         assert ends[1]["stragglers"] == ["site2"] and (1, "site2") not in uploads
-        assert ends[1]["time"] - killed_at < 75
-        assert (2, "site2") in uploads and ends[2]["stragglers"] == []  # it rejoined
+        rejoined = [r for r in range(2, rounds) if (r, "site2") in uploads and ends[r]["stragglers"] == []]
+        assert rejoined, {r: ends[r]["stragglers"] for r in range(2, rounds)}
+        # the cutoff timer never raced a round's last upload (the aggregator serializes them)
+        assert "Exception in thread" not in (ws / "aggregator.log").read_text()
 
 
 # ---- broken updates over the wire -------------------------------------------------------------------

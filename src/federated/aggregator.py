@@ -13,6 +13,14 @@ Final model: OpenFL writes best.pbuf/last.pbuf from the global model each
 round *starts* with (the one its validation scored), so the aggregate of the
 last round's training is never saved; it goes to `final_state_path`.
 
+Round ends are serialized: OpenFL 1.9 ends a round either from the result
+upload that completes it (a gRPC thread, no lock) or from a straggler
+policy's cutoff timer (a timer thread, under `self.lock`). The two can run
+at once when the timer fires while the last upload is ending the round
+(seen under CutoffTimePolicy: a TypeError in the timer thread and a
+half-processed round); here uploads take `self.lock` too, so a late timer
+finds the round already closed and does nothing.
+
 Event log (`event_log`, JSON lines): round starts, when each site got its
 tasks and how long it waited for work that was ready (idle_s), every metric
 each site reported, the aggregated metrics per round, and the bytes each site
@@ -31,6 +39,7 @@ from collections import defaultdict
 
 from openfl.component.aggregator import Aggregator
 from openfl.protocols import utils as openfl_utils
+from openfl.utilities import TensorKey
 
 from src.atomic_files import dump_proto_atomically
 from src.model.config import task_group_of
@@ -74,6 +83,13 @@ class PromptAggregator(Aggregator):
         self.poll_interval_s = float(poll_interval_s)
         self.long_poll_s = float(long_poll_s)
         self._mark_round_ready(self.round_number)
+
+    def global_tensors(self) -> dict:
+        """The global model the current round starts with (the aggregate of the round
+        before), by tensor name, from the aggregator's tensor store."""
+        names = [t.name for t in self.model.tensors]
+        return {n: self.tensor_db.get_tensor_from_cache(TensorKey(n, self.uuid, self.round_number, False, ("model",)))
+                for n in names}
 
     # ---- event log ---------------------------------------------------------------------------
     def _event(self, kind: str, **fields):
@@ -133,8 +149,9 @@ class PromptAggregator(Aggregator):
         by_group = bytes_by_group(named_tensors)
         self._event("upload", round=round_number, site=collaborator_name, task=task_name,
                     bytes=sum(by_group.values()), by_group=by_group)
-        super().send_local_task_results(collaborator_name, round_number, task_name, data_size,
-                                        named_tensors)
+        with self.lock:  # the cutoff timer ends rounds under it too (module docstring)
+            super().send_local_task_results(collaborator_name, round_number, task_name, data_size,
+                                            named_tensors)
         self._drain_metrics()
 
     # ---- round transitions -------------------------------------------------------------------
