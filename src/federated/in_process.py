@@ -22,10 +22,11 @@ class InProcessClient:
     check aggregation against the sites' actual uploads.
     """
 
-    def __init__(self, aggregator, collaborator_name: str):
+    def __init__(self, aggregator, collaborator_name: str, on_round_end=None):
         self.aggregator = aggregator
         self.name = collaborator_name
         self.uploads: dict[tuple[int, str], dict] = {}
+        self.on_round_end = on_round_end
 
     def ping(self):
         return None
@@ -40,8 +41,11 @@ class InProcessClient:
     def send_local_task_results(self, round_number, task_name, data_size=None, named_tensors=None):
         decoded = decode_named_tensors(named_tensors)
         self.uploads[(round_number, task_name)] = {"data_size": data_size, "tensors": decoded}
+        before = self.aggregator.round_number
         self.aggregator.send_local_task_results(self.name, round_number, task_name, data_size,
                                                 named_tensors)
+        if self.on_round_end is not None and self.aggregator.round_number != before:
+            self.on_round_end(self.aggregator, before)  # this upload closed round `before`
 
 
 def decode_named_tensors(named_tensors) -> dict:
@@ -53,10 +57,13 @@ def decode_named_tensors(named_tensors) -> dict:
             for name in data}
 
 
-def run_federation(workspace: Path) -> tuple[object, dict]:
+def run_federation(workspace: Path, on_round_end=None) -> tuple[object, dict]:
     """Initialise and run the federation described by workspace/plan/*.yaml.
 
     Must be called with the workspace as the current directory (as `fx` is).
+    on_round_end(aggregator, round) is called in the thread of the site whose upload
+    closed that round (the next round cannot close before it returns), e.g. to
+    evaluate `aggregator.global_tensors()`, the aggregate of that round.
     Returns the aggregator and the per-site clients (with their uploads; each
     client's `collaborator` is the site's Collaborator, holding its task runner).
     """
@@ -77,9 +84,17 @@ def run_federation(workspace: Path) -> tuple[object, dict]:
         site_plan = Plan.parse(plan_config_path=Path("plan/plan.yaml"),
                                cols_config_path=Path("plan/cols.yaml"),
                                data_config_path=Path("plan/data.yaml"))
-        clients[name] = InProcessClient(aggregator, name)
+        clients[name] = InProcessClient(aggregator, name, on_round_end)
         clients[name].collaborator = site_plan.get_collaborator(name, client=clients[name])
         collaborators.append(clients[name].collaborator)
+    # One site's task at a time: TF 2.20 graph functions run from several threads of one
+    # process at once can collide on grappler's per-step temporary variables
+    # (AlreadyExistsError ".../AddOpsRewrite_add_16/tmp_var", seen with three sites
+    # training). Real sites are separate processes; on this CPU each task uses every
+    # core anyway, so little is lost.
+    task_lock = threading.Lock()
+    for collaborator in collaborators:
+        collaborator.do_task = _serialized(collaborator.do_task, task_lock)
     errors = []
 
     def run(collaborator):
@@ -98,3 +113,10 @@ def run_federation(workspace: Path) -> tuple[object, dict]:
     if errors:
         raise errors[0]
     return aggregator, clients
+
+
+def _serialized(do_task, lock):
+    def run(task, round_number):
+        with lock:
+            return do_task(task, round_number)
+    return run
