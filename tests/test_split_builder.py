@@ -89,3 +89,29 @@ def test_cli_prints_the_per_site_table(spec, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "with boxes" in out and "site2" in out and "collapsed_building" in out
     assert main(["--sources", str(tmp_path / "nope.yaml"), "--name", "x", "--out", str(tmp_path / "n")]) == 2
+
+
+def test_default_split_builder_seed_fraction_keeps_the_partition_and_pools_the_rest(tmp_path):
+    """src.data.site_splits (the built-in data's splits): with --seed-fraction the same
+    sites hold the same images, only part of each site's training images start labeled."""
+    from tests.tiny_federation import write_tiny_site_split
+
+    write_tiny_site_split(tmp_path, num_images=40, num_sites=2, labels=("both",), seed=3)
+    from src.data.site_splits import build_site_splits
+
+    cfg = load_config(overrides=[f"data.root={tmp_path / 'data'}", "data.test_fraction=0.25",
+                                 "data.val_fraction=0.25"])
+    summary = build_site_splits(cfg, tmp_path / "al", num_sites=2, alpha=100.0, seed=0,
+                                labels=("both",), seed_fraction=0.25)
+    full, al = all_rows(tmp_path / "splits"), all_rows(tmp_path / "al")
+    assert full.keys() == al.keys() == {"site1", "site2"}
+    for site in full:
+        assert {r[0] for r in full[site]} == {r[0] for r in al[site]}  # same images
+        assert not [r for r in full[site] if r[1] == "pool"]
+        train = [r for r in full[site] if r[1] == "train"]
+        seed = [r for r in al[site] if r[1] == "train"]
+        assert len(seed) == max(1, round(0.25 * len(train)))
+        assert len([r for r in al[site] if r[1] == "pool"]) == len(train) - len(seed)
+        assert [r for r in full[site] if r[1] == "val"] == [r for r in al[site] if r[1] == "val"]
+    assert [s["train"] + s["pool"] for s in summary] == [
+        sum(r[1] == "train" for r in full[s["site"]]) for s in summary]

@@ -214,3 +214,16 @@ def dirichlet_partition(labels: np.ndarray, num_sites: int, alpha: float, seed: 
         if all(len(p) > 0 for p in parts):
             return [np.array(sorted(p)) for p in parts]
     raise ValueError(f"could not give every one of {num_sites} sites data with alpha={alpha}")
+
+
+def active_learning_seed(keys: list, fraction: float, rng: np.random.Generator) -> set:
+    """The keys of a site's training images that start labeled (the active-learning
+    seed set): `fraction` of them, at least one, drawn by `rng`; all at fraction 1.
+    The rest become its `pool` rows."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"seed fraction must be in (0, 1], got {fraction}")
+    if fraction == 1 or not keys:
+        return set(keys)
+    count = max(1, int(round(fraction * len(keys))))
+    return set(rng.choice(keys, size=count, replace=False).tolist())
+

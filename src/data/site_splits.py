@@ -1,7 +1,7 @@
 """Split builder: the default federation's per-site manifests under data_splits/.
 
 python -m src.data.site_splits [--name default] [--sites 3] [--alpha 0.5] [--seed 0]
-    [--labels both,boxes,class]
+    [--labels both,boxes,class] [--seed-fraction 1.0]
 
 The global test split and the union of the sites' train (and val) images
 are exactly the centralized trainer's test/train/val splits (same seed,
@@ -10,6 +10,8 @@ Disaster classes are spread over sites by Dirichlet(alpha): non-IID.
 Sites differ in what they labeled (`--labels`, one per site, cycled): `both`,
 `boxes` (detection only) or `class` (disaster classification only); the
 default federation is heterogeneous: site1 both, site2 boxes, site3 class.
+With `--seed-fraction F` < 1 only F of each site's training images start
+labeled (`train` rows, the active-learning seed); the rest are its `pool`.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from src.config import load_config
-from src.data.manifests import dirichlet_partition, relative_path, write_site
+from src.data.manifests import active_learning_seed, dirichlet_partition, relative_path, write_site
 from src.data.readers import load_yolo_dataset
 from src.data.splits import stratified_split
 
@@ -41,8 +43,10 @@ def site_labels(num_sites: int, labels=DEFAULT_LABELS) -> list[str]:
 
 
 def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, seed: int,
-                      labels=DEFAULT_LABELS) -> list[dict]:
-    """Write one folder per site plus test.tsv; returns a per-site summary."""
+                      labels=DEFAULT_LABELS, seed_fraction: float = 1.0) -> list[dict]:
+    """Write one folder per site plus test.tsv; returns a per-site summary.
+    The partition does not depend on seed_fraction: the same seed gives the same
+    sites with all (1.0) or part of their training images labeled."""
     root = Path(cfg["data"]["root"])
     records, _ = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"])
     splits = stratified_split(records, cfg["data"]["test_fraction"], cfg["data"]["val_fraction"],
@@ -51,11 +55,14 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
     names = [f"site{i + 1}" for i in range(num_sites)]
     label_sets = dict(zip(names, site_labels(num_sites, labels)))
     rows = {n: [] for n in names}
+    seed_rng = np.random.default_rng([seed, 7])
     for split in ("train", "val"):
         labels = np.array([r.disaster_class for r in splits[split]])
         parts = dirichlet_partition(labels, num_sites, alpha, seed + (split == "val"))
         for name, idx in zip(names, parts):
-            rows[name] += [(rel(splits[split][i]), split, *LABEL_SETS[label_sets[name]]) for i in idx]
+            keys = [rel(splits[split][i]) for i in idx]
+            labeled = active_learning_seed(keys, seed_fraction, seed_rng) if split == "train" else set(keys)
+            rows[name] += [(k, split if k in labeled else "pool", *LABEL_SETS[label_sets[name]]) for k in keys]
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = []
     class_names = cfg["classes"]["disaster"]
@@ -65,6 +72,7 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
         hist = Counter(class_names[by_path[img].disaster_class] for img, split, *_ in rows[name]
                        if split == "train")
         summary.append({"site": name, "labels": label_sets[name], "train": sum(s == "train" for _, s, *_ in rows[name]),
+                        "pool": sum(s == "pool" for _, s, *_ in rows[name]),
                         "val": sum(s == "val" for _, s, *_ in rows[name]),
                         "classes": {c: hist.get(c, 0) for c in class_names}})
     (out_dir / "test.tsv").write_text("image\n" + "".join(f"{rel(r)}\n" for r in splits["test"]))
@@ -80,13 +88,16 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels", default=",".join(DEFAULT_LABELS),
                    help="label set per site, cycled: both | boxes | class (default %(default)s)")
+    p.add_argument("--seed-fraction", type=float, default=1.0,
+                   help="fraction of each site's training images that start labeled; the rest "
+                        "are its active-learning pool (default %(default)s)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(args.config)
     summary = build_site_splits(cfg, Path("data_splits") / args.name, args.sites, args.alpha, args.seed,
-                                args.labels.split(","))
+                                args.labels.split(","), args.seed_fraction)
     for s in summary:
-        print(f"{s['site']} ({s['labels']}): {s['train']} train, {s['val']} val | " +
+        print(f"{s['site']} ({s['labels']}): {s['train']} train, {s['pool']} pool, {s['val']} val | " +
               ", ".join(f"{k} {v}" for k, v in s["classes"].items()))
 
 

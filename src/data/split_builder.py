@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from src.data.manifests import dirichlet_partition, relative_path, write_site
+from src.data.manifests import active_learning_seed, dirichlet_partition, relative_path, write_site
 from src.data.sources import split_record_key
 from src.data.splits import stratified_split
 
@@ -92,10 +92,7 @@ def build_split(per_source: dict, out_dir: Path, sources_file: Path, num_sites: 
             boxes, cls = 1, 1
             if kind == "task-disjoint":
                 boxes, cls = (1, 0) if index % 2 == 0 else (0, 1)
-            labeled = set(chunk)
-            if split == "train" and seed_fraction < 1:
-                count = max(1, int(round(seed_fraction * len(chunk)))) if chunk else 0
-                labeled = set(rng.choice(chunk, size=count, replace=False).tolist()) if chunk else set()
+            labeled = active_learning_seed(chunk, seed_fraction, rng) if split == "train" else set(chunk)
             rows[site] += [(k, split if (split == "val" or k in labeled) else "pool", boxes, cls) for k in chunk]
     summary = [site_summary(site, rows[site], records, class_names) for site in site_names]
     empty = [s["site"] for s in summary if s["train"] == 0 or not (s["labels"]["boxes"] or s["labels"]["class"])]
