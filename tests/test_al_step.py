@@ -61,3 +61,47 @@ def test_a_human_oracle_step_does_not_block_and_leaves_the_choice_pending(scorer
     metrics = label_step(pool, scorer, oracle, "hybrid", budget=2, round_num=1, progress=False)
     assert metrics["labeled"] == before["labeled"] and metrics["pending"] == 2
     assert (tmp_path / "queue" / "1" / "queue.csv").exists()
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    ({}, "exactly one of budget"),
+    ({"budget": 5, "final_fraction": 0.3}, "exactly one of budget"),
+    ({"final_fraction": 1.5}, "final_fraction must be in (0, 1]"),
+    ({"budget": -1}, "budget must be >= 0"),
+    ({"budget": 5, "query_every": 0}, "query_every must be >= 1"),
+    ({"budget": 5, "strategy": "smart"}, "strategy 'smart'"),
+    ({"budget": 5, "budjet": 3}, "unknown settings ['budjet']"),
+])
+def test_plan_labeling_settings_are_checked_with_the_field_named(settings, fragment):
+    from src.active_learning.site_labeling import LabelingSettings
+
+    with pytest.raises(ValueError) as err:
+        LabelingSettings.from_plan(settings)
+    assert fragment in str(err.value)
+
+
+def test_a_final_fraction_becomes_one_per_query_budget_kept_across_a_restart(scorer, tiny_data, tmp_path):
+    """From the seed set to final_fraction of the site's training images over its query
+    rounds (rounds 1..4 of 5 here), the same per-query budget after a restart."""
+    import math
+
+    from src.active_learning.site_labeling import LabelingSettings, SiteLabeling
+    from src.data.manifests import load_site
+
+    folder = write_pool_site(tmp_path / "site1", tiny_data)
+    site = load_site(folder, VICTIM, DISASTER)
+    settings = LabelingSettings.from_plan({"final_fraction": 0.8, "strategy": "random",
+                                           "state": str(tmp_path / "al_{site}.json")})
+
+    model = build_model(scorer.config)
+
+    def labeling():
+        return SiteLabeling(settings, site, folder, model, scorer.config, VICTIM, DISASTER, rounds=5)
+
+    first = labeling()
+    seed, total = len(site.train), len(site.train) + len(site.pool)
+    assert first.budget == math.ceil((math.ceil(0.8 * total) - seed) / 4) > 0
+    assert first.expected_labeled() == seed + min(len(site.pool), 4 * first.budget)
+    first.start_round(1)
+    assert first.pool.counts()["labeled"] == seed + first.budget
+    assert labeling().budget == first.budget  # restarted with more labeled: same budget

@@ -1,8 +1,11 @@
 """Active learning at one site across a federation: when to query, and with what.
 
 The plan names the settings (task_runner.settings.active_learning):
-strategy, budget (images per query), query_every (rounds), oracle
-(simulated | human), seed, and where the site keeps its labeled set
+strategy, the budget (either `budget`, images per query, or `final_fraction`,
+the share of the site's training images labeled after the last query, which
+each site turns into its own per-query budget from its pool size and the
+number of query rounds), query_every (rounds), oracle (simulated | human),
+seed, and where the site keeps its labeled set
 (`state`, under its local state so a restart resumes) and its human queue.
 A query runs before a round's training, on the global model the site just
 received; training then sees only labeled images. Answers of a human oracle
@@ -11,6 +14,7 @@ are ingested at the start of every round, whenever they appear.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -27,7 +31,8 @@ ORACLES = ("simulated", "human")
 @dataclass(frozen=True)
 class LabelingSettings:
     strategy: str = "hybrid"
-    budget: int = 10
+    budget: int | None = None
+    final_fraction: float | None = None
     query_every: int = 1
     oracle: str = "simulated"
     seed: int = 0
@@ -45,8 +50,15 @@ class LabelingSettings:
             raise ValueError(f"active_learning.strategy {out.strategy!r}: known {sorted(STRATEGIES)}")
         if out.oracle not in ORACLES:
             raise ValueError(f"active_learning.oracle {out.oracle!r}: known {ORACLES}")
-        if out.budget < 0 or out.query_every < 1:
-            raise ValueError("active_learning: budget must be >= 0 and query_every >= 1")
+        if (out.budget is None) == (out.final_fraction is None):
+            raise ValueError("active_learning: set exactly one of budget (images per query) and "
+                             "final_fraction (share of the training images labeled at the end)")
+        if out.budget is not None and out.budget < 0:
+            raise ValueError(f"active_learning.budget must be >= 0, got {out.budget}")
+        if out.final_fraction is not None and not 0 < out.final_fraction <= 1:
+            raise ValueError(f"active_learning.final_fraction must be in (0, 1], got {out.final_fraction}")
+        if out.query_every < 1:
+            raise ValueError(f"active_learning.query_every must be >= 1, got {out.query_every}")
         return out
 
 
@@ -54,9 +66,11 @@ class SiteLabeling:
     """The site's LabelPool, oracle and scorer, driven round by round."""
 
     def __init__(self, settings: LabelingSettings, site_data, site_folder, model, model_config,
-                 victim_classes, disaster_classes):
-        """site_data: the site as its data loader read it (src.data.manifests.SiteData)."""
+                 victim_classes, disaster_classes, rounds: int):
+        """site_data: the site as its data loader read it (src.data.manifests.SiteData);
+        rounds: how many rounds the federation runs (for a final_fraction budget)."""
         self.settings = settings
+        self.rounds = rounds
         site = site_data.name
         self.pool = LabelPool.from_site_data(site_data, site_folder, Path(settings.state.format(site=site)),
                                              victim_classes, disaster_classes)
@@ -66,19 +80,32 @@ class SiteLabeling:
             self.oracle = HumanOracle(Path(settings.queue.format(site=site)), victim_classes,
                                       disaster_classes, tasks=self.pool.tasks)
         self.scorer = PoolScorer(model, model_config)
-        log.info("site %s: active learning %s, %d labeled, %d in the pool", site, settings,
-                 self.pool.counts()["labeled"], self.pool.counts()["pool"])
+        self.budget = self._budget_per_query()
+        log.info("site %s: active learning %s, %d labeled, %d in the pool, %d per query", site, settings,
+                 self.pool.counts()["labeled"], self.pool.counts()["pool"], self.budget)
+
+    def _budget_per_query(self) -> int:
+        """`budget`, or the per-query count that brings this site from its seed set to
+        final_fraction of its training images over all query rounds (computed from the
+        seed, not the current count, so a restarted site keeps the same budget)."""
+        if self.settings.final_fraction is None:
+            return self.settings.budget
+        counts = self.pool.counts()
+        total = counts["labeled"] + counts["pool"]  # pending images are still in the pool
+        missing = math.ceil(self.settings.final_fraction * total) - counts["seed"]
+        queries = sum(self.due(r) for r in range(self.rounds))
+        return math.ceil(max(0, missing) / queries) if queries else 0
 
     def due(self, round_num: int) -> bool:
         """Query rounds: every query_every rounds after the first (round 0's model knows nothing)."""
         return round_num > 0 and round_num % self.settings.query_every == 0
 
-    def expected_labeled(self, rounds: int) -> int:
-        """Labeled images at the end of `rounds` rounds if every query is answered (for the
+    def expected_labeled(self) -> int:
+        """Labeled images at the end of the federation if every query is answered (for the
         learning-rate schedule, which is planned once for the whole federation)."""
         counts = self.pool.counts()
-        queries = sum(self.due(r) for r in range(rounds))
-        return counts["labeled"] + min(counts["pool"], queries * self.settings.budget)
+        queries = sum(self.due(r) for r in range(self.rounds))
+        return counts["labeled"] + min(counts["pool"], queries * self.budget)
 
     def start_round(self, round_num: int) -> dict:
         """Ingest answers that arrived, query if due; the site's labeling metrics."""
@@ -86,7 +113,7 @@ class SiteLabeling:
         if not self.due(round_num):
             return self.pool.counts()
         s = self.settings
-        return label_step(self.pool, self.scorer, self.oracle, s.strategy, s.budget, round_num,
+        return label_step(self.pool, self.scorer, self.oracle, s.strategy, self.budget, round_num,
                           seed=s.seed, progress=False)
 
     def labeled_records(self) -> list:

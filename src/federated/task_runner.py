@@ -81,7 +81,7 @@ class MultiTaskRunner(KerasTaskRunner):
         if active_learning is not None and data_loader is not None and data_loader.site_folder:
             self.labeling = SiteLabeling(LabelingSettings.from_plan(active_learning), data_loader.site,
                                          data_loader.site_folder, self.model, self.model_config,
-                                         cfg["classes"]["victim"], cfg["classes"]["disaster"])
+                                         cfg["classes"]["victim"], cfg["classes"]["disaster"], int(rounds))
             data_loader.train_records = self.labeling.labeled_records()
         records = data_loader.train_records if data_loader is not None else []
         self.group_samples = group_sample_counts(records, backbone_mode, exchange)
@@ -110,7 +110,7 @@ class MultiTaskRunner(KerasTaskRunner):
     def _trainer(self) -> Trainer:
         if self.trainer is None:
             options = train_options(self.cfg)
-            images = (self.labeling.expected_labeled(self.rounds) if self.labeling
+            images = (self.labeling.expected_labeled() if self.labeling
                       else self.data_loader.get_train_data_size())
             steps = max(1, images // self.data_loader.batch_size)
             options = replace(options, epochs=self.rounds * self.epochs_per_round)
