@@ -143,7 +143,7 @@ def real_format_split(tmp_path_factory):
 
 def test_simulate_runs_on_a_real_format_split_with_only_the_path_changed(real_format_split, tmp_path):
     """`make simulate SPLIT=...`: real fx processes on COCO-json/class-folder data, test split from the json."""
-    cmd = [sys.executable, "-m", "workspace.simulate", "--rounds", "2", "--split", str(real_format_split),
+    cmd = [sys.executable, "-m", "workspace.simulate", "--rounds", "1", "--split", str(real_format_split),
            "--runs-dir", str(tmp_path), "--set", "model.input_size=96", "--set", "model.width=0.125",
            "--plan-set", "aggregator.settings.backbone_weighting=task_balanced"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
@@ -151,7 +151,7 @@ def test_simulate_runs_on_a_real_format_split_with_only_the_path_changed(real_fo
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = (tmp_path / "latest").resolve()
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["rounds"][1]["sites"]) == {"site1", "site2"}
+    assert set(metrics["rounds"][0]["sites"]) == {"site1", "site2"}  # (the test above runs 2 rounds)
     plan = yaml.safe_load((run / "workspace" / "plan" / "plan.yaml").read_text())
     assert plan["aggregator"]["settings"]["backbone_weighting"] == "task_balanced"
     test = metrics["last_aggregate"]["test"]

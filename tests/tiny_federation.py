@@ -13,7 +13,9 @@ def write_tiny_plan(workspace: Path, sites_dir: Path, rounds: int, sites=("site1
     """plan/ (plan.yaml from the repository with tiny settings; `runner` / `aggregator`
     settings to set), cols.yaml and data.yaml for `sites` under `sites_dir`."""
     plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
-    plan["aggregator"]["settings"].update(rounds_to_train=rounds, event_log="logs/events.jsonl")
+    # in-process runs never restart: no OpenFL restart database (its writes cost seconds a round)
+    plan["aggregator"]["settings"].update(rounds_to_train=rounds, event_log="logs/events.jsonl",
+                                          persist_checkpoint=False)
     plan["task_runner"]["settings"]["config"] = str(REPO / "configs" / "default.yaml")
     plan["task_runner"]["settings"]["rounds"] = rounds
     plan["task_runner"]["settings"]["overrides"].update(TINY)
