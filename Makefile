@@ -12,13 +12,15 @@ EPOCHS ?=
 ROUNDS ?=
 SITES ?= 3
 SPLIT ?=
+SEEDS ?=
+STRATEGIES ?=
 LABELS ?=
 BACKBONE ?=
 EXCHANGE ?=
 CENTRAL_MODEL := workspace/runs/central/model.keras
 MODEL ?= $(CENTRAL_MODEL)
 
-.PHONY: setup data splits train-central pretrain-backbone simulate test test-faults bench export-report clean
+.PHONY: setup data splits train-central pretrain-backbone simulate al-experiment test test-faults bench export-report clean
 
 setup: $(STAMP)
 
@@ -46,16 +48,23 @@ simulate: setup
 	$(PY) -m workspace.simulate --sites $(SITES) --seed $(SEED) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SPLIT),--split $(SPLIT)) \
 		$(if $(LABELS),--labels $(LABELS)) $(if $(BACKBONE),--backbone-mode $(BACKBONE)) $(if $(EXCHANGE),--exchange $(EXCHANGE))
 
+# Each active-learning strategy at the same labeling budget over seeds, vs every label
+# (configs/al_experiment.yaml; SEEDS=0,1,2 STRATEGIES=random,hybrid override it)
+# -> workspace/runs/al/{report.json,report.md,curves.png}. Finished runs are kept and reused.
+al-experiment: setup
+	$(PY) -m workspace.al_experiment $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STRATEGIES),--strategies $(STRATEGIES)) \
+		$(if $(ROUNDS),--rounds $(ROUNDS))
+
 splits: setup
 	$(PY) -m src.data.site_splits --sites $(SITES) --seed $(SEED)
 
 test: setup
-	$(PY) -m pytest -q -m "not faults" tests
+	$(PY) -m pytest -q -m "not faults" --durations=15 tests
 
 # Crashes, intruders, poisoned updates, interrupted writes, what a site sends
 # (real fx processes and certificates; ~10 min, so not part of `make test`).
 test-faults: setup
-	$(PY) -m pytest -q -m faults tests
+	$(PY) -m pytest -q -m faults --durations=10 tests
 
 bench: setup
 	$(PY) -m bench.run

@@ -1,0 +1,98 @@
+"""`make al-experiment` at a tiny scale: real in-process federations (OpenFL's own
+classes, the repository's plan, a tiny model), one per strategy and one with every
+label, evaluated on the test split after every round; the report, table and plot.
+Inside them, active learning in a federation: the site queries its pool with the
+global model it received, trains only on what is labeled, keeps its labeled set in
+its local state and reports the step."""
+import json
+
+import pytest
+import yaml
+
+from src.active_learning.pool import LabelPool
+from tests.test_al_pool import DISASTER, VICTIM
+from workspace.al_experiment import EVENT_LOG, FULL, load_experiment, run_experiment, summarize
+
+TINY_EXPERIMENT = {
+    "config": {"data.num_images": 40, "data.min_size": 96, "data.max_size": 128,
+               "data.test_fraction": 0.2, "data.val_fraction": 0.2,
+               "model.input_size": 64, "model.width": 0.125, "model.depth": [1, 1, 1, 1, 1],
+               "model.cls_head_blocks": 1},
+    "sites": 1, "labels": ["both"], "alpha": 100.0, "rounds": 3, "epochs_per_round": 1, "batch_size": 8,
+    "seed_fraction": 0.25, "final_fraction": 0.5, "query_every": 1,
+    "strategies": ["random", "hybrid"], "seeds": [0],
+}
+
+
+def test_experiment_runs_each_strategy_at_the_same_budget_and_reports(tmp_path, caplog):
+    spec = {**TINY_EXPERIMENT, "config": {**TINY_EXPERIMENT["config"], "data.root": str(tmp_path / "data")}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(spec))
+    exp = load_experiment(tmp_path / "exp.yaml")
+    out = tmp_path / "al"
+    report = run_experiment(exp, out)
+
+    train = report["runs"][0]["train_images"]  # 24 of 40 images: 8 test, 8 val
+    full = next(r for r in report["runs"] if r["strategy"] == FULL)
+    assert [p["labeled"] for p in full["rounds"]] == [train] * 3 and full["labeled_fraction"] == 1
+    seed_count, final_count = round(0.25 * train), -(-train // 2)
+    for name in ("random", "hybrid"):
+        run = next(r for r in report["runs"] if r["strategy"] == name)
+        labeled = [p["labeled"] for p in run["rounds"]]
+        # the seed set in round 0, then two queries of the same per-query budget up to 50 %
+        assert labeled[0] == seed_count and labeled[1] - labeled[0] == labeled[2] - labeled[1] > 0, labeled
+        assert labeled[2] == seed_count + 2 * -(-(final_count - seed_count) // 2)
+        assert all(0 <= p[k] <= 1 for p in run["rounds"] for k in ("map50", "accuracy", "score"))
+        s = report["strategies"][name]
+        assert s["labeled_fraction"] == labeled[2] / train
+        assert s["score_mean"] == pytest.approx((run["final"]["map50"] + run["final"]["accuracy"]) / 2)
+    # inside the hybrid federation: every round the site trained on exactly its labeled
+    # images (all with both labels), reported the step, and kept its labeled set
+    labeled = [p["labeled"] for p in next(r for r in report["runs"] if r["strategy"] == "hybrid")["rounds"]]
+    ws = out / "workspaces" / "hybrid-seed0"
+    events = [json.loads(x) for x in (ws / EVENT_LOG).read_text().splitlines()]
+    metric = {(e["round"], e["name"]): e["value"] for e in events if e["event"] == "metric" and e["site"] == "site1"}
+    assert [metric[(r, "samples_backbone")] for r in range(3)] == [metric[(r, "al_labeled")] for r in range(3)]
+    budget = labeled[1] - labeled[0]
+    assert metric[(1, "al_selected")] == budget and 0 <= metric[(1, "al_mean_uncertainty")] <= 1
+    assert sum(metric[(1, f"al_chosen_class_{i}")] for i in range(len(DISASTER))) == budget
+    resumed = LabelPool.from_site(out / "splits" / "seed0-al" / "site1", ws / "local_state" / "al_site1.json",
+                                  VICTIM, DISASTER)  # what a restarted site would read
+    assert resumed.counts()["labeled"] == labeled[-1]
+
+    on_disk = json.loads((out / "report.json").read_text())
+    assert set(on_disk["full_labels"]) >= {"score_mean", "score_std"}
+    assert set(on_disk["strategies"]["hybrid"]) >= {"labeled_fraction", "score_mean", "score_std", "map50_mean",
+                                                    "accuracy_mean"}
+    assert "| hybrid |" in (out / "report.md").read_text()
+    assert (out / "curves.png").stat().st_size > 10_000
+
+    # started again with the same settings, every finished run is kept, not re-run
+    caplog.clear()
+    with caplog.at_level("INFO", logger="al_experiment"):
+        again = run_experiment(exp, out)
+    assert sum("kept from an earlier run" in m for m in caplog.messages) == 3
+    assert again["strategies"] == report["strategies"]
+
+
+def test_summary_is_mean_and_sample_spread_over_seeds_and_checks_the_targets():
+    def run(strategy, seed, score, labeled=30):
+        final = {"round": 1, "labeled": labeled, "map50": score - 0.1, "accuracy": score + 0.1, "score": score}
+        return {"strategy": strategy, "seed": seed, "rounds": [final], "final": final,
+                "labeled_fraction": labeled / 100}
+
+    runs = ([run(FULL, s, v, 100) for s, v in enumerate((0.60, 0.62, 0.64))]
+            + [run("random", s, v) for s, v in enumerate((0.50, 0.52, 0.54))]
+            + [run("hybrid", s, v) for s, v in enumerate((0.59, 0.60, 0.61))])
+    report = summarize(runs, {"strategies": ["random", "hybrid"]})
+    assert report["full_labels"]["score_mean"] == pytest.approx(0.62)
+    assert report["full_labels"]["score_std"] == pytest.approx(0.02)  # sample standard deviation
+    hybrid = report["strategies"]["hybrid"]
+    assert hybrid["labeled_fraction"] == pytest.approx(0.3) and hybrid["map50_mean"] == pytest.approx(0.5)
+    assert hybrid["relative_to_full"] == pytest.approx(0.6 / 0.62)
+    t = report["targets"]
+    assert t["hybrid_reaches_95pct_of_full"] and t["hybrid_minus_random"] == pytest.approx(0.08)
+    assert t["seed_spread"] == pytest.approx(0.02) and t["hybrid_beats_random_beyond_spread"]
+    close = summarize(runs[:6] + [run("hybrid", s, v) for s, v in enumerate((0.50, 0.53, 0.56))],
+                      {"strategies": ["random", "hybrid"]})
+    assert not close["targets"]["hybrid_beats_random_beyond_spread"]  # +0.01 within a spread of 0.03
+    assert not close["targets"]["hybrid_reaches_95pct_of_full"]

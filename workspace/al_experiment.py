@@ -1,0 +1,344 @@
+"""`make al-experiment`: what active learning buys, measured.
+
+python -m workspace.al_experiment [--config configs/al_experiment.yaml] [--out workspace/runs/al]
+    [--seeds 0,1,2] [--strategies random,hybrid] [--rounds N]
+
+Runs the same federation (OpenFL's own aggregator and collaborators from the
+repository's plan, in one process: `src/federated/in_process.py`) once per
+strategy and seed at the same labeling budget, plus once per seed with every
+label, and evaluates the global model on the held-out test split after every
+round. Writes into --out:
+
+- report.json: {"full_labels": {score_mean, score_std, ...},
+  "strategies": {NAME: {labeled_fraction, score_mean, score_std, map50_mean,
+  accuracy_mean, ...}}, "runs": [...every run, round by round...]};
+- report.md: the table, and whether the issue's targets are met;
+- curves.png: test mAP@0.5 and accuracy vs labeled images, mean and spread
+  over the seeds, per strategy, with the all-labels runs for reference.
+
+Score = mean of victim mAP@0.5 and disaster accuracy of the last aggregate
+(the sites' validation score, on the test split). Each finished run is kept
+in runs/<strategy>-seed<S>.json and reused when the experiment is started
+again with the same settings, so an interrupted experiment resumes.
+In-process rather than `fx` processes: 16+ federations on 2 cores would
+otherwise spend much of their time starting processes; the transport is
+tested elsewhere (tests/test_federation.py, tests/test_faults_fx.py).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from workspace.simulate import EVENT_LOG, prepare_workspace, split_sites
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "configs" / "al_experiment.yaml"
+DEFAULT_OUT = REPO / "workspace" / "runs" / "al"
+FULL = "full_labels"
+
+log = logging.getLogger("al_experiment")
+
+
+def load_experiment(path: Path, seeds=None, strategies=None, rounds=None) -> dict:
+    """The experiment settings, command-line choices applied, checked."""
+    from src.active_learning.selection import STRATEGIES
+
+    exp = yaml.safe_load(Path(path).read_text())
+    if seeds is not None:
+        exp["seeds"] = seeds
+    if strategies is not None:
+        exp["strategies"] = strategies
+    if rounds is not None:
+        exp["rounds"] = rounds
+    unknown = [s for s in exp["strategies"] if s not in STRATEGIES]
+    if unknown:
+        raise SystemExit(f"{path}: unknown strategies {unknown}; known: {sorted(STRATEGIES)}")
+    if not exp["seeds"]:
+        raise SystemExit(f"{path}: no seeds")
+    if exp["rounds"] < 2:
+        raise SystemExit(f"{path}: rounds must be >= 2 (round 0 trains on the seed set only)")
+    return exp
+
+
+def run_key(exp: dict, strategy: str, seed: int) -> str:
+    """What a finished run depends on: a changed setting makes its kept result stale."""
+    fields = {k: exp[k] for k in exp if k not in ("strategies", "seeds")}
+    text = json.dumps({"exp": fields, "strategy": strategy, "seed": seed,
+                       "plan": (REPO / "plan" / "plan.yaml").read_text()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def base_config(exp: dict) -> dict:
+    from src.config import load_config
+
+    return load_config(REPO / "configs" / "default.yaml", [f"{k}={json.dumps(v)}" for k, v in exp["config"].items()])
+
+
+def build_splits(exp: dict, cfg: dict, out: Path, seed: int) -> dict[str, Path]:
+    """Per seed, one site partition twice: with the AL seed set (rest in the pool) and
+    fully labeled. The test split is the same for every seed (the config's seed)."""
+    from src.data.site_splits import build_site_splits
+
+    splits = {}
+    for name, fraction in (("al", exp["seed_fraction"]), ("full", 1.0)):
+        folder = out / "splits" / f"seed{seed}-{name}"
+        if not (folder / "test.tsv").exists():
+            build_site_splits(cfg, folder, exp["sites"], exp["alpha"], seed, exp["labels"], fraction)
+        splits[name] = folder
+    return splits
+
+
+def write_workspace(ws: Path, exp: dict, split_dir: Path, strategy: str, seed: int) -> None:
+    """An OpenFL workspace (as `make simulate` writes one) for one in-process run."""
+    plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
+    runner = plan["task_runner"]["settings"]
+    runner["epochs_per_round"] = exp["epochs_per_round"]
+    plan["tasks"]["train"]["kwargs"]["epochs"] = exp["epochs_per_round"]
+    plan["data_loader"]["settings"]["batch_size"] = exp["batch_size"]
+    for task in plan["tasks"].values():
+        task["kwargs"]["batch_size"] = exp["batch_size"]
+    if strategy != FULL:
+        runner["active_learning"] = {"strategy": strategy, "final_fraction": exp["final_fraction"],
+                                     "query_every": exp["query_every"], "oracle": "simulated", "seed": seed}
+    # a run that dies starts over (runs/ keeps finished ones): no need for OpenFL's
+    # restart database, whose writes cost seconds per round
+    plan["aggregator"]["settings"]["persist_checkpoint"] = False
+    overrides = [f"{k}={json.dumps(v)}" for k, v in exp["config"].items()]
+    prepare_workspace(ws, plan, split_dir, exp["rounds"], port=0, seed=seed, overrides=overrides)
+    sites = split_sites(split_dir)
+    (ws / "plan" / "cols.yaml").write_text(yaml.safe_dump({"collaborators": sites}))
+    (ws / "plan" / "data.yaml").write_text("".join(f"{s},data_splits/{split_dir.name}/{s}\n" for s in sites))
+
+
+def labeled_per_round(ws: Path, split_dir: Path, rounds: int) -> list[int]:
+    """Images the federation trained on in each round, summed over sites: a site's
+    `al_labeled` metric, or its whole train split when it runs without active learning."""
+    from src.data.manifests import read_manifest
+
+    events = [json.loads(x) for x in (ws / EVENT_LOG).read_text().splitlines()]
+    labeled = {(e["round"], e["site"]): e["value"] for e in events
+               if e["event"] == "metric" and e["name"] == "al_labeled"}
+    out = []
+    for r in range(rounds):
+        total = 0
+        for site in split_sites(split_dir):
+            if (r, site) in labeled:
+                total += int(labeled[(r, site)])
+            else:
+                total += sum(row[1] == "train" for row in read_manifest(split_dir / site / "manifest.tsv"))
+        out.append(total)
+    return out
+
+
+def run_one(exp: dict, cfg: dict, out: Path, split_dir: Path, strategy: str, seed: int, test_records) -> dict:
+    """One federation; the test metrics of the global model after every round."""
+    import keras
+
+    from src.config import model_config
+    from src.evaluation import Predictor, score_predictions
+    from src.federated.checkpoint import assign_weights
+    from src.federated.in_process import run_federation
+    from src.federated.task_runner import validation_score
+    from src.model import build_model
+
+    ws = out / "workspaces" / f"{strategy}-seed{seed}"
+    if ws.exists():
+        shutil.rmtree(ws)  # an unfinished run starts over
+    write_workspace(ws, exp, split_dir, strategy, seed)
+    mcfg = model_config(cfg)
+    model = build_model(mcfg)
+    predictor = Predictor(model, mcfg, **cfg.get("evaluation", {}))
+    per_round = {}
+
+    def evaluate(aggregator, closed_round):
+        assign_weights(model, aggregator.global_tensors())
+        result = score_predictions(predictor.predict(test_records), test_records, mcfg)
+        per_round[closed_round] = {"map50": result["map50"], "accuracy": result["accuracy"],
+                                   "score": validation_score(result)}
+        log.info("  %s seed %d round %d: test mAP@0.5 %.3f accuracy %.3f", strategy, seed, closed_round,
+                 result["map50"], result["accuracy"])
+
+    start, cwd = time.monotonic(), os.getcwd()
+    os.chdir(ws)
+    try:
+        run_federation(ws, on_round_end=evaluate)
+    finally:
+        os.chdir(cwd)
+    labeled = labeled_per_round(ws, split_dir, exp["rounds"])
+    total = train_images(split_dir)
+    rounds = [{"round": r, "labeled": labeled[r], **per_round[r]} for r in range(exp["rounds"])]
+    keras.backend.clear_session()
+    gc.collect()
+    return {"strategy": strategy, "seed": seed, "rounds": rounds, "final": rounds[-1],
+            "labeled_fraction": labeled[-1] / total, "train_images": total,
+            "wall_s": time.monotonic() - start}
+
+
+def train_images(split_dir: Path) -> int:
+    """Every training image of the split's sites, labeled or in a pool."""
+    from src.data.manifests import read_manifest
+
+    return sum(row[1] in ("train", "pool") for site in split_sites(split_dir)
+               for row in read_manifest(split_dir / site / "manifest.tsv"))
+
+
+# ---- report -----------------------------------------------------------------------------------
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: list[dict], exp: dict) -> dict:
+    """report.json: mean and spread (sample standard deviation over seeds) per strategy."""
+    def group(name):
+        rs = [r for r in runs if r["strategy"] == name]
+        score, score_std = _mean_std([r["final"]["score"] for r in rs])
+        map50, map50_std = _mean_std([r["final"]["map50"] for r in rs])
+        acc, acc_std = _mean_std([r["final"]["accuracy"] for r in rs])
+        return {"labeled_fraction": statistics.fmean(r["labeled_fraction"] for r in rs),
+                "labeled_images": statistics.fmean(r["rounds"][-1]["labeled"] for r in rs),
+                "score_mean": score, "score_std": score_std, "map50_mean": map50, "map50_std": map50_std,
+                "accuracy_mean": acc, "accuracy_std": acc_std, "seeds": [r["seed"] for r in rs]}
+
+    full = group(FULL)
+    strategies = {s: group(s) for s in exp["strategies"]}
+    for s in strategies.values():
+        s["relative_to_full"] = s["score_mean"] / full["score_mean"] if full["score_mean"] else None
+    report = {"full_labels": full, "strategies": strategies, "settings": exp}
+    if "hybrid" in strategies and "random" in strategies:
+        h, r = strategies["hybrid"], strategies["random"]
+        spread = max(h["score_std"], r["score_std"])
+        report["targets"] = {
+            "hybrid_relative_to_full": h["relative_to_full"],
+            "hybrid_reaches_95pct_of_full": bool(h["relative_to_full"] and h["relative_to_full"] >= 0.95),
+            "hybrid_minus_random": h["score_mean"] - r["score_mean"],
+            "seed_spread": spread,
+            "hybrid_beats_random_beyond_spread": h["score_mean"] - r["score_mean"] > spread}
+    report["runs"] = runs
+    return report
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    exp = report["settings"]
+    rows = [("all labels", report["full_labels"])] + list(report["strategies"].items())
+    lines = [f"# Active learning: {len(exp['seeds'])} seeds x {len(rows)} settings", "",
+             f"{exp['sites']} sites ({', '.join(exp['labels'])} labels), {exp['rounds']} rounds; each site starts "
+             f"with {exp['seed_fraction']:.0%} of its training images labeled and queries every "
+             f"{exp['query_every']} round(s) up to {exp['final_fraction']:.0%}. Test split: the last aggregate; "
+             "score = mean of mAP@0.5 and accuracy; mean +- standard deviation over seeds.", "",
+             "| setting | labeled | score | mAP@0.5 | accuracy | score / all labels |",
+             "|---|---|---|---|---|---|"]
+    for name, s in rows:
+        rel = s.get("relative_to_full")
+        lines.append(f"| {name} | {s['labeled_fraction']:.1%} ({s['labeled_images']:.0f}) | "
+                     f"{s['score_mean']:.3f} +- {s['score_std']:.3f} | {s['map50_mean']:.3f} +- {s['map50_std']:.3f} | "
+                     f"{s['accuracy_mean']:.3f} +- {s['accuracy_std']:.3f} | {'' if rel is None else f'{rel:.1%}'} |")
+    t = report.get("targets")
+    if t:
+        lines += ["", f"- hybrid reaches {t['hybrid_relative_to_full']:.1%} of the all-labels score "
+                      f"(target >= 95 %: {'met' if t['hybrid_reaches_95pct_of_full'] else 'not met'})",
+                  f"- hybrid - random = {t['hybrid_minus_random']:+.3f}, seed spread {t['seed_spread']:.3f} "
+                  f"(target: a gain larger than the spread: {'met' if t['hybrid_beats_random_beyond_spread'] else 'not met'})"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot_curves(report: dict, path: Path) -> None:
+    """Test mAP@0.5 and accuracy vs labeled images: per strategy the mean over seeds
+    round by round, the band one standard deviation; all labels as a reference."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    names = [FULL] + list(report["strategies"])
+    for name in names:
+        runs = [r for r in report["runs"] if r["strategy"] == name]
+        x = np.mean([[p["labeled"] for p in r["rounds"]] for r in runs], axis=0)
+        for ax, key in zip(axes, ("map50", "accuracy")):
+            y = np.array([[p[key] for p in r["rounds"]] for r in runs])
+            style = {"color": "black", "linestyle": "--"} if name == FULL else {}
+            line, = ax.plot(x, y.mean(axis=0), marker="o", markersize=3, label=name.replace("_", " "), **style)
+            if len(runs) > 1:
+                ax.fill_between(x, y.mean(axis=0) - y.std(axis=0, ddof=1), y.mean(axis=0) + y.std(axis=0, ddof=1),
+                                color=line.get_color(), alpha=0.15)
+    for ax, title in zip(axes, ("victim mAP@0.5 (test)", "disaster accuracy (test)")):
+        ax.set_xlabel("labeled training images (all sites)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- main -------------------------------------------------------------------------------------
+def run_experiment(exp: dict, out: Path) -> dict:
+    from src.data.manifests import load_test_split
+    from src.data.synthetic import generate_from_config
+
+    cfg = base_config(exp)
+    data_root = REPO / cfg["data"]["root"]
+    log.info("data set %s (%d images; generated when missing)", data_root, cfg["data"]["num_images"])
+    generate_from_config(cfg, data_root)
+    cfg["data"]["root"] = str(data_root)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    plan = [(s, seed) for seed in exp["seeds"] for s in [FULL] + list(exp["strategies"])]
+    runs, started = [], time.monotonic()
+    for i, (strategy, seed) in enumerate(plan, 1):
+        kept = out / "runs" / f"{strategy}-seed{seed}.json"
+        key = run_key(exp, strategy, seed)
+        if kept.exists() and json.loads(kept.read_text()).get("key") == key:
+            runs.append(json.loads(kept.read_text()))
+            log.info("[%d/%d] %s seed %d: kept from an earlier run", i, len(plan), strategy, seed)
+            continue
+        splits = build_splits(exp, cfg, out, seed)
+        test = load_test_split(splits["full"], cfg["classes"]["victim"], cfg["classes"]["disaster"],
+                               default_data_root=data_root)
+        log.info("[%d/%d] %s seed %d ...", i, len(plan), strategy, seed)
+        result = run_one(exp, cfg, out, splits["full" if strategy == FULL else "al"], strategy, seed, test)
+        result["key"] = key
+        kept.write_text(json.dumps(result, indent=1))
+        runs.append(result)
+        f = result["final"]
+        log.info("[%d/%d] %s seed %d: %.1f%% labeled, test mAP@0.5 %.3f accuracy %.3f score %.3f (%.0f s; "
+                 "%.0f s so far)", i, len(plan), strategy, seed, 100 * result["labeled_fraction"], f["map50"],
+                 f["accuracy"], f["score"], result["wall_s"], time.monotonic() - started)
+    report = summarize(runs, exp)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    write_markdown(report, out / "report.md")
+    plot_curves(report, out / "curves.png")
+    return report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
+                   help="comma-separated seeds (default: the config's)")
+    p.add_argument("--strategies", type=lambda t: t.split(","), default=None,
+                   help="comma-separated strategies (default: the config's)")
+    p.add_argument("--rounds", type=int, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("openfl", "src", "absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    exp = load_experiment(args.config, args.seeds, args.strategies, args.rounds)
+    report = run_experiment(exp, args.out.resolve())
+    print((args.out / "report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
