@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from workspace.simulate import EVENT_LOG, prepare_workspace, split_sites
+from workspace.simulate import EVENT_LOG, ensure_backbone_checkpoint, prepare_workspace, split_sites
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "al_experiment.yaml"
@@ -103,6 +103,7 @@ def write_workspace(ws: Path, exp: dict, split_dir: Path, strategy: str, seed: i
     """An OpenFL workspace (as `make simulate` writes one) for one in-process run."""
     plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
     runner = plan["task_runner"]["settings"]
+    runner.update(exp.get("task_runner", {}))  # e.g. backbone_mode: frozen
     runner["epochs_per_round"] = exp["epochs_per_round"]
     plan["tasks"]["train"]["kwargs"]["epochs"] = exp["epochs_per_round"]
     plan["data_loader"]["settings"]["batch_size"] = exp["batch_size"]
@@ -234,7 +235,8 @@ def write_markdown(report: dict, path: Path) -> None:
     lines = [f"# Active learning: {len(exp['seeds'])} seeds x {len(rows)} settings", "",
              f"{exp['sites']} sites ({', '.join(exp['labels'])} labels), {exp['rounds']} rounds; each site starts "
              f"with {exp['seed_fraction']:.0%} of its training images labeled and queries every "
-             f"{exp['query_every']} round(s) up to {exp['final_fraction']:.0%}. Test split: the last aggregate; "
+             f"{exp['query_every']} round(s) up to {exp['final_fraction']:.0%}; task runner settings "
+             f"{exp.get('task_runner') or 'as in the plan'}. Test split: the last aggregate; "
              "score = mean of mAP@0.5 and accuracy; mean +- standard deviation over seeds.", "",
              "| setting | labeled | score | mAP@0.5 | accuracy | score / all labels |",
              "|---|---|---|---|---|---|"]
@@ -288,6 +290,9 @@ def run_experiment(exp: dict, out: Path) -> dict:
     from src.data.synthetic import generate_from_config
 
     cfg = base_config(exp)
+    runner = exp.get("task_runner", {})
+    if runner.get("backbone_mode") == "frozen":
+        ensure_backbone_checkpoint(runner["backbone_checkpoint"], [])
     data_root = REPO / cfg["data"]["root"]
     log.info("data set %s (%d images; generated when missing)", data_root, cfg["data"]["num_images"])
     generate_from_config(cfg, data_root)
