@@ -122,24 +122,25 @@ def write_workspace(ws: Path, exp: dict, split_dir: Path, strategy: str, seed: i
     (ws / "plan" / "data.yaml").write_text("".join(f"{s},data_splits/{split_dir.name}/{s}\n" for s in sites))
 
 
-def labeled_per_round(ws: Path, split_dir: Path, rounds: int) -> list[int]:
-    """Images the federation trained on in each round, summed over sites: a site's
-    `al_labeled` metric, or its whole train split when it runs without active learning."""
+def site_images(split_dir: Path) -> dict[str, tuple[int, int]]:
+    """Per site of the split, (labeled training images, pool images), from its manifest."""
     from src.data.manifests import read_manifest
 
+    out = {}
+    for site in split_sites(split_dir):
+        rows = read_manifest(split_dir / site / "manifest.tsv")
+        out[site] = (sum(r[1] == "train" for r in rows), sum(r[1] == "pool" for r in rows))
+    return out
+
+
+def labeled_per_round(ws: Path, sites: dict[str, tuple[int, int]], rounds: int) -> list[int]:
+    """Images the federation trained on in each round, summed over sites: a site's
+    `al_labeled` metric, or its whole train split when it runs without active learning."""
     events = [json.loads(x) for x in (ws / EVENT_LOG).read_text().splitlines()]
     labeled = {(e["round"], e["site"]): e["value"] for e in events
                if e["event"] == "metric" and e["name"] == "al_labeled"}
-    out = []
-    for r in range(rounds):
-        total = 0
-        for site in split_sites(split_dir):
-            if (r, site) in labeled:
-                total += int(labeled[(r, site)])
-            else:
-                total += sum(row[1] == "train" for row in read_manifest(split_dir / site / "manifest.tsv"))
-        out.append(total)
-    return out
+    return [sum(int(labeled.get((r, site), train)) for site, (train, _) in sites.items())
+            for r in range(rounds)]
 
 
 def run_one(exp: dict, cfg: dict, out: Path, split_dir: Path, strategy: str, seed: int, test_records) -> dict:
@@ -176,22 +177,15 @@ def run_one(exp: dict, cfg: dict, out: Path, split_dir: Path, strategy: str, see
         run_federation(ws, on_round_end=evaluate)
     finally:
         os.chdir(cwd)
-    labeled = labeled_per_round(ws, split_dir, exp["rounds"])
-    total = train_images(split_dir)
+    sites = site_images(split_dir)
+    labeled = labeled_per_round(ws, sites, exp["rounds"])
+    total = sum(train + pool for train, pool in sites.values())
     rounds = [{"round": r, "labeled": labeled[r], **per_round[r]} for r in range(exp["rounds"])]
     keras.backend.clear_session()
     gc.collect()
     return {"strategy": strategy, "seed": seed, "rounds": rounds, "final": rounds[-1],
             "labeled_fraction": labeled[-1] / total, "train_images": total,
             "wall_s": time.monotonic() - start}
-
-
-def train_images(split_dir: Path) -> int:
-    """Every training image of the split's sites, labeled or in a pool."""
-    from src.data.manifests import read_manifest
-
-    return sum(row[1] in ("train", "pool") for site in split_sites(split_dir)
-               for row in read_manifest(split_dir / site / "manifest.tsv"))
 
 
 # ---- report -----------------------------------------------------------------------------------
@@ -299,17 +293,19 @@ def run_experiment(exp: dict, out: Path) -> dict:
     cfg["data"]["root"] = str(data_root)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     plan = [(s, seed) for seed in exp["seeds"] for s in [FULL] + list(exp["strategies"])]
-    runs, started = [], time.monotonic()
+    runs, started, test = [], time.monotonic(), None
     for i, (strategy, seed) in enumerate(plan, 1):
         kept = out / "runs" / f"{strategy}-seed{seed}.json"
         key = run_key(exp, strategy, seed)
-        if kept.exists() and json.loads(kept.read_text()).get("key") == key:
-            runs.append(json.loads(kept.read_text()))
+        earlier = json.loads(kept.read_text()) if kept.exists() else {}
+        if earlier.get("key") == key:
+            runs.append(earlier)
             log.info("[%d/%d] %s seed %d: kept from an earlier run", i, len(plan), strategy, seed)
             continue
         splits = build_splits(exp, cfg, out, seed)
-        test = load_test_split(splits["full"], cfg["classes"]["victim"], cfg["classes"]["disaster"],
-                               default_data_root=data_root)
+        if test is None:  # one test split for every seed (the config's seed draws it)
+            test = load_test_split(splits["full"], cfg["classes"]["victim"], cfg["classes"]["disaster"],
+                                   default_data_root=data_root)
         log.info("[%d/%d] %s seed %d ...", i, len(plan), strategy, seed)
         result = run_one(exp, cfg, out, splits["full" if strategy == FULL else "al"], strategy, seed, test)
         result["key"] = key

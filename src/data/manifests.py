@@ -226,4 +226,3 @@ def active_learning_seed(keys: list, fraction: float, rng: np.random.Generator) 
         return set(keys)
     count = max(1, int(round(fraction * len(keys))))
     return set(rng.choice(keys, size=count, replace=False).tolist())
-
