@@ -29,9 +29,13 @@ def test_experiment_runs_each_strategy_at_the_same_budget_and_reports(tmp_path, 
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(spec))
     exp = load_experiment(tmp_path / "exp.yaml")
     out = tmp_path / "al"
-    report = run_experiment(exp, out)
-
-    train = report["runs"][0]["train_images"]  # 24 of 40 images: 8 test, 8 val
+    with caplog.at_level("INFO", logger="src.federated.task_runner"):
+        report = run_experiment(exp, out)
+    train = report["runs"][0]["train_images"]  # of 40 images; the rest test and val
+    # every run trains as many images per round as all labels give (the labeled ones
+    # repeated: the budget limits labels, not steps): full batches of 8, 3 rounds x 2 runs
+    trained = [int(m.split(" on ")[1].split()[0]) for m in caplog.messages if m.startswith("train: loss")]
+    assert trained == [train // 8 * 8] * 6, (trained, train)
     full = next(r for r in report["runs"] if r["strategy"] == FULL)
     assert [p["labeled"] for p in full["rounds"]] == [train] * 3 and full["labeled_fraction"] == 1
     seed_count, final_count = round(0.25 * train), -(-train // 2)

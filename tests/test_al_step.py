@@ -71,6 +71,7 @@ def test_a_human_oracle_step_does_not_block_and_leaves_the_choice_pending(scorer
     ({"budget": 5, "query_every": 0}, "query_every must be >= 1"),
     ({"budget": 5, "strategy": "smart"}, "strategy 'smart'"),
     ({"budget": 5, "budjet": 3}, "unknown settings ['budjet']"),
+    ({"budget": 5, "epoch_images": "some"}, "epoch_images 'some'"),
 ])
 def test_plan_labeling_settings_are_checked_with_the_field_named(settings, fragment):
     from src.active_learning.site_labeling import LabelingSettings
@@ -84,6 +85,7 @@ def test_a_final_fraction_becomes_one_per_query_budget_kept_across_a_restart(sco
     """From the seed set to final_fraction of the site's training images over its query
     rounds (rounds 1..4 of 5 here), the same per-query budget after a restart."""
     import math
+    from dataclasses import replace
 
     from src.active_learning.site_labeling import LabelingSettings, SiteLabeling
     from src.data.manifests import load_site
@@ -105,3 +107,8 @@ def test_a_final_fraction_becomes_one_per_query_budget_kept_across_a_restart(sco
     first.start_round(1)
     assert first.pool.counts()["labeled"] == seed + first.budget
     assert labeling().budget == first.budget  # restarted with more labeled: same budget
+    # an epoch covers as many images as the site's training images, labeled or not
+    assert first.epoch_size() == total
+    fresh = replace(settings, final_fraction=0.5, epoch_images="labeled", state=str(tmp_path / "fresh_{site}.json"))
+    one_pass = SiteLabeling(fresh, site, folder, model, scorer.config, VICTIM, DISASTER, rounds=5)
+    assert one_pass.epoch_size() == seed + 4 * one_pass.budget < total

@@ -58,6 +58,18 @@ def test_augmented_batches_keep_boxes_on_objects(tiny_config, bright_box_records
     assert 0 < positives <= float(tf.reduce_sum(tf.cast(targets["gt_classes"] >= 0, tf.float32)))
 
 
+def test_a_fixed_number_of_batches_repeats_few_records(tiny_config, bright_box_records):
+    """num_batches: exactly that many full batches, however few the records (a site with
+    few labels trains as many steps as one with many), each record seen as often as
+    the others, give or take one pass."""
+    options = PipelineOptions(batch_size=4, seed=1)
+    records = bright_box_records[:3]
+    batches = list(training_dataset(records, tiny_config, options, num_batches=5))
+    assert [int(images.shape[0]) for images, _ in batches] == [4] * 5
+    one_pass = list(training_dataset(records, tiny_config, options))
+    assert len(one_pass) == 1 and int(one_pass[0][0].shape[0]) == 3
+
+
 def test_colour_jitter_changes_pixels_not_boxes(tiny_config, bright_box_records):
     plain = PipelineOptions(batch_size=4, flip=False, scale_jitter=None, color_jitter=0.0, shuffle_buffer=1)
     jitter = PipelineOptions(batch_size=4, flip=False, scale_jitter=None, color_jitter=0.3, shuffle_buffer=1)

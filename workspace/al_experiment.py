@@ -111,7 +111,8 @@ def write_workspace(ws: Path, exp: dict, split_dir: Path, strategy: str, seed: i
         task["kwargs"]["batch_size"] = exp["batch_size"]
     if strategy != FULL:
         runner["active_learning"] = {"strategy": strategy, "final_fraction": exp["final_fraction"],
-                                     "query_every": exp["query_every"], "oracle": "simulated", "seed": seed}
+                                     "query_every": exp["query_every"], "oracle": "simulated", "seed": seed,
+                                     "epoch_images": exp.get("epoch_images", "all")}
     # a run that dies starts over (runs/ keeps finished ones): no need for OpenFL's
     # restart database, whose writes cost seconds per round
     plan["aggregator"]["settings"]["persist_checkpoint"] = False

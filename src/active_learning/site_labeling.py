@@ -5,7 +5,7 @@ strategy, the budget (either `budget`, images per query, or `final_fraction`,
 the share of the site's training images labeled after the last query, which
 each site turns into its own per-query budget from its pool size and the
 number of query rounds), query_every (rounds), oracle (simulated | human),
-seed, and where the site keeps its labeled set
+seed, epoch_images (what one training epoch covers, see `epoch_size`), and where the site keeps its labeled set
 (`state`, under its local state so a restart resumes) and its human queue.
 A query runs before a round's training, on the global model the site just
 received; training then sees only labeled images. Answers of a human oracle
@@ -26,6 +26,7 @@ from src.active_learning.step import label_step
 
 log = logging.getLogger(__name__)
 ORACLES = ("simulated", "human")
+EPOCH_IMAGES = ("all", "labeled")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class LabelingSettings:
     query_every: int = 1
     oracle: str = "simulated"
     seed: int = 0
+    epoch_images: str = "all"
     state: str = "local_state/al_{site}.json"
     queue: str = "al_queue/{site}"
 
@@ -57,6 +59,8 @@ class LabelingSettings:
             raise ValueError(f"active_learning.budget must be >= 0, got {out.budget}")
         if out.final_fraction is not None and not 0 < out.final_fraction <= 1:
             raise ValueError(f"active_learning.final_fraction must be in (0, 1], got {out.final_fraction}")
+        if out.epoch_images not in EPOCH_IMAGES:
+            raise ValueError(f"active_learning.epoch_images {out.epoch_images!r}: known {EPOCH_IMAGES}")
         if out.query_every < 1:
             raise ValueError(f"active_learning.query_every must be >= 1, got {out.query_every}")
         return out
@@ -106,6 +110,18 @@ class SiteLabeling:
         counts = self.pool.counts()
         queries = sum(self.due(r) for r in range(self.rounds))
         return counts["labeled"] + min(counts["pool"], queries * self.budget)
+
+    def epoch_size(self) -> int:
+        """Images one training epoch covers (the data loader's batches, the learning-rate
+        schedule). `all` (the default): as many as the site's training images, labeled
+        or not, the labeled ones repeated: a site trains as many steps as it would with
+        every label, so the budget limits labels, not compute (with one pass over the
+        labeled set, a site at 30 % of its labels takes 30 % of the steps). `labeled`:
+        one pass over the labeled set (as it will be at the end, for the schedule)."""
+        counts = self.pool.counts()
+        if self.settings.epoch_images == "all":
+            return counts["labeled"] + counts["pool"]
+        return self.expected_labeled()
 
     def start_round(self, round_num: int) -> dict:
         """Ingest answers that arrived, query if due; the site's labeling metrics."""

@@ -184,16 +184,24 @@ def _to_model_io(config: ModelConfig):
 
 
 def training_dataset(records: list[Record], config: ModelConfig,
-                     options: PipelineOptions = PipelineOptions()) -> tf.data.Dataset:
-    """Shuffled, augmented, encoded batches (images, targets) for one pass; repeat outside."""
+                     options: PipelineOptions = PipelineOptions(),
+                     num_batches: int | None = None) -> tf.data.Dataset:
+    """Shuffled, augmented, encoded batches (images, targets): one pass over `records`,
+    or exactly `num_batches` batches, the records reshuffled and repeated as often as
+    that takes (a site with few labels training as many steps as one with many)."""
     if not records:
         raise ValueError("training_dataset: no records (nothing labeled to train on)")
     arrays = records_to_arrays(records, options.max_boxes)
     ds = tf.data.Dataset.from_tensor_slices(arrays)
     ds = ds.shuffle(min(len(records), options.shuffle_buffer), seed=options.seed,
                     reshuffle_each_iteration=True)
+    if num_batches is not None:
+        ds = ds.repeat()
     ds = _decoded(ds, config.input_size)
-    ds = ds.batch(options.batch_size, drop_remainder=len(records) >= options.batch_size)
+    ds = ds.batch(options.batch_size,
+                  drop_remainder=num_batches is not None or len(records) >= options.batch_size)
+    if num_batches is not None:
+        ds = ds.take(max(1, int(num_batches)))
     ds = ds.map(Augmenter(config.input_size, options), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(_to_model_io(config), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

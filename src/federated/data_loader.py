@@ -25,6 +25,9 @@ class SiteDataLoader(KerasDataLoader):
         self.cfg = load_config(config)
         self.model_config = None
         self.train_records, self.val_records = [], []
+        # None: an epoch is one pass over train_records; else this many batches (the
+        # task runner sets it when a site's epoch is sized by more than its labels)
+        self.batches_per_epoch = None
         self.site_name, self.site_folder, self.site = None, data_path, None
         if data_path is not None:
             site = load_site(data_path, self.cfg["classes"]["victim"], self.cfg["classes"]["disaster"],
@@ -50,7 +53,8 @@ class SiteDataLoader(KerasDataLoader):
         return replace(pipeline_options(self.cfg), batch_size=batch_size or self.batch_size)
 
     def get_train_loader(self, batch_size=None, num_batches=None):
-        return training_dataset(self.train_records, self.model_config, self._options(batch_size))
+        return training_dataset(self.train_records, self.model_config, self._options(batch_size),
+                                num_batches=num_batches or self.batches_per_epoch)
 
     def get_valid_loader(self, batch_size=None):
         return validation_dataset(self.val_records, self.model_config, batch_size or self.batch_size)

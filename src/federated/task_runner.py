@@ -63,7 +63,9 @@ class MultiTaskRunner(KerasTaskRunner):
         backbone_mode joint|frozen and exchange decoupled|full: see src/task_groups.py.
         backbone_checkpoint: the pretrained backbone (.npz) that `frozen` starts from.
         active_learning: label-step settings (src/active_learning/site_labeling.py); the
-        site then trains on its labeled set only, which grows every query_every rounds.
+        site then trains on its labeled set only, which grows every query_every rounds
+        (an epoch as many batches as all its training images would give, unless
+        epoch_images: labeled).
         """
         cfg = load_config(config, [f"{k}={v}" for k, v in (overrides or {}).items()])
         self.cfg = cfg
@@ -83,6 +85,8 @@ class MultiTaskRunner(KerasTaskRunner):
                                          data_loader.site_folder, self.model, self.model_config,
                                          cfg["classes"]["victim"], cfg["classes"]["disaster"], int(rounds))
             data_loader.train_records = self.labeling.labeled_records()
+            if self.labeling.settings.epoch_images == "all":
+                data_loader.batches_per_epoch = max(1, self.labeling.epoch_size() // data_loader.batch_size)
         records = data_loader.train_records if data_loader is not None else []
         self.group_samples = group_sample_counts(records, backbone_mode, exchange)
         if records and not self.group_samples:
@@ -110,7 +114,7 @@ class MultiTaskRunner(KerasTaskRunner):
     def _trainer(self) -> Trainer:
         if self.trainer is None:
             options = train_options(self.cfg)
-            images = (self.labeling.expected_labeled() if self.labeling
+            images = (self.labeling.epoch_size() if self.labeling
                       else self.data_loader.get_train_data_size())
             steps = max(1, images // self.data_loader.batch_size)
             options = replace(options, epochs=self.rounds * self.epochs_per_round)
