@@ -66,6 +66,24 @@ def test_in_process_federation_averages_site_uploads(tiny_sites, tmp_path, monke
     assert (tmp_path / "save" / "best.pbuf").exists()
 
 
+def test_the_site_loader_reuses_its_training_dataset_until_the_records_change(tiny_sites):
+    """Built once (tracing its functions costs seconds), re-iterated every epoch; a new
+    labeled set or epoch size gets a new one."""
+    from src.federated.data_loader import SiteDataLoader
+    from src.model.config import ModelConfig
+
+    loader = SiteDataLoader(str(tiny_sites / "splits" / "site1"), batch_size=4)
+    loader.bind_model(ModelConfig(input_size=64))
+    first = loader.get_train_loader()
+    assert loader.get_train_loader() is first
+    assert len(list(first)) == len(loader.train_records) // 4
+    loader.batches_per_epoch = 5
+    repeated = loader.get_train_loader()
+    assert repeated is not first and len(list(repeated)) == 5
+    loader.train_records = loader.train_records[:4]
+    assert loader.get_train_loader() is not repeated
+
+
 def test_task_runner_tensor_names_are_stable_across_processes():
     code = ("import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='3'\n"
             "from src.config import load_config, model_config\n"
