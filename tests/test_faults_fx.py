@@ -12,13 +12,15 @@ processes with the certificates `fx` issued, over gRPC with mutual TLS.
 - a collaborator is SIGKILLed mid-round: the default policy waits for its
   restart, a cutoff-time policy closes the round without it and it rejoins;
 - a site sends NaN / wrongly shaped tensors: its update is left out, the
-  global model stays finite.
+  global model stays finite;
+- `make simulate` interrupted with Ctrl-C exits 130 and leaves no `fx` process.
 """
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.test_federation import _processes_under
 from tests.tiny_federation import REPO, TINY, write_tiny_site_split
 from workspace.simulate import (EVENT_LOG, FX, Children, certify, free_port, prepare_workspace,
                                 wait_for_port)
@@ -394,3 +397,30 @@ def test_a_site_sending_broken_updates_over_the_wire_is_left_out_and_the_model_s
     for result in trained:
         sent = decode_named_tensors(result.tensors)
         assert all(np.isfinite(v).all() for n, v in sent.items() if n != broken[result.round_number])
+
+
+def test_ctrl_c_stops_simulate_and_leaves_no_fx_process(tmp_path):
+    """SIGINT (Ctrl-C) while aggregator and collaborators run: exit 130, no process left."""
+    log_path = tmp_path / "simulate.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workspace.simulate", "--rounds", "5", "--sites", "2",
+             "--runs-dir", str(tmp_path / "runs"), "--set", "model.input_size=64",
+             "--set", "model.width=0.125"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 600
+        while len(_processes_under(tmp_path / "runs")) < 3:  # aggregator + 2 collaborators
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "fx processes never started"
+            time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(1)
+    assert _processes_under(tmp_path / "runs") == []
+    assert "interrupted" in log_path.read_text()
