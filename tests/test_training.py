@@ -23,8 +23,9 @@ def test_detector_learns_bright_boxes_and_is_scored_in_original_pixels(tiny_defa
     epochs = 80
     trainer = Trainer(model, tiny_config, TrainOptions(epochs=epochs, learning_rate=3e-3), steps_per_epoch=2)
     before = evaluate(model, bright_box_records, tiny_config)
-    for epoch in range(epochs):
-        trainer.train_epoch(dataset, epoch, progress=False)
+    # all epochs in one pass over the repeated dataset: the same 160 steps and
+    # schedule without starting a new input pipeline 80 times (~0.7 s each here)
+    trainer.train_epoch(dataset.repeat(epochs), progress=False)
     after = evaluate(model, bright_box_records, tiny_config)
     # The records' boxes are in original-image pixels (48-80 px images, 64 px
     # model input): a high mAP means predictions were mapped back correctly.
