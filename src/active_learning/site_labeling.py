@@ -5,8 +5,9 @@ strategy, the budget (either `budget`, images per query, or `final_fraction`,
 the share of the site's training images labeled after the last query, which
 each site turns into its own per-query budget from its pool size and the
 number of query rounds), query_every (rounds), oracle (simulated | human),
-seed, epoch_images (what one training epoch covers, see `epoch_size`), and where the site keeps its labeled set
-(`state`, under its local state so a restart resumes) and its human queue.
+seed, epoch_images (what one training epoch covers, see `epoch_size`), and
+where the site keeps its labeled set (`state`, under its local state so a
+restart resumes) and its human queue.
 A query runs before a round's training, on the global model the site just
 received; training then sees only labeled images. Answers of a human oracle
 are ingested at the start of every round, whenever they appear.

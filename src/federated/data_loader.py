@@ -28,7 +28,8 @@ class SiteDataLoader(KerasDataLoader):
         # None: an epoch is one pass over train_records; else this many batches (the
         # task runner sets it when a site's epoch is sized by more than its labels)
         self.batches_per_epoch = None
-        self._train_dataset = None  # (records list, its length, batch size, batches, dataset): see get_train_loader
+        # the training dataset and what it was built from (see get_train_loader)
+        self._train_dataset, self._train_built_from = None, None
         self.site_name, self.site_folder, self.site = None, data_path, None
         if data_path is not None:
             site = load_site(data_path, self.cfg["classes"]["victim"], self.cfg["classes"]["disaster"],
@@ -60,14 +61,13 @@ class SiteDataLoader(KerasDataLoader):
         every epoch; each pass over the dataset reshuffles and draws new augmentations."""
         batch_size = batch_size or self.batch_size
         num_batches = num_batches or self.batches_per_epoch
-        cached = self._train_dataset
-        if (cached is None or cached[0] is not self.train_records or cached[1] != len(self.train_records)
-                or cached[2:4] != (batch_size, num_batches)):
-            dataset = training_dataset(self.train_records, self.model_config, self._options(batch_size),
-                                       num_batches=num_batches)
-            cached = self._train_dataset = (self.train_records, len(self.train_records), batch_size,
-                                            num_batches, dataset)
-        return cached[4]
+        built_from = (self.train_records, len(self.train_records), batch_size, num_batches)
+        previous = self._train_built_from
+        if previous is None or previous[0] is not built_from[0] or previous[1:] != built_from[1:]:
+            self._train_dataset = training_dataset(self.train_records, self.model_config,
+                                                   self._options(batch_size), num_batches=num_batches)
+            self._train_built_from = built_from
+        return self._train_dataset
 
     def get_valid_loader(self, batch_size=None):
         return validation_dataset(self.val_records, self.model_config, batch_size or self.batch_size)
