@@ -80,3 +80,28 @@ def test_plot_confusion_matrix_writes_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     with pytest.raises(ValueError):
         plot_confusion_matrix(matrix, names[:3], tmp_path / "bad.png")
+
+
+def test_simulate_curves_add_the_labeled_images_panel_only_with_active_learning(tmp_path):
+    from PIL import Image
+
+    from workspace.report import plot_curves
+
+    def rounds(with_labels: bool):
+        out = []
+        for r in range(3):
+            sites = {s: {"map50": 0.1 * r, "accuracy": 0.3 + 0.1 * r, "loss": 5.0 - r}
+                     for s in ("site1", "site2")}
+            if with_labels:
+                for i, s in enumerate(sites):
+                    sites[s]["al_labeled"] = 10 * (r + 1) + i
+            out.append({"round": r, "score": 0.2 + 0.1 * r, "sites": sites})
+        return out
+
+    plain = plot_curves(rounds(False), tmp_path / "plain.png")
+    with_al = plot_curves(rounds(True), tmp_path / "al.png")
+    assert list(plain) == ["score", "mAP@0.5", "accuracy", "train loss"]
+    assert list(with_al) == list(plain) + ["labeled images (all sites)"]
+    assert with_al["labeled images (all sites)"] == [21, 41, 61]
+    assert with_al["mAP@0.5"] == pytest.approx([0.0, 0.1, 0.2])
+    assert Image.open(tmp_path / "al.png").size[0] > Image.open(tmp_path / "plain.png").size[0]

@@ -12,16 +12,17 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
-def plot_curves(rounds: list[dict], out: Path, central: dict | None = None):
+def plot_curves(rounds: list[dict], out: Path, central: dict | None = None) -> dict:
     """Score, mAP@0.5, accuracy and train loss (mean over sites), with the centralized
-    reference's per-epoch numbers when available, on one axis: epochs of training.
+    reference's per-epoch numbers when available, on one axis: epochs of training;
+    with active learning also the labeled images (sum over sites) each round trained
+    on. Returns the federated series plotted, by panel title.
 
     A round's validation scores the global model it *starts* with (trained for
     round - 1 epochs) and its train loss is its own epoch, so validation points
     sit at x = round index, losses at round index + 1: both curves then compare
     models that saw the same number of epochs.
     """
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     trained = [r["round"] for r in rounds]
     series = {
         "score": [r.get("score") for r in rounds],
@@ -29,6 +30,9 @@ def plot_curves(rounds: list[dict], out: Path, central: dict | None = None):
         "accuracy": [_mean_site(r, "accuracy") for r in rounds],
         "train loss": [_mean_site(r, "loss") for r in rounds],
     }
+    labeled = [_sum_sites(r, "al_labeled") for r in rounds]
+    if any(v is not None for v in labeled):
+        series["labeled images (all sites)"] = labeled
     central_series = {}
     if central:
         hist = central.get("history", [])
@@ -37,8 +41,9 @@ def plot_curves(rounds: list[dict], out: Path, central: dict | None = None):
             "accuracy": [h.get("val", {}).get("accuracy") for h in hist],
             "train loss": [h["train"]["loss"] for h in hist],
         }
+    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3.6))
     for ax, (name, values) in zip(axes, series.items()):
-        x = [t + 1 for t in trained] if name == "train loss" else trained
+        x = trained if name in ("score", "mAP@0.5", "accuracy") else [t + 1 for t in trained]
         ax.plot(x, values, "o-", label="federated (global model, mean over sites' val)")
         if central_series.get(name):
             ax.plot(range(1, len(central_series[name]) + 1), central_series[name], "s--",
@@ -46,15 +51,21 @@ def plot_curves(rounds: list[dict], out: Path, central: dict | None = None):
         ax.set_title(name)
         ax.set_xlabel("epochs of training (federated: rounds)")
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7)
+    axes[3].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
+    return series
 
 
 def _mean_site(round_entry: dict, key: str):
     values = [s[key] for s in round_entry.get("sites", {}).values() if s.get(key) is not None]
     return float(np.mean(values)) if values else None
+
+
+def _sum_sites(round_entry: dict, key: str):
+    values = [s[key] for s in round_entry.get("sites", {}).values() if s.get(key) is not None]
+    return float(np.sum(values)) if values else None
 
 
 def plot_detections(records, predictions, class_names, out: Path, count: int = 8,
