@@ -4,7 +4,10 @@ Every weight belongs to one group by its name prefix (`task_group_of`). A
 detection label (boxes) reaches backbone, neck and det_head; a disaster label
 reaches backbone and cls_head. So a site's capability follows from its data:
 a classification-only site trains (and sends) backbone + cls_head and never
-touches neck/det_head.
+touches neck/det_head. Within the backbone a site trains only what its losses
+reach (`outputs_for_groups`): the disaster head reads the stride-16 features,
+so a classification-only site never runs, trains or sends the last backbone
+stage, which only the detector uses.
 
 Two plan settings shape this:
 - backbone_mode `joint`: the backbone is trained and averaged over every site;
@@ -23,12 +26,23 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from src.model.assembly import DETECTION_OUTPUTS, DISASTER_OUTPUT
 from src.model.config import TASK_GROUPS, task_group_of
 
 BACKBONE_MODES = ("joint", "frozen")
 EXCHANGES = ("decoupled", "full")
 # The groups below the backbone that each kind of label trains.
 LABEL_GROUPS = {"has_boxes": ("neck", "det_head"), "has_class": ("cls_head",)}
+
+
+def outputs_for_groups(groups) -> tuple[str, ...]:
+    """The model outputs whose losses train `groups` (all outputs when None or when the
+    groups name no task part). A site computes only these: the rest of the model is
+    neither run nor trained nor sent."""
+    groups = set(TASK_GROUPS if groups is None else groups)
+    outputs = (DETECTION_OUTPUTS if groups & set(LABEL_GROUPS["has_boxes"]) else ()) + (
+        (DISASTER_OUTPUT,) if groups & set(LABEL_GROUPS["has_class"]) else ())
+    return outputs or (*DETECTION_OUTPUTS, DISASTER_OUTPUT)
 
 
 def group_sample_counts(records, backbone_mode: str = "joint", exchange: str = "decoupled") -> dict:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from src.model.config import ModelConfig, task_group_of
 from src.model.loss import LossWeights, MultiTaskLoss
+from src.task_groups import outputs_for_groups
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class Trainer:
     def __init__(self, model: keras.Model, config: ModelConfig, options: TrainOptions,
                  steps_per_epoch: int, groups=None, disaster_prior=None):
         """groups: the task groups to train (the rest frozen, see `train_only_groups`); all when None.
+        Only the outputs whose losses reach `groups` are computed (`outputs_for_groups`):
+        a classification-only site runs backbone up to the disaster head, not the
+        detector. `reached` names every weight that step touches.
         disaster_prior: class frequencies of the training data, used when
         options.logit_adjustment is on (see `class_prior`)."""
         self.model = model
@@ -85,13 +89,17 @@ class Trainer:
         prior = disaster_prior if options.logit_adjustment else None
         self.loss = MultiTaskLoss(config, options.loss_weights, prior)
         self.optimizer = make_optimizer(options, steps_per_epoch)
-        self.variables = train_only_groups(model, groups)
+        outputs = outputs_for_groups(groups)
+        self.train_model = model if len(outputs) == len(model.output) else keras.Model(
+            model.inputs, {k: model.output[k] for k in outputs}, name=f"{model.name}_{'_'.join(outputs)}")
+        self.reached = frozenset(v.path for v in self.train_model.weights)
+        self.variables = [v for v in train_only_groups(model, groups) if v.path in self.reached]
         self.optimizer.build(self.variables)
         self._step = tf.function(self._train_step, reduce_retracing=True)
 
     def _train_step(self, images, targets):
         with tf.GradientTape() as tape:
-            outputs = self.model(images, training=True)
+            outputs = self.train_model(images, training=True)
             losses = self.loss(targets, outputs)
         grads = tape.gradient(losses["loss"], self.variables)
         # A rare non-finite gradient must not poison the weights: skip that

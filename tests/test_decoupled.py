@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -92,6 +93,17 @@ def test_decoupled_joint_round_trains_and_averages_each_group_over_its_sites(mix
     # ... while its backbone and cls_head did train.
     trained = [v for v in model.weights if task_group_of(v.path) == "cls_head" and "kernel" in v.path]
     assert any(not np.array_equal(v.numpy(), received[v.path].reshape(v.shape)) for v in trained)
+    # Of the backbone it ran, trained and sent only what the disaster head reads: the
+    # last stage feeds the detector alone, so it stayed bit-identical and did not travel.
+    to_disaster = {v.path for v in keras.Model(model.inputs, model.output["disaster"]).weights}
+    backbone = {v.path for v in model.weights if task_group_of(v.path) == "backbone"}
+    detector_only = backbone - to_disaster
+    assert 0 < len(detector_only) < len(backbone)
+    assert {n for n in uploads["site3"] if "/" in n and task_group_of(n) == "backbone"} == backbone & to_disaster
+    assert all(backbone <= set(uploads[s]) for s in ("site1", "site2"))
+    for v in model.weights:
+        if v.path in detector_only:
+            np.testing.assert_array_equal(v.numpy(), received[v.path].reshape(v.shape), err_msg=v.path)
 
     # The aggregate of each group is the mean over exactly the sites that trained it,
     # weighted by their image counts for that task (from the manifests, not the runner).
@@ -106,6 +118,8 @@ def test_decoupled_joint_round_trains_and_averages_each_group_over_its_sites(mix
     for name in final:
         group = task_group_of(name)
         weights = weight_of[group]
+        if name in detector_only:  # averaged over the sites whose losses reach it
+            weights = {s: w for s, w in weights.items() if s != "site3"}
         assert all(name in uploads[s] for s in weights) and not any(
             name in uploads[s] for s in SITES if s not in weights), name
         expected = expected_aggregate(uploads, weights, received, name, server_lr)

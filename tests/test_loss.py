@@ -87,3 +87,41 @@ def test_logit_adjustment_uses_the_prior_and_is_plain_cross_entropy_when_uniform
     assert float(loss.disaster_loss(single, {"disaster": probs[:1]})) == pytest.approx(-np.log(0.8), rel=1e-4)
     with pytest.raises(ValueError, match="positive"):
         MultiTaskLoss(tiny_config, LossWeights(), [1, 0, 1, 1, 1])
+
+
+def test_a_task_whose_outputs_are_absent_contributes_zero(tiny_config, bright_box_records):
+    """A site computing only the disaster output (or only the detector) gets that task's
+    loss unchanged and zero for the other."""
+    model = build_model(tiny_config)
+    images, targets = _batch(bright_box_records[:4], tiny_config)
+    outputs = model(images, training=False)
+    loss = MultiTaskLoss(tiny_config)
+    full = loss(targets, outputs)
+    disaster_only = loss(targets, {"disaster": outputs["disaster"]})
+    detection_only = loss(targets, {k: v for k, v in outputs.items() if k != "disaster"})
+    assert float(full["detection"]) > 0 and float(full["disaster"]) > 0
+    assert float(disaster_only["detection"]) == 0.0
+    assert float(disaster_only["disaster"]) == pytest.approx(float(full["disaster"]), rel=1e-6)
+    assert float(detection_only["disaster"]) == 0.0
+    assert float(detection_only["detection"]) == pytest.approx(float(full["detection"]), rel=1e-6)
+
+
+def test_a_classification_only_trainer_runs_only_what_the_disaster_head_reads(tiny_config,
+                                                                              bright_box_records):
+    """Groups backbone + cls_head: the step runs images -> disaster head; neck, detection heads
+    and the backbone's last stage (which only the detector reads) are neither run nor changed."""
+    import keras
+
+    model = build_model(tiny_config)
+    images, targets = _batch(bright_box_records[:4], tiny_config)
+    before = {v.path: v.numpy().copy() for v in model.weights}
+    trainer = Trainer(model, tiny_config, TrainOptions(epochs=1), steps_per_epoch=2,
+                      groups=("backbone", "cls_head"))
+    to_disaster = {v.path for v in keras.Model(model.inputs, model.output["disaster"]).weights}
+    assert trainer.reached == to_disaster and len(to_disaster) < len(model.weights)
+    assert {v.path for v in trainer.variables} == {v.path for v in model.trainable_variables} & to_disaster
+    result = trainer.train_epoch(tf.data.Dataset.from_tensors((images, targets)).repeat(2), progress=False)
+    assert result["detection"] == 0.0 and result["disaster"] > 0.0
+    changed = {v.path for v in model.weights if not np.array_equal(v.numpy(), before[v.path])}
+    assert changed and changed <= to_disaster
+    assert any(task_group_of(p) == "backbone" for p in changed)

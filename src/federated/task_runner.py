@@ -145,8 +145,9 @@ class MultiTaskRunner(KerasTaskRunner):
         and `al_chosen_class_<i>`: the predicted disaster classes of the chosen batch)."""
         global_out, local_out = super().train_task(col_name, round_num, input_tensor_dict, metrics,
                                                    epochs=epochs, batch_size=batch_size, **kwargs)
-        upload = {k: v for k, v in global_out.items()
-                  if "metric" in k.tags or task_group_of(k.tensor_name) in self.group_samples}
+        reached = self._trainer().reached  # weights this site's losses reach (task_groups)
+        upload = {k: v for k, v in global_out.items() if "metric" in k.tags or (
+            task_group_of(k.tensor_name) in self.group_samples and k.tensor_name in reached)}
         for group in TASK_GROUPS:
             key = TensorKey(f"samples_{group}", col_name, round_num, True, ("metric",))
             upload[key] = np.array(float(self.group_samples.get(group, 0)))

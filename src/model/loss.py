@@ -8,7 +8,8 @@ Detection, per image (YOLOv3 sums over cells, per image):
 Each image's detection term is multiplied by `has_boxes`, its disaster term by
 `has_class`, so a sample contributes zero gradient to a task it has no labels
 for (sites hold partial labels). Each task is averaged over the samples that
-have its label.
+have its label. A task whose outputs are absent (a site that computes only the
+part of the model its labels train) contributes zero.
 """
 from __future__ import annotations
 
@@ -124,13 +125,16 @@ class MultiTaskLoss:
         has_boxes = tf.cast(targets["has_boxes"], tf.float32)
         has_class = tf.cast(targets["has_class"], tf.float32)
 
-        box, obj, cls = self.detection_per_image(targets, outputs)
-        det_images = tf.maximum(tf.reduce_sum(has_boxes), 1.0)
-        box = tf.reduce_sum(has_boxes * box) / det_images
-        obj = tf.reduce_sum(has_boxes * obj) / det_images
-        cls = tf.reduce_sum(has_boxes * cls) / det_images
-
-        disaster = self.disaster_loss(targets, outputs)
+        zero = tf.constant(0.0)
+        box = obj = cls = disaster = zero
+        if all(k in outputs for k in DETECTION_KEYS):
+            box, obj, cls = self.detection_per_image(targets, outputs)
+            det_images = tf.maximum(tf.reduce_sum(has_boxes), 1.0)
+            box = tf.reduce_sum(has_boxes * box) / det_images
+            obj = tf.reduce_sum(has_boxes * obj) / det_images
+            cls = tf.reduce_sum(has_boxes * cls) / det_images
+        if "disaster" in outputs:
+            disaster = self.disaster_loss(targets, outputs)
 
         detection = w.box * box + w.objectness * obj + w.victim_class * cls
         total = detection + w.disaster * disaster
