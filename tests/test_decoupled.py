@@ -180,6 +180,17 @@ def test_frozen_backbone_never_travels_and_naive_exchange_sends_every_other_grou
             np.testing.assert_allclose(final[name].ravel(), np.ravel(expected), rtol=1e-5, atol=1e-6)
 
 
+def test_a_site_computes_the_outputs_its_groups_need():
+    from src.task_groups import outputs_for_groups
+
+    detection, everything = ("det_s8", "det_s16", "det_s32"), ("det_s8", "det_s16", "det_s32", "disaster")
+    assert outputs_for_groups(("backbone", "cls_head")) == ("disaster",)
+    assert outputs_for_groups(("cls_head",)) == ("disaster",)
+    assert outputs_for_groups(("backbone", "neck", "det_head")) == detection
+    assert outputs_for_groups(("neck", "det_head", "cls_head")) == everything
+    assert outputs_for_groups(None) == outputs_for_groups(("backbone",)) == everything
+
+
 def test_group_sample_counts_follow_labels_and_modes():
     from src.data.records import Record
 

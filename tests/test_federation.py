@@ -77,11 +77,34 @@ def test_the_site_loader_reuses_its_training_dataset_until_the_records_change(ti
     first = loader.get_train_loader()
     assert loader.get_train_loader() is first
     assert len(list(first)) == len(loader.train_records) // 4
-    loader.batches_per_epoch = 5
+    loader.epoch_images = 5 * 4
     repeated = loader.get_train_loader()
     assert repeated is not first and len(list(repeated)) == 5
     loader.train_records = loader.train_records[:4]
     assert loader.get_train_loader() is not repeated
+
+
+def test_a_small_site_trains_with_smaller_batches_to_reach_min_batches_per_epoch(tiny_sites):
+    """min_batches_per_epoch: fewer images -> smaller batches (floor min_batch_size); the
+    dataset and the learning-rate schedule's steps agree."""
+    from src.federated.data_loader import SiteDataLoader
+    from src.model.config import ModelConfig
+
+    folder = str(tiny_sites / "splits" / "site1")
+    plain = SiteDataLoader(folder, batch_size=8)
+    images = len(plain.train_records)
+    assert images >= 12, "the fixture site is too small for this test"
+    assert plain.train_batch_size() == 8 and plain.train_batches_per_epoch() == images // 8
+
+    loader = SiteDataLoader(folder, batch_size=8, min_batches_per_epoch=images // 3, min_batch_size=2)
+    loader.bind_model(ModelConfig(input_size=64))
+    assert loader.train_batch_size() == 3
+    assert loader.train_batches_per_epoch() == images // 3
+    assert len(list(loader.get_train_loader(8))) == images // 3
+    floor = SiteDataLoader(folder, batch_size=8, min_batches_per_epoch=images, min_batch_size=2)
+    assert floor.train_batch_size() == 2
+    big = SiteDataLoader(folder, batch_size=8, min_batches_per_epoch=1, min_batch_size=2)
+    assert big.train_batch_size() == 8
 
 
 def test_task_runner_tensor_names_are_stable_across_processes():

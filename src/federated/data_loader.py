@@ -20,14 +20,19 @@ log = logging.getLogger(__name__)
 
 class SiteDataLoader(KerasDataLoader):
     def __init__(self, data_path=None, batch_size: int = 16, config: str | None = None,
-                 on_error: str = "raise", **kwargs):
+                 on_error: str = "raise", min_batches_per_epoch: int | None = None,
+                 min_batch_size: int = 4, **kwargs):
+        """min_batches_per_epoch (None = off): a site whose epoch would have fewer
+        batches trains with smaller batches, down to min_batch_size (see train_batch_size)."""
         super().__init__(batch_size, **kwargs)
         self.cfg = load_config(config)
         self.model_config = None
         self.train_records, self.val_records = [], []
-        # None: an epoch is one pass over train_records; else this many batches (the
-        # task runner sets it when a site's epoch is sized by more than its labels)
-        self.batches_per_epoch = None
+        self.min_batches_per_epoch = int(min_batches_per_epoch) if min_batches_per_epoch else None
+        self.min_batch_size = int(min_batch_size)
+        # None: an epoch is one pass over train_records; else this many images (the task
+        # runner sets it when a site's epoch is sized by more than its labels)
+        self.epoch_images = None
         # the training dataset and what it was built from (see get_train_loader)
         self._train_dataset, self._train_built_from = None, None
         self.site_name, self.site_folder, self.site = None, data_path, None
@@ -54,13 +59,32 @@ class SiteDataLoader(KerasDataLoader):
     def _options(self, batch_size):
         return replace(pipeline_options(self.cfg), batch_size=batch_size or self.batch_size)
 
+    def train_batch_size(self, requested=None) -> int:
+        """The batch size this site trains with: the plan's, or smaller at a small site so
+        that its epoch still has min_batches_per_epoch steps (never below min_batch_size).
+        Why: FedAvg averages what each site learned in its local steps; at one fixed batch
+        size a site with few images takes few steps per round and the parts only it
+        trains (the detector, at a site that holds most of the boxes) barely move."""
+        requested = int(requested or self.batch_size)
+        if not self.min_batches_per_epoch:
+            return requested
+        images = self.epoch_images or len(self.train_records)
+        return max(min(requested, self.min_batch_size),
+                   min(requested, images // self.min_batches_per_epoch))
+
+    def train_batches_per_epoch(self, requested=None) -> int:
+        """Optimizer steps in one epoch at this site (the learning-rate schedule's unit)."""
+        images = self.epoch_images or len(self.train_records)
+        return max(1, images // self.train_batch_size(requested))
+
     def get_train_loader(self, batch_size=None, num_batches=None):
         """The training batches for one epoch. Built once and reused while the records
         stay the same list (active learning assigns a new one when labels arrive):
         building traces the decode/augment/encode functions, about 4 s on this CPU
         every epoch; each pass over the dataset reshuffles and draws new augmentations."""
-        batch_size = batch_size or self.batch_size
-        num_batches = num_batches or self.batches_per_epoch
+        if num_batches is None and self.epoch_images:
+            num_batches = self.train_batches_per_epoch(batch_size)
+        batch_size = self.train_batch_size(batch_size)
         built_from = (self.train_records, len(self.train_records), batch_size, num_batches)
         previous = self._train_built_from
         if previous is None or previous[0] is not built_from[0] or previous[1:] != built_from[1:]:

@@ -86,7 +86,7 @@ class MultiTaskRunner(KerasTaskRunner):
                                          cfg["classes"]["victim"], cfg["classes"]["disaster"], int(rounds))
             data_loader.train_records = self.labeling.labeled_records()
             if self.labeling.settings.epoch_images == "all":
-                data_loader.batches_per_epoch = max(1, self.labeling.epoch_size() // data_loader.batch_size)
+                data_loader.epoch_images = self.labeling.epoch_size()
         records = data_loader.train_records if data_loader is not None else []
         self.group_samples = group_sample_counts(records, backbone_mode, exchange)
         if records and not self.group_samples:
@@ -114,9 +114,7 @@ class MultiTaskRunner(KerasTaskRunner):
     def _trainer(self) -> Trainer:
         if self.trainer is None:
             options = train_options(self.cfg)
-            images = (self.labeling.epoch_size() if self.labeling
-                      else self.data_loader.get_train_data_size())
-            steps = max(1, images // self.data_loader.batch_size)
+            steps = self.data_loader.train_batches_per_epoch()
             options = replace(options, epochs=self.rounds * self.epochs_per_round)
             prior = class_prior(self.data_loader.train_records, self.model_config.num_disaster_classes)
             self.trainer = Trainer(self.model, self.model_config, options, steps_per_epoch=steps,
