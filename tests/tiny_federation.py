@@ -21,7 +21,10 @@ def write_tiny_plan(workspace: Path, sites_dir: Path, rounds: int, sites=("site1
     plan["task_runner"]["settings"]["overrides"].update(TINY)
     plan["task_runner"]["settings"].update(runner or {})
     plan["aggregator"]["settings"].update(aggregator or {})
-    plan["data_loader"]["settings"].update(config=str(REPO / "configs" / "default.yaml"), batch_size=8)
+    # batch 8 at every site (the plan's small-site batches would multiply the steps of these
+    # tiny sites; that policy has its own test, and the fx tests run it as planned)
+    plan["data_loader"]["settings"].update(config=str(REPO / "configs" / "default.yaml"), batch_size=8,
+                                           min_batches_per_epoch=None)
     for task in plan["tasks"].values():
         task["kwargs"]["batch_size"] = 8
     (workspace / "plan").mkdir(parents=True)

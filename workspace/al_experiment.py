@@ -107,6 +107,9 @@ def write_workspace(ws: Path, exp: dict, split_dir: Path, strategy: str, seed: i
     runner["epochs_per_round"] = exp["epochs_per_round"]
     plan["tasks"]["train"]["kwargs"]["epochs"] = exp["epochs_per_round"]
     plan["data_loader"]["settings"]["batch_size"] = exp["batch_size"]
+    # every run at exactly batch_size unless the experiment says otherwise (the plan's
+    # small-site batches would make the step count depend on how the sites split)
+    plan["data_loader"]["settings"]["min_batches_per_epoch"] = exp.get("min_batches_per_epoch")
     for task in plan["tasks"].values():
         task["kwargs"]["batch_size"] = exp["batch_size"]
     if strategy != FULL:
