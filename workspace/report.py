@@ -30,7 +30,7 @@ def plot_curves(rounds: list[dict], out: Path, central: dict | None = None) -> d
         "accuracy": [_mean_site(r, "accuracy") for r in rounds],
         "train loss": [_mean_site(r, "loss") for r in rounds],
     }
-    labeled = [_sum_sites(r, "al_labeled") for r in rounds]
+    labeled = [_mean_site(r, "al_labeled", np.sum) for r in rounds]
     if any(v is not None for v in labeled):
         series["labeled images (all sites)"] = labeled
     central_series = {}
@@ -58,14 +58,10 @@ def plot_curves(rounds: list[dict], out: Path, central: dict | None = None) -> d
     return series
 
 
-def _mean_site(round_entry: dict, key: str):
+def _mean_site(round_entry: dict, key: str, reduce=np.mean):
+    """`reduce` (mean by default) of `key` over the sites that report it; None if none does."""
     values = [s[key] for s in round_entry.get("sites", {}).values() if s.get(key) is not None]
-    return float(np.mean(values)) if values else None
-
-
-def _sum_sites(round_entry: dict, key: str):
-    values = [s[key] for s in round_entry.get("sites", {}).values() if s.get(key) is not None]
-    return float(np.sum(values)) if values else None
+    return float(reduce(values)) if values else None
 
 
 def plot_detections(records, predictions, class_names, out: Path, count: int = 8,
