@@ -3,17 +3,7 @@ import numpy as np
 import pytest
 from openfl.utilities import LocalTensor
 
-from openfl.utilities.types import SingletonABCMeta
-
 from src.federated.aggregation import ServerStepAverage
-
-
-@pytest.fixture(autouse=True)
-def fresh_instance():
-    """OpenFL makes aggregation functions per-class singletons; each test builds its own."""
-    SingletonABCMeta._instances.pop(ServerStepAverage, None)
-    yield
-    SingletonABCMeta._instances.pop(ServerStepAverage, None)
 
 
 def uploads():
@@ -48,6 +38,14 @@ def test_batch_norm_statistics_are_only_averaged():
     name = "backbone_stem_bn/moving_variance"
     out = ServerStepAverage(3.0).call(uploads(), iter(history(name, [100.0, 100.0])), name, 2, ())
     np.testing.assert_allclose(out, [3.0, 1.0])
+
+
+def test_every_instance_keeps_its_own_server_lr():
+    """OpenFL's metaclass would hand back the first instance (server_lr 1.5) to the second call."""
+    first, second = ServerStepAverage(1.5), ServerStepAverage(1.0)
+    assert (first.server_lr, second.server_lr) == (1.5, 1.0)
+    np.testing.assert_allclose(second.call(uploads(), iter(history("w/kernel", [2.0, 2.0])), "w/kernel", 2, ()),
+                               [3.0, 1.0])
 
 
 def test_rejects_a_non_positive_server_lr():

@@ -10,11 +10,18 @@ Reddi et al. 2021 "Adaptive Federated Optimization" with plain SGD on the
 server). server_lr = 1 is OpenFL's WeightedAverage exactly. Batch-norm
 moving statistics are always plainly averaged: they are estimates, not
 parameters, and extrapolating a variance can make it negative.
+
+Not a singleton: OpenFL 1.9 gives every AggregationFunction a metaclass that
+returns the first instance ever built for the class and ignores later
+constructor arguments, so one `ServerStepAverage(server_lr=1.5)` made anywhere
+in a process (another federation, a test module being collected) silently set
+the server step of every later plan in that process.
 """
 from __future__ import annotations
 
 import numpy as np
 from openfl.interface.aggregation_functions.core import AggregationFunction
+from openfl.utilities.types import SingletonABCMeta
 
 STATISTICS = ("moving_mean", "moving_variance")
 
@@ -30,7 +37,14 @@ def previous_global(db_iterator, tensor_name: str, fl_round: int):
     return value
 
 
-class ServerStepAverage(AggregationFunction):
+class PerPlanInstances(SingletonABCMeta):
+    """AggregationFunction's metaclass without the instance cache (see the module docstring)."""
+
+    def __call__(cls, *args, **kwargs):
+        return type.__call__(cls, *args, **kwargs)
+
+
+class ServerStepAverage(AggregationFunction, metaclass=PerPlanInstances):
     def __init__(self, server_lr: float = 1.0):
         super().__init__()
         if server_lr <= 0:
