@@ -21,6 +21,10 @@ at once when the timer fires while the last upload is ending the round
 half-processed round); here uploads take `self.lock` too, so a late timer
 finds the round already closed and does nothing.
 
+Tensor store: OpenFL's pandas TensorDB is replaced by the dict-keyed one of
+src/federated/tensor_db.py (the same interface; a round end no longer spends
+seconds filtering a DataFrame per tensor).
+
 Event log (`event_log`, JSON lines): round starts, when each site got its
 tasks and how long it waited for work that was ready (idle_s), every metric
 each site reported, the aggregated metrics per round, and the bytes each site
@@ -42,6 +46,7 @@ from openfl.protocols import utils as openfl_utils
 from openfl.utilities import TensorKey
 
 from src.atomic_files import dump_proto_atomically
+from src.federated.tensor_db import KeyedTensorDB
 from src.model.config import task_group_of
 
 # OpenFL 1.9 writes best/last.pbuf in place (protocols.utils.dump_proto), so an
@@ -78,6 +83,8 @@ class PromptAggregator(Aggregator):
         self._round_ready_at = {}
         self._downloads = defaultdict(lambda: defaultdict(int))  # (site, round) -> group -> bytes
         super().__init__(*args, **kwargs)
+        self.tensor_db = KeyedTensorDB.from_tensor_db(self.tensor_db)
+        self.callbacks.set_tensor_db(self.tensor_db)
         self._event("model", model_bytes=sum(t.ByteSize() for t in self.model.tensors),
                     model_bytes_by_group=bytes_by_group(self.model.tensors))
         self.poll_interval_s = float(poll_interval_s)

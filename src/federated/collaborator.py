@@ -9,6 +9,7 @@ never says why. Before its first task this collaborator pings the aggregator
 on: the plan differs (OpenFL derives the aggregator and federation UUIDs in
 every request header from the plan's hash), or the certificate/name is not
 admitted. An aggregator that is not up yet is waited for, as stock does.
+It also keeps its tensors in the dict-keyed store of src/federated/tensor_db.py.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import time
 
 import grpc
 from openfl.component import Collaborator
+
+from src.federated.tensor_db import KeyedTensorDB
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,9 @@ def refusal_reason(error: grpc.RpcError, site: str, federation_uuid: str) -> str
 class SiteCollaborator(Collaborator):
     def __init__(self, *args, admission_timeout_s: float = 3600.0, **kwargs):
         super().__init__(*args, **kwargs)
+        # the dict-keyed tensor store (src/federated/tensor_db.py: why)
+        self.tensor_db = KeyedTensorDB.from_tensor_db(self.tensor_db)
+        self.callbacks.set_tensor_db(self.tensor_db)
         self.admission_timeout_s = float(admission_timeout_s)
 
     def check_admission(self):
