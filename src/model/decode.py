@@ -1,7 +1,6 @@
 """Raw YOLO head outputs -> boxes in input pixels, and the inference path with NMS."""
 from __future__ import annotations
 
-import keras_cv
 import tensorflow as tf
 
 from src.model.config import STRIDES, ModelConfig
@@ -48,20 +47,36 @@ def flatten_predictions(outputs: dict, config: ModelConfig):
 
 def detect(outputs: dict, config: ModelConfig, score_threshold: float = 0.01,
            iou_threshold: float = 0.45, max_detections: int = 100):
-    """Decoded, NMS-filtered detections (keras-cv NMS), dense with num_detections.
+    """Decoded, NMS-filtered detections, dense with num_detections.
+
+    The NMS is keras-cv's `NonMaxSuppression` semantics (class-agnostic greedy
+    NMS on the best class score, scores strictly above the threshold, slots past
+    num_detections set to -1), run per image by TensorFlow's greedy C++ kernel:
+    keras-cv calls the batched, tiled `non_max_suppression_padded` (written for
+    TPUs), which took 85 % of the evaluation time on this CPU (a trained model
+    leaves thousands of boxes above 0.01).
 
     Returns dict: boxes (B, K, 4) xyxy input px, scores (B, K), classes (B, K),
     num_detections (B,), disaster_probs (B, D).
     """
     boxes, scores = flatten_predictions(outputs, config)
-    nms = keras_cv.layers.NonMaxSuppression(
-        bounding_box_format="xyxy", from_logits=False, iou_threshold=iou_threshold,
-        confidence_threshold=score_threshold, max_detections=max_detections)
-    result = nms(boxes, scores)
+    confidence = tf.reduce_max(scores, axis=-1)
+    classes = tf.argmax(scores, axis=-1, output_type=tf.int32)
+
+    def one_image(args):
+        image_boxes, image_confidence = args
+        keep = tf.image.non_max_suppression(image_boxes, image_confidence, max_detections,
+                                            iou_threshold=iou_threshold, score_threshold=score_threshold)
+        count = tf.shape(keep)[0]
+        return tf.pad(keep, [[0, max_detections - count]]), count
+
+    keep, count = tf.map_fn(one_image, (boxes, confidence), fn_output_signature=(
+        tf.TensorSpec([max_detections], tf.int32), tf.TensorSpec([], tf.int32)))
+    valid = tf.sequence_mask(count, max_detections)
     return {
-        "boxes": result["boxes"],
-        "scores": result["confidence"],
-        "classes": result["classes"],
-        "num_detections": result["num_detections"],
+        "boxes": tf.where(valid[..., None], tf.gather(boxes, keep, batch_dims=1), -1.0),
+        "scores": tf.where(valid, tf.gather(confidence, keep, batch_dims=1), -1.0),
+        "classes": tf.where(valid, tf.gather(classes, keep, batch_dims=1), -1),
+        "num_detections": count,
         "disaster_probs": outputs["disaster"],
     }
