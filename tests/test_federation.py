@@ -163,6 +163,7 @@ def test_simulate_end_to_end_with_real_fx_processes_and_certificates(tmp_path):
     # the model improved: lower multi-task loss on the held-out test split than at init
     assert metrics["last_aggregate"]["test"]["loss"] < 0.9 * metrics["initial"]["test"]["loss"]
     assert metrics["median_idle_s"] is not None and metrics["median_idle_s"] < 2.0
+    assert metrics["wall_s"] > metrics["federation_s"] > 0  # (wall includes the test evaluation)
     assert "round 2/2" in result.stdout
     assert _processes_under(run) == []
 
