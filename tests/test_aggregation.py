@@ -48,6 +48,20 @@ def test_every_instance_keeps_its_own_server_lr():
                                [3.0, 1.0])
 
 
-def test_rejects_a_non_positive_server_lr():
+def test_group_server_lr_steps_only_the_groups_it_names():
+    function = ServerStepAverage(1.0, group_server_lr={"det_head": 2.0})
+    base = np.array([2.0, 2.0])
+    for name, step in (("det_head_s8_out/kernel", 2.0), ("backbone_stem_conv/kernel", 1.0)):
+        out = function.call(uploads(), iter(history(name, base)), name, 2, ())
+        np.testing.assert_allclose(out, base + step * (np.array([3.0, 1.0]) - base), err_msg=name)
+    stats = "det_head_s8_bn/moving_mean"
+    np.testing.assert_allclose(function.call(uploads(), iter(history(stats, base)), stats, 2, ()), [3.0, 1.0])
+
+
+def test_rejects_a_non_positive_server_lr_or_an_unknown_group():
     with pytest.raises(ValueError):
         ServerStepAverage(0.0)
+    with pytest.raises(ValueError, match="group_server_lr.neck"):
+        ServerStepAverage(1.0, group_server_lr={"neck": -1})
+    with pytest.raises(ValueError, match="unknown task groups"):
+        ServerStepAverage(1.0, group_server_lr={"detector": 2.0})

@@ -10,6 +10,10 @@ Reddi et al. 2021 "Adaptive Federated Optimization" with plain SGD on the
 server). server_lr = 1 is OpenFL's WeightedAverage exactly. Batch-norm
 moving statistics are always plainly averaged: they are estimates, not
 parameters, and extrapolating a variance can make it negative.
+`group_server_lr` ({group: step}) overrides server_lr per task group, e.g. for
+the detection parts only: with decoupled weights the detector is averaged over
+the box-labeled sites alone, each of which took one pass over its own images,
+where a centralized epoch applies all of those steps in sequence.
 
 Not a singleton: OpenFL 1.9 gives every AggregationFunction a metaclass that
 returns the first instance ever built for the class and ignores later
@@ -22,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 from openfl.interface.aggregation_functions.core import AggregationFunction
 from openfl.utilities.types import SingletonABCMeta
+
+from src.model.config import TASK_GROUPS, task_group_of
 
 STATISTICS = ("moving_mean", "moving_variance")
 
@@ -45,17 +51,32 @@ class PerPlanInstances(SingletonABCMeta):
 
 
 class ServerStepAverage(AggregationFunction, metaclass=PerPlanInstances):
-    def __init__(self, server_lr: float = 1.0):
+    def __init__(self, server_lr: float = 1.0, group_server_lr: dict | None = None):
         super().__init__()
-        if server_lr <= 0:
-            raise ValueError(f"server_lr must be > 0, got {server_lr}")
+        steps = {"server_lr": server_lr, **{f"group_server_lr.{g}": v for g, v in (group_server_lr or {}).items()}}
+        for name, value in steps.items():
+            if not float(value) > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        unknown = set(group_server_lr or {}) - set(TASK_GROUPS)
+        if unknown:
+            raise ValueError(f"group_server_lr: unknown task groups {sorted(unknown)}; known: {TASK_GROUPS}")
         self.server_lr = float(server_lr)
+        self.group_server_lr = {g: float(v) for g, v in (group_server_lr or {}).items()}
+
+    def step_size(self, tensor_name: str) -> float:
+        """server_lr of this tensor's task group (1.0 = plain averaging)."""
+        if tensor_name.split("/")[-1] in STATISTICS:
+            return 1.0
+        if not self.group_server_lr:
+            return self.server_lr
+        return self.group_server_lr.get(task_group_of(tensor_name), self.server_lr)
 
     def call(self, local_tensors, db_iterator, tensor_name, fl_round, tags) -> np.ndarray:
         mean = np.average([t.tensor for t in local_tensors], weights=[t.weight for t in local_tensors], axis=0)
-        if self.server_lr == 1.0 or tensor_name.split("/")[-1] in STATISTICS:
+        step = self.step_size(tensor_name)
+        if step == 1.0:
             return mean
         base = previous_global(db_iterator, tensor_name, fl_round)
         if base is None:  # e.g. a tensor the aggregator never sent: nothing to step from
             return mean
-        return base + self.server_lr * (mean - base)
+        return base + step * (mean - base)
