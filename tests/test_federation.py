@@ -134,43 +134,10 @@ def test_save_native_round_trips(tmp_path):
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
-def test_simulate_end_to_end_with_real_fx_processes_and_certificates(tmp_path):
-    """Two sites, two rounds, real `fx aggregator start` / `fx collaborator start` with mTLS."""
-    cmd = [sys.executable, "-m", "workspace.simulate", "--rounds", "2", "--sites", "2",
-           "--runs-dir", str(tmp_path), "--set", "model.input_size=96", "--set", "model.width=0.125"]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    run = (tmp_path / "latest").resolve()
-    for name in ("metrics.json", "curves.png", "detections.png", "model.keras"):
-        assert (run / name).stat().st_size > 0, name
-    certs = run / "workspace" / "cert"
-    assert (certs / "cert_chain.crt").exists() and list(certs.glob("client/col_site1.crt"))
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert [r["round"] for r in metrics["rounds"]] == [0, 1]
-    assert set(metrics["rounds"][1]["sites"]) == {"site1", "site2"}
-    # The default labels cycle both, boxes, class: site2 is detection-only, so over the
-    # real gRPC transport it uploads no cls_head, and the accounting says so.
-    assert metrics["backbone_mode"] == "joint" and metrics["exchange"] == "decoupled"
-    assert metrics["model_bytes"] > 0
-    for rnd in metrics["rounds"]:
-        for site, m in rnd["sites"].items():
-            # (tensor messages carry a few bytes of header each way)
-            assert 0 < m["upload_bytes"] < 1.01 * metrics["model_bytes"] < 1.02 * m["download_bytes"], (site, m)
-    groups = {s: set(metrics["rounds"][1]["sites"][s]["upload_bytes_by_group"]) for s in ("site1", "site2")}
-    assert groups == {"site1": {"backbone", "neck", "det_head", "cls_head", "metrics"},
-                      "site2": {"backbone", "neck", "det_head", "metrics"}}
-    # the model improved: lower multi-task loss on the held-out test split than at init
-    assert metrics["last_aggregate"]["test"]["loss"] < 0.9 * metrics["initial"]["test"]["loss"]
-    assert metrics["median_idle_s"] is not None and metrics["median_idle_s"] < 2.0
-    assert metrics["wall_s"] > metrics["federation_s"] > 0  # (wall includes the test evaluation)
-    assert "round 2/2" in result.stdout
-    assert _processes_under(run) == []
-
-
 @pytest.fixture(scope="module")
 def real_format_split(tmp_path_factory):
-    """A split built by the split builder from a C2A-style COCO json + AIDER-style folders + TSV."""
+    """A split built by the split builder, one site per source: `c2a` (C2A-style COCO json
+    boxes + AIDER-style class folders) and `crisis` (class labels from a TSV only)."""
     from src.data.sources import load_sources
     from src.data.split_builder import build_split
     from tests.real_formats import write_sources_spec
@@ -179,28 +146,49 @@ def real_format_split(tmp_path_factory):
     spec = write_sources_spec(root / "data", coco_images=60)
     cfg = load_config()
     per_source, _ = load_sources(spec, cfg["classes"]["victim"], cfg["classes"]["disaster"])
-    build_split(per_source, root / "splits" / "real", spec, num_sites=2, strategy="dirichlet:1.0")
+    build_split(per_source, root / "splits" / "real", spec, strategy="by-source")
     return root / "splits" / "real"
 
 
-def test_simulate_runs_on_a_real_format_split_with_only_the_path_changed(real_format_split, tmp_path):
-    """`make simulate SPLIT=...`: real fx processes on COCO-json/class-folder data, test split from the json."""
-    cmd = [sys.executable, "-m", "workspace.simulate", "--rounds", "1", "--split", str(real_format_split),
+def test_simulate_end_to_end_with_real_fx_processes_and_certificates(real_format_split, tmp_path):
+    """`make simulate SPLIT=...` on real-format data: two sites, two rounds, real
+    `fx aggregator start` / `fx collaborator start` with mTLS, a plan key set from the
+    command line. (`make test-faults` runs it on the synthetic data too.)"""
+    cmd = [sys.executable, "-m", "workspace.simulate", "--rounds", "2", "--split", str(real_format_split),
            "--runs-dir", str(tmp_path), "--set", "model.input_size=96", "--set", "model.width=0.125",
            "--plan-set", "aggregator.settings.backbone_weighting=task_balanced"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = (tmp_path / "latest").resolve()
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["rounds"][0]["sites"]) == {"site1", "site2"}  # (the test above runs 2 rounds)
+    for name in ("metrics.json", "curves.png", "detections.png", "model.keras"):
+        assert (run / name).stat().st_size > 0, name
+    certs = run / "workspace" / "cert"
+    assert (certs / "cert_chain.crt").exists() and list(certs.glob("client/col_c2a.crt"))
     plan = yaml.safe_load((run / "workspace" / "plan" / "plan.yaml").read_text())
     assert plan["aggregator"]["settings"]["backbone_weighting"] == "task_balanced"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1]
+    assert set(metrics["rounds"][1]["sites"]) == {"c2a", "crisis"}
+    # `crisis` holds disaster classes only: over the real gRPC transport it uploads
+    # no neck/det_head, and the accounting says so.
+    assert metrics["backbone_mode"] == "joint" and metrics["exchange"] == "decoupled"
+    assert metrics["model_bytes"] > 0
+    for rnd in metrics["rounds"]:
+        for site, m in rnd["sites"].items():
+            # (tensor messages carry a few bytes of header each way)
+            assert 0 < m["upload_bytes"] < 1.01 * metrics["model_bytes"] < 1.02 * m["download_bytes"], (site, m)
+    groups = {s: set(metrics["rounds"][1]["sites"][s]["upload_bytes_by_group"]) for s in ("c2a", "crisis")}
+    assert groups == {"c2a": {"backbone", "neck", "det_head", "cls_head", "metrics"},
+                      "crisis": {"backbone", "cls_head", "metrics"}}
+    # the test split comes from the json sources; the model improved on it
     test = metrics["last_aggregate"]["test"]
     assert test["images"] == len((real_format_split / "test.tsv").read_text().split()) - 1
     assert test["detection_images"] > 0 and test["classification_images"] > 0
-    assert test["loss"] < metrics["initial"]["test"]["loss"]
-    assert (run / "model.keras").stat().st_size > 0
+    assert test["loss"] < 0.9 * metrics["initial"]["test"]["loss"], (test["loss"], metrics["initial"]["test"])
+    assert metrics["median_idle_s"] is not None and metrics["median_idle_s"] < 2.0
+    assert metrics["wall_s"] > metrics["federation_s"] > 0  # (wall includes the test evaluation)
+    assert "round 2/2" in result.stdout
     assert _processes_under(run) == []
 
 
