@@ -178,7 +178,7 @@ def mean_loss(model, records: list[Record], config: ModelConfig, loss_weights=No
               batch_size: int = 16) -> float:
     """Multi-task loss on un-augmented records (a smooth 'did it learn' signal)."""
     loss = MultiTaskLoss(config, loss_weights or LossWeights())
-    # compiled: run eagerly, the model and the loss cost ~3x more than the forward pass itself
+    # compiled: run eagerly, model + loss took 3x as long (45 s vs 15 s for 450 images at 256 px)
     batch_loss = tf.function(lambda images, targets: loss(targets, model(images, training=False))["loss"],
                              reduce_retracing=True)
     total, count = 0.0, 0
