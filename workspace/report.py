@@ -26,11 +26,11 @@ def plot_curves(rounds: list[dict], out: Path, central: dict | None = None) -> d
     trained = [r["round"] for r in rounds]
     series = {
         "score": [r.get("score") for r in rounds],
-        "mAP@0.5": [_mean_site(r, "map50") for r in rounds],
-        "accuracy": [_mean_site(r, "accuracy") for r in rounds],
-        "train loss": [_mean_site(r, "loss") for r in rounds],
+        "mAP@0.5": [_over_sites(r, "map50") for r in rounds],
+        "accuracy": [_over_sites(r, "accuracy") for r in rounds],
+        "train loss": [_over_sites(r, "loss") for r in rounds],
     }
-    labeled = [_mean_site(r, "al_labeled", np.sum) for r in rounds]
+    labeled = [_over_sites(r, "al_labeled", np.sum) for r in rounds]
     if any(v is not None for v in labeled):
         series["labeled images (all sites)"] = labeled
     central_series = {}
@@ -58,7 +58,7 @@ def plot_curves(rounds: list[dict], out: Path, central: dict | None = None) -> d
     return series
 
 
-def _mean_site(round_entry: dict, key: str, reduce=np.mean):
+def _over_sites(round_entry: dict, key: str, reduce=np.mean):
     """`reduce` (mean by default) of `key` over the sites that report it; None if none does."""
     values = [s[key] for s in round_entry.get("sites", {}).values() if s.get(key) is not None]
     return float(reduce(values)) if values else None

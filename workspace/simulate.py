@@ -343,6 +343,9 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
     idle = [r["idle_s"] for r in rounds[1:] if r["idle_s"] is not None]
     runner = plan["task_runner"]["settings"]
     model_bytes = progress.model_bytes()
+    central = load_central(REPO)
+    plot_curves(rounds, run_dir / "curves.png", central)
+    plot_detections(records, predictions, cfg["classes"]["disaster"], run_dir / "detections.png")
     metrics = {
         "final": {"test": test, "best_round": int(best_round)},
         "initial": {"test": initial},
@@ -351,19 +354,16 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
         "last_aggregate": {"test": last_aggregate},
         "rounds": rounds,
         "median_idle_s": statistics.median(idle) if idle else None,
-        "wall_s": None, "federation_s": federation_s, "seed": seed, "sites": progress.sites,
+        "wall_s": time.monotonic() - started, "federation_s": federation_s,
+        "seed": seed, "sites": progress.sites,
         "model": mcfg.to_dict(),
         "backbone_mode": runner.get("backbone_mode", "joint"), "exchange": runner.get("exchange", "decoupled"),
         "model_bytes": model_bytes["model_bytes"], "model_bytes_by_group": model_bytes["by_group"],
         "traffic": traffic_summary(rounds, model_bytes["model_bytes"]),
     }
-    central = load_central(REPO)
     if central:
         metrics["central_reference"] = {"test": central["test"], "epochs": central["epochs"],
                                         "split": central.get("split"), "labels": central.get("labels")}
-    plot_curves(rounds, run_dir / "curves.png", central)
-    plot_detections(records, predictions, cfg["classes"]["disaster"], run_dir / "detections.png")
-    metrics["wall_s"] = time.monotonic() - started
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 

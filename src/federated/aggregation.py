@@ -53,15 +53,15 @@ class PerPlanInstances(SingletonABCMeta):
 class ServerStepAverage(AggregationFunction, metaclass=PerPlanInstances):
     def __init__(self, server_lr: float = 1.0, group_server_lr: dict | None = None):
         super().__init__()
-        steps = {"server_lr": server_lr, **{f"group_server_lr.{g}": v for g, v in (group_server_lr or {}).items()}}
-        for name, value in steps.items():
-            if not float(value) > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        unknown = set(group_server_lr or {}) - set(TASK_GROUPS)
-        if unknown:
-            raise ValueError(f"group_server_lr: unknown task groups {sorted(unknown)}; known: {TASK_GROUPS}")
         self.server_lr = float(server_lr)
         self.group_server_lr = {g: float(v) for g, v in (group_server_lr or {}).items()}
+        unknown = set(self.group_server_lr) - set(TASK_GROUPS)
+        if unknown:
+            raise ValueError(f"group_server_lr: unknown task groups {sorted(unknown)}; known: {TASK_GROUPS}")
+        steps = {"server_lr": self.server_lr, **{f"group_server_lr.{g}": v for g, v in self.group_server_lr.items()}}
+        for name, value in steps.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
 
     def step_size(self, tensor_name: str) -> float:
         """server_lr of this tensor's task group (1.0 = plain averaging)."""
