@@ -12,7 +12,9 @@ stage, which only the detector uses.
 Two plan settings shape this:
 - backbone_mode `joint`: the backbone is trained and averaged over every site;
   `frozen`: it stays the pretrained checkpoint everywhere and never travels
-  (only the task parts are trained and exchanged);
+  (only the task parts are trained and exchanged); backbone_init says where a
+  `joint` backbone starts: `scratch` (random) or `checkpoint` (the pretrained
+  one, then trained and averaged like any other weight);
 - exchange `decoupled` (the design): each group is averaged over the sites
   that trained it, weighted by how many images taught it; `full`: the naive
   baseline, every site trains and sends every group, weighted by its whole
@@ -30,6 +32,7 @@ from src.model.assembly import DETECTION_OUTPUTS, DISASTER_OUTPUT
 from src.model.config import TASK_GROUPS, task_group_of
 
 BACKBONE_MODES = ("joint", "frozen")
+BACKBONE_INITS = ("scratch", "checkpoint")
 EXCHANGES = ("decoupled", "full")
 # The groups below the backbone that each kind of label trains.
 LABEL_GROUPS = {"has_boxes": ("neck", "det_head"), "has_class": ("cls_head",)}
@@ -43,6 +46,15 @@ def outputs_for_groups(groups) -> tuple[str, ...]:
     outputs = (DETECTION_OUTPUTS if groups & set(LABEL_GROUPS["has_boxes"]) else ()) + (
         (DISASTER_OUTPUT,) if groups & set(LABEL_GROUPS["has_class"]) else ())
     return outputs or (*DETECTION_OUTPUTS, DISASTER_OUTPUT)
+
+
+def starts_from_checkpoint(backbone_mode: str, backbone_init: str = "scratch") -> bool:
+    """Whether the model starts from the pretrained backbone checkpoint (`frozen` always does)."""
+    if backbone_mode not in BACKBONE_MODES:
+        raise ValueError(f"backbone_mode must be one of {BACKBONE_MODES}, got {backbone_mode!r}")
+    if backbone_init not in BACKBONE_INITS:
+        raise ValueError(f"backbone_init must be one of {BACKBONE_INITS}, got {backbone_init!r}")
+    return backbone_mode == "frozen" or backbone_init == "checkpoint"
 
 
 def group_sample_counts(records, backbone_mode: str = "joint", exchange: str = "decoupled") -> dict:

@@ -73,9 +73,12 @@ def load_split_union(cfg: dict, split_dir: Path) -> dict:
 
 
 def run(cfg: dict, out_dir: Path, split_dir: Path | None = None,
-        frozen_backbone: Path | None = None) -> dict:
+        frozen_backbone: Path | None = None, init_backbone: Path | None = None) -> dict:
     """frozen_backbone: start from this backbone checkpoint and keep it fixed (the
-    centralized counterpart of a federation with backbone_mode frozen)."""
+    centralized counterpart of a federation with backbone_mode frozen);
+    init_backbone: start from it and train it (backbone_mode joint, backbone_init checkpoint)."""
+    if frozen_backbone is not None and init_backbone is not None:
+        raise ValueError("give frozen_backbone or init_backbone, not both")
     start = time.perf_counter()
     set_seed(cfg["seed"])
     splits = load_data(cfg, split_dir)
@@ -92,6 +95,9 @@ def run(cfg: dict, out_dir: Path, split_dir: Path | None = None,
         load_group_weights(model, frozen_backbone)
         groups = list(group_sample_counts(splits["train"], backbone_mode="frozen"))
         log.info("backbone fixed at %s; training %s", frozen_backbone, groups)
+    if init_backbone is not None:
+        load_group_weights(model, init_backbone)
+        log.info("backbone starts from %s (trained)", init_backbone)
     trainer = Trainer(model, mcfg, topts, steps_per_epoch=steps, groups=groups)
     predictor = Predictor(model, mcfg, **cfg.get("evaluation", {}))
     history = []
@@ -118,6 +124,7 @@ def run(cfg: dict, out_dir: Path, split_dir: Path | None = None,
                    "class": sum(r.has_class for r in splits["train"])},
         "split": str(split_dir) if split_dir else None,
         "frozen_backbone": str(frozen_backbone) if frozen_backbone else None,
+        "init_backbone": str(init_backbone) if init_backbone else None,
         "model": mcfg.to_dict(), "parameters": int(model.count_params()),
         "history": history, "model_path": str(model_path),
     }
@@ -139,6 +146,8 @@ def main(argv=None):
     p.add_argument("--split", type=Path, help="train on the union of this site split's labels")
     p.add_argument("--frozen-backbone", type=Path, metavar="NPZ",
                    help="start from this backbone checkpoint and keep it fixed (make pretrain-backbone)")
+    p.add_argument("--init-backbone", type=Path, metavar="NPZ",
+                   help="start from this backbone checkpoint and train it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set model.width=0.5")
     args = p.parse_args(argv)
@@ -151,7 +160,7 @@ def main(argv=None):
     if args.data:
         overrides.append(f"data.root={args.data}")
     cfg = load_config(args.config, overrides)
-    run(cfg, Path(args.out), args.split, args.frozen_backbone)
+    run(cfg, Path(args.out), args.split, args.frozen_backbone, args.init_backbone)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,40 @@ def test_group_sample_counts_follow_labels_and_modes():
         group_sample_counts(records, "partial")
 
 
+def test_a_joint_backbone_can_start_from_the_checkpoint_and_stays_trainable(tmp_path):
+    """backbone_init checkpoint: the runner (and so `fx plan initialize`'s init.pbuf) starts
+    from the pretrained backbone, the task parts from their own initialization; the
+    backbone is still a trained group. scratch leaves the random initialization."""
+    from src.federated.data_loader import SiteDataLoader
+    from src.federated.task_runner import MultiTaskRunner
+    from src.task_groups import starts_from_checkpoint
+
+    pretrained = build_model(model_config(load_config(overrides=[f"{k}={v}" for k, v in TINY.items()]
+                                                      + ["seed=11"])))
+    checkpoint = save_group_weights(pretrained, ["backbone"], tmp_path / "backbone.npz")
+    stored = {v.path: v.numpy() for v in pretrained.weights}
+
+    def runner(init):
+        return MultiTaskRunner(data_loader=SiteDataLoader(None), overrides=TINY, backbone_mode="joint",
+                               backbone_init=init, backbone_checkpoint=str(checkpoint)).get_tensor_dict()
+
+    from_checkpoint, from_scratch = runner("checkpoint"), runner("scratch")
+    backbone = [n for n in stored if task_group_of(n) == "backbone"]
+    heads = [n for n in stored if task_group_of(n) == "cls_head" and "kernel" in n]
+    assert backbone and heads
+    for name in backbone:
+        np.testing.assert_array_equal(from_checkpoint[name], stored[name])
+    assert any(not np.array_equal(from_scratch[n], stored[n]) for n in backbone)
+    for name in heads:  # the checkpoint holds the backbone only
+        np.testing.assert_array_equal(from_checkpoint[name], from_scratch[name])
+    assert starts_from_checkpoint("joint", "checkpoint") and starts_from_checkpoint("frozen")
+    assert not starts_from_checkpoint("joint", "scratch")
+    with pytest.raises(ValueError, match="backbone_init"):
+        starts_from_checkpoint("joint", "imagenet")
+    with pytest.raises(ValueError, match="backbone_checkpoint"):
+        MultiTaskRunner(data_loader=SiteDataLoader(None), overrides=TINY, backbone_init="checkpoint")
+
+
 def test_frozen_checkpoint_of_another_variant_is_refused(tmp_path):
     small = build_model(model_config(load_config(overrides=[f"{k}={v}" for k, v in TINY.items()])))
     path = save_group_weights(small, ["backbone"], tmp_path / "b.npz")

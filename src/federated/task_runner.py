@@ -31,7 +31,7 @@ from src.evaluation import Predictor, score_predictions
 from src.federated.checkpoint import assign_weights
 from src.model import build_model
 from src.model.config import TASK_GROUPS, task_group_of
-from src.task_groups import group_sample_counts, load_group_weights
+from src.task_groups import group_sample_counts, load_group_weights, starts_from_checkpoint
 from src.training import Trainer, class_prior
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,12 @@ class MultiTaskRunner(KerasTaskRunner):
     def __init__(self, data_loader=None, config: str | None = None, rounds: int = 1,
                  epochs_per_round: int = 1, overrides: dict | None = None,
                  backbone_mode: str = "joint", backbone_checkpoint: str | None = None,
-                 exchange: str = "decoupled", active_learning: dict | None = None, **kwargs):
+                 backbone_init: str = "scratch", exchange: str = "decoupled", active_learning: dict | None = None, **kwargs):
         """`overrides` are config keys (`training.learning_rate: 0.002`) set in the plan.
 
         backbone_mode joint|frozen and exchange decoupled|full: see src/task_groups.py.
-        backbone_checkpoint: the pretrained backbone (.npz) that `frozen` starts from.
+        backbone_checkpoint: the pretrained backbone (.npz) that `frozen` starts from, and
+        `joint` too with backbone_init: checkpoint (scratch: random initialization).
         active_learning: label-step settings (src/active_learning/site_labeling.py); the
         site then trains on its labeled set only, which grows every query_every rounds
         (an epoch as many batches as all its training images would give, unless
@@ -75,9 +76,10 @@ class MultiTaskRunner(KerasTaskRunner):
         super().__init__(data_loader=data_loader, **kwargs)
         keras.utils.set_random_seed(cfg["seed"])
         self.model = build_model(self.model_config)
-        if backbone_mode == "frozen":
+        if starts_from_checkpoint(backbone_mode, backbone_init):
             if not backbone_checkpoint:
-                raise ValueError("backbone_mode frozen needs task_runner.settings.backbone_checkpoint")
+                raise ValueError(f"backbone_mode {backbone_mode} with backbone_init {backbone_init} "
+                                 "needs task_runner.settings.backbone_checkpoint")
             load_group_weights(self.model, backbone_checkpoint)
         self.labeling, self.labeling_metrics = None, {}
         if active_learning is not None and data_loader is not None and data_loader.site_folder:
