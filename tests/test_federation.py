@@ -202,3 +202,15 @@ def _processes_under(folder: Path) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def test_fx_batch_stops_at_the_first_failing_fx_command_with_its_exit_code(tmp_path):
+    """simulate's setup runs its fx command lines through fx's own entry point in one
+    process: a failing command stops the batch, named, and later commands do not run."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, str(REPO / "workspace" / "fx_batch.py"),
+                             "collaborator certify -n nosuch -s", "workspace certify"],
+                            cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "command 1/2 `fx collaborator certify -n nosuch -s` failed (exit 1)" in result.stdout
+    assert "$ fx workspace certify" not in result.stdout and not (tmp_path / "cert").exists()

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -77,16 +78,6 @@ class Children:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-
-def run_fx(args: list[str], cwd: Path, log_path: Path, env):
-    """One setup `fx` call; a failure names the command and shows its output tail."""
-    with open(log_path, "a") as f:
-        f.write(f"\n$ fx {' '.join(args)}\n")
-        f.flush()
-        result = subprocess.run([FX, *args], cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    if result.returncode != 0:
-        raise RunFailed(f"`fx {' '.join(args)}` failed (exit {result.returncode}):\n{tail(log_path)}")
 
 
 def tail(path: Path, lines: int = 25) -> str:
@@ -183,7 +174,10 @@ def split_sites(split_dir: Path) -> list[str]:
 
 
 def certify(ws: Path, sites: list[str], split_name: str, setup_log: Path, env):
-    """The stock OpenFL sequence (see README "Deployment"): CA, aggregator, one cert per site."""
+    """The stock OpenFL sequence (see README "Deployment"): CA, aggregator, one cert per site.
+
+    The command lines run through OpenFL's `fx` entry point in one process
+    (workspace/fx_batch.py): the same commands, without ~5 s of imports each."""
     steps = [["plan", "initialize", "-a", "localhost"],
              ["workspace", "certify"],
              ["aggregator", "generate-cert-request", "--fqdn", "localhost"],
@@ -192,9 +186,18 @@ def certify(ws: Path, sites: list[str], split_name: str, setup_log: Path, env):
         steps += [["collaborator", "create", "-n", site, "-d", f"data_splits/{split_name}/{site}", "-s"],
                   ["collaborator", "generate-cert-request", "-n", site, "-s"],
                   ["collaborator", "certify", "-n", site, "-s"]]
-    for i, step in enumerate(steps, 1):
-        log.info("setup %d/%d: fx %s", i, len(steps), " ".join(step))
-        run_fx(step, ws, setup_log, env)
+    lines = [shlex.join(step) for step in steps]
+    cmd = [sys.executable, str(Path(__file__).with_name("fx_batch.py")), *lines]
+    done = 0
+    with open(setup_log, "a") as f, subprocess.Popen(cmd, cwd=ws, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                     env=env, text=True) as proc:
+        for out in proc.stdout:
+            f.write(out)
+            if out.startswith("$ fx "):
+                done += 1
+                log.info("setup %d/%d: %s", done, len(steps), out.strip()[2:])
+    if proc.returncode != 0:
+        raise RunFailed(f"fx setup failed (exit {proc.returncode}):\n{tail(setup_log)}")
 
 
 # ---- progress ---------------------------------------------------------------------------------
@@ -429,7 +432,9 @@ def main(argv=None) -> int:
         for item in shorthands + args.plan_set:
             set_plan_value(plan, item)
         runner = plan["task_runner"]["settings"]
-        if runner.get("backbone_mode") == "frozen":
+        from src.task_groups import starts_from_checkpoint
+
+        if starts_from_checkpoint(runner.get("backbone_mode", "joint"), runner.get("backbone_init", "scratch")):
             ensure_backbone_checkpoint(runner["backbone_checkpoint"], args.set)
         prepare_workspace(ws, plan, split_dir, rounds, port, args.seed, args.set, args.stock_polling)
         # fx puts the workspace on sys.path itself; an inherited PYTHONPATH (the
@@ -508,7 +513,8 @@ def ensure_data_and_split(args, run_dir: Path) -> Path:
 
 
 def ensure_backbone_checkpoint(path: str, overrides: list[str]):
-    """backbone_mode frozen starts from the public pretrained backbone: make it when missing."""
+    """frozen (and joint with backbone_init checkpoint) start from the public pretrained
+    backbone: make it when missing."""
     if (REPO / path).exists():
         return
     from src.config import load_config
