@@ -80,23 +80,33 @@ def group_sample_counts(records, backbone_mode: str = "joint", exchange: str = "
     return {g: n for g, n in counts.items() if n > 0}
 
 
-def task_balanced_weights(samples: dict) -> dict:
-    """Each site's weight for the shared backbone when every task gets an equal vote.
+# The manifest's label columns, as the task votes of `task_balanced_weights` name them.
+TASK_VOTE_NAMES = {"boxes": "has_boxes", "class": "has_class"}
+
+
+def task_balanced_weights(samples: dict, votes: dict | None = None) -> dict:
+    """Each site's weight for the shared backbone when each task, not each image, gets a vote.
 
     samples: {site: {group: images}} as the sites report them. Each task (box
-    labels, counted by `neck`; disaster labels, by `cls_head`) hands out a
-    vote of 1, split over the sites by their share of that task's images; a
-    site's weight is the sum of its shares. Why: weighted by image counts, a
-    large classification-only site dominates the shared backbone and the
-    detector's features drift towards classification (3 default sites: the
-    classification-only site would hold 76 % of the backbone weight, 41 % here).
+    labels, counted by `neck`; disaster labels, by `cls_head`) hands out its
+    vote (`votes`, {"boxes": v, "class": v}; 1 each by default), split over the
+    sites by their share of that task's images; a site's weight is the sum of
+    its shares. Why: weighted by image counts, a large classification-only site
+    dominates the shared backbone and the detector's features drift towards
+    classification (3 default sites: the classification-only site would hold
+    76 % of the backbone weight, 41 % with equal votes, 21 % with boxes 3: class 1).
     """
+    votes = {**dict.fromkeys(TASK_VOTE_NAMES, 1.0), **(votes or {})}
+    unknown = set(votes) - set(TASK_VOTE_NAMES)
+    if unknown or any(not float(v) >= 0 for v in votes.values()):
+        raise ValueError(f"task votes must be non-negative numbers for {sorted(TASK_VOTE_NAMES)}, got {votes}")
     weights = dict.fromkeys(samples, 0.0)
-    for groups in LABEL_GROUPS.values():
-        total = sum(counts.get(groups[0], 0) for counts in samples.values())
+    for task, label in TASK_VOTE_NAMES.items():
+        group = LABEL_GROUPS[label][0]
+        total = sum(counts.get(group, 0) for counts in samples.values())
         for site, counts in samples.items():
             if total:
-                weights[site] += counts.get(groups[0], 0) / total
+                weights[site] += float(votes[task]) * counts.get(group, 0) / total
     return weights
 
 

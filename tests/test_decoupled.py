@@ -16,7 +16,7 @@ from src.federated.checkpoint import load_pbuf_weights
 from src.model import build_model
 from src.model.config import task_group_of
 from src.task_groups import group_sample_counts, load_group_weights, save_group_weights
-from tests.tiny_federation import TINY, write_tiny_plan, write_tiny_site_split
+from tests.tiny_federation import REPO, TINY, write_tiny_plan, write_tiny_site_split
 
 SITES = ("site1", "site2", "site3")
 DETECTION = ("neck", "det_head")
@@ -242,6 +242,19 @@ def test_a_joint_backbone_can_start_from_the_checkpoint_and_stays_trainable(tmp_
         MultiTaskRunner(data_loader=SiteDataLoader(None), overrides=TINY, backbone_init="checkpoint")
 
 
+def test_the_shipped_public_backbone_fits_the_default_plan_model():
+    """The plan starts every federation from data/pretrained/backbone.npz (shipped in git):
+    it must load, shape for shape, into the model the default plan builds."""
+    import yaml
+
+    plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
+    runner = plan["task_runner"]["settings"]
+    cfg = load_config(overrides=[f"{k}={v}" for k, v in runner["overrides"].items()])
+    assert load_group_weights(build_model(model_config(cfg)), REPO / runner["backbone_checkpoint"]) == ["backbone"]
+    provenance = json.loads((REPO / runner["backbone_checkpoint"]).with_suffix(".json").read_text())
+    assert provenance["model"]["variant"] == cfg["model"]["variant"]
+
+
 def test_frozen_checkpoint_of_another_variant_is_refused(tmp_path):
     small = build_model(model_config(load_config(overrides=[f"{k}={v}" for k, v in TINY.items()])))
     path = save_group_weights(small, ["backbone"], tmp_path / "b.npz")
@@ -253,7 +266,7 @@ def test_frozen_checkpoint_of_another_variant_is_refused(tmp_path):
         load_group_weights(wider, tmp_path / "missing.npz")
 
 
-def test_task_balanced_backbone_weights_give_each_task_an_equal_vote():
+def test_task_balanced_backbone_weights_give_each_task_its_vote():
     from src.task_groups import task_balanced_weights
 
     samples = {"both": {"backbone": 400, "neck": 400, "det_head": 400, "cls_head": 400},
@@ -264,3 +277,9 @@ def test_task_balanced_backbone_weights_give_each_task_an_equal_vote():
     assert sum(w.values()) == pytest.approx(2.0)  # one vote per task
     # sites holding only one kind of label: that task's vote alone
     assert task_balanced_weights({"a": {"cls_head": 1}, "b": {"cls_head": 3}}) == {"a": 0.25, "b": 0.75}
+    w = task_balanced_weights(samples, {"boxes": 3})  # boxes 3 votes, class 1
+    assert w == pytest.approx({"both": 3 * 400 / 600 + 400 / 2200, "boxes": 3 * 200 / 600, "class": 1800 / 2200})
+    with pytest.raises(ValueError, match="task votes"):
+        task_balanced_weights(samples, {"victims": 2})
+    with pytest.raises(ValueError, match="task votes"):
+        task_balanced_weights(samples, {"class": -1})

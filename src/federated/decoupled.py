@@ -15,8 +15,9 @@ backbone. This aggregator, for the trained tensors of a task:
   so a group nobody trained keeps its previous global value and the global
   model stays complete (best/last.pbuf, the next round's downloads).
 `backbone_weighting: task_balanced` (plan, aggregator settings) weights the
-shared backbone so that each task gets an equal vote instead of each image
-(src/task_groups.py:task_balanced_weights); `samples` (default) uses the
+shared backbone so that each task gets a vote instead of each image
+(src/task_groups.py:task_balanced_weights; `backbone_task_votes`, e.g.
+{boxes: 3, class: 1}, sets the votes, equal by default); `samples` uses the
 backbone's own image counts like every other group.
 Before averaging, each site's whole update is checked
 (src/federated/update_checks.py): one with NaN/Inf, a wrong shape, an unknown
@@ -40,11 +41,15 @@ log = logging.getLogger(__name__)
 
 
 class DecoupledAggregator(PromptAggregator):
-    def __init__(self, *args, backbone_weighting: str = "samples", **kwargs):
+    def __init__(self, *args, backbone_weighting: str = "samples", backbone_task_votes: dict | None = None,
+                 **kwargs):
         if backbone_weighting not in BACKBONE_WEIGHTINGS:
             raise ValueError(f"backbone_weighting must be one of {BACKBONE_WEIGHTINGS}, "
                              f"got {backbone_weighting!r}")
-        self.backbone_weighting = backbone_weighting
+        if backbone_task_votes is not None and backbone_weighting != "task_balanced":
+            raise ValueError("backbone_task_votes needs backbone_weighting: task_balanced")
+        task_balanced_weights({}, backbone_task_votes)  # a bad setting fails at start, named
+        self.backbone_weighting, self.backbone_task_votes = backbone_weighting, backbone_task_votes
         super().__init__(*args, **kwargs)
 
     def _compute_validation_related_task_metrics(self, task_name) -> dict:
@@ -98,7 +103,7 @@ class DecoupledAggregator(PromptAggregator):
         sites = [k.owner for k in trained]
         weight = {site: weight[site] for site in sites}
         if self.backbone_weighting == "task_balanced":
-            shared = task_balanced_weights(weight)
+            shared = task_balanced_weights(weight, self.backbone_task_votes)
             for site in sites:
                 weight[site]["backbone"] = shared[site]
         senders = {}  # aggregated tensor key -> {collaborator: weight}
