@@ -16,6 +16,7 @@ SEEDS ?=
 STRATEGIES ?=
 LABELS ?=
 BACKBONE ?=
+BACKBONE_INIT ?=
 EXCHANGE ?=
 CENTRAL_MODEL := workspace/runs/central/model.keras
 MODEL ?= $(CENTRAL_MODEL)
@@ -35,18 +36,21 @@ data: setup
 	$(PY) -m src.data.synthetic --out data/synthetic --seed $(SEED)
 
 # The reference a federation compares with: the same images and the same labels as
-# the sites of the split hold (default: data_splits/default).
+# the sites of the split hold (default: data_splits/default), and like the default
+# plan's backbone starting from the public checkpoint (BACKBONE_INIT=scratch: random).
 train-central: setup
-	$(PY) -m src.train_central --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS)) --split $(or $(SPLIT),data_splits/default)
+	$(PY) -m src.train_central --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS)) --split $(or $(SPLIT),data_splits/default) \
+		$(if $(filter scratch,$(BACKBONE_INIT)),,--init-backbone data/pretrained/backbone.npz)
 
-# The "public" backbone checkpoint that BACKBONE=frozen starts from.
+# The "public" backbone checkpoint the federation starts from (shipped in git; this remakes it).
 pretrain-backbone: setup
 	$(PY) -m src.pretrain_backbone
 
 # A whole federation on this machine: real fx processes, real certificates.
 simulate: setup
 	$(PY) -m workspace.simulate --sites $(SITES) --seed $(SEED) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SPLIT),--split $(SPLIT)) \
-		$(if $(LABELS),--labels $(LABELS)) $(if $(BACKBONE),--backbone-mode $(BACKBONE)) $(if $(EXCHANGE),--exchange $(EXCHANGE))
+		$(if $(LABELS),--labels $(LABELS)) $(if $(BACKBONE),--backbone-mode $(BACKBONE)) \
+		$(if $(BACKBONE_INIT),--backbone-init $(BACKBONE_INIT)) $(if $(EXCHANGE),--exchange $(EXCHANGE))
 
 # Each active-learning strategy at the same labeling budget over seeds, vs every label
 # (configs/al_experiment.yaml; SEEDS=0,1,2 STRATEGIES=random,hybrid override it)

@@ -45,9 +45,23 @@ def pretrain(cfg: dict, out_dir: Path) -> dict:
     path = save_group_weights(model, ["backbone"], cfg["pretrain"]["checkpoint"])
     result["checkpoint"] = str(path)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    write_provenance(result, path)
     log.info("backbone checkpoint -> %s (public slice test mAP50 %.3f, accuracy %.3f)", path,
              result["test"].get("map50", float("nan")), result["test"].get("accuracy", float("nan")))
     return result
+
+
+def write_provenance(result: dict, checkpoint: Path) -> Path:
+    """A JSON file next to the checkpoint saying how it was made and what it scores: the
+    repository ships the checkpoint (pretraining takes ~5 min here), so its origin travels with it."""
+    test = result["test"]
+    info = {"made_by": "make pretrain-backbone (python -m src.pretrain_backbone)",
+            "seed": result["seed"], "epochs": result["epochs"], "images": result["images"],
+            "model": result.get("model"), "wall_s": round(result["wall_s"], 1),
+            "public_test": {k: test.get(k) for k in ("map50", "map50_95", "accuracy", "macro_f1")}}
+    path = Path(checkpoint).with_suffix(".json")
+    path.write_text(json.dumps(info, indent=2) + "\n")
+    return path
 
 
 def main(argv=None):

@@ -21,6 +21,7 @@ TINY_EXPERIMENT = {
     "sites": 1, "labels": ["both"], "alpha": 100.0, "rounds": 3, "epochs_per_round": 1, "batch_size": 8,
     "seed_fraction": 0.25, "final_fraction": 0.5, "query_every": 1,
     "strategies": ["hybrid"], "seeds": [0],  # (several strategies and seeds: the summary test)
+    "task_runner": {"backbone_init": "scratch"},  # the shipped backbone fits the default model only
 }
 
 

@@ -46,6 +46,7 @@ def make_workspace(root: Path, split_dir: Path, name: str, plan_sections: dict |
     """A certified OpenFL workspace for the tiny two-site federation (as `make simulate`
     makes it), with `plan_sections` added to the repository's plan."""
     plan = {**yaml.safe_load((REPO / "plan" / "plan.yaml").read_text()), **(plan_sections or {})}
+    plan["task_runner"]["settings"]["backbone_init"] = "scratch"  # the shipped backbone fits the default model only
     ws = root / name
     prepare_workspace(ws, plan, split_dir, rounds=rounds, port=free_port(), seed=0,
                       overrides=[f"{k}={json.dumps(v)}" for k, v in TINY.items()])
@@ -406,7 +407,7 @@ def test_ctrl_c_stops_simulate_and_leaves_no_fx_process(tmp_path):
         proc = subprocess.Popen(
             [sys.executable, "-m", "workspace.simulate", "--rounds", "5", "--sites", "2",
              "--runs-dir", str(tmp_path / "runs"), "--set", "model.input_size=64",
-             "--set", "model.width=0.125"],
+             "--set", "model.width=0.125", "--backbone-init", "scratch"],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -156,7 +156,7 @@ def test_simulate_end_to_end_with_real_fx_processes_and_certificates(real_format
     command line. (`make test-faults` runs it on the synthetic data too.)"""
     cmd = [sys.executable, "-m", "workspace.simulate", "--rounds", "2", "--split", str(real_format_split),
            "--runs-dir", str(tmp_path), "--set", "model.input_size=96", "--set", "model.width=0.125",
-           "--plan-set", "aggregator.settings.backbone_weighting=task_balanced"]
+           "--backbone-init", "scratch", "--plan-set", "aggregator.settings.backbone_weighting=samples"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -166,7 +166,7 @@ def test_simulate_end_to_end_with_real_fx_processes_and_certificates(real_format
     certs = run / "workspace" / "cert"
     assert (certs / "cert_chain.crt").exists() and list(certs.glob("client/col_c2a.crt"))
     plan = yaml.safe_load((run / "workspace" / "plan" / "plan.yaml").read_text())
-    assert plan["aggregator"]["settings"]["backbone_weighting"] == "task_balanced"
+    assert plan["aggregator"]["settings"]["backbone_weighting"] == "samples"
     metrics = json.loads((run / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [0, 1]
     assert set(metrics["rounds"][1]["sites"]) == {"c2a", "crisis"}

@@ -19,7 +19,8 @@ def write_tiny_plan(workspace: Path, sites_dir: Path, rounds: int, sites=("site1
     plan["task_runner"]["settings"]["config"] = str(REPO / "configs" / "default.yaml")
     plan["task_runner"]["settings"]["rounds"] = rounds
     plan["task_runner"]["settings"]["overrides"].update(TINY)
-    plan["task_runner"]["settings"].update(runner or {})
+    # the shipped public backbone fits the default model, not this tiny one
+    plan["task_runner"]["settings"].update({"backbone_init": "scratch", **(runner or {})})
     plan["aggregator"]["settings"].update(aggregator or {})
     # batch 8 at every site (the plan's small-site batches would multiply the steps of these
     # tiny sites; that policy has its own test, and the fx tests run it as planned)

@@ -386,6 +386,9 @@ def main(argv=None) -> int:
     p.add_argument("--backbone-mode", choices=("joint", "frozen"), default=None,
                    help="default: the plan's (joint); frozen needs the pretrained backbone "
                         "(made here with src.pretrain_backbone when missing)")
+    p.add_argument("--backbone-init", choices=("checkpoint", "scratch"), default=None,
+                   help="where a joint backbone starts: default the plan's (checkpoint, the public "
+                        "pretrained backbone); scratch = random initialization")
     p.add_argument("--exchange", choices=("decoupled", "full"), default=None,
                    help="default: the plan's (decoupled); full = naive baseline averaging every tensor")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -426,9 +429,10 @@ def main(argv=None) -> int:
         sites = split_sites(split_dir)
         ws = run_dir / "workspace"
         port = free_port()
-        # --backbone-mode / --exchange are shorthands for --plan-set task_runner.settings.*
+        # --backbone-mode / --backbone-init / --exchange are shorthands for --plan-set task_runner.settings.*
         shorthands = [f"task_runner.settings.{k}={v}" for k, v in
-                      (("backbone_mode", args.backbone_mode), ("exchange", args.exchange)) if v]
+                      (("backbone_mode", args.backbone_mode), ("backbone_init", args.backbone_init),
+                       ("exchange", args.exchange)) if v]
         for item in shorthands + args.plan_set:
             set_plan_value(plan, item)
         runner = plan["task_runner"]["settings"]
