@@ -106,9 +106,14 @@ def test_decoupled_joint_round_trains_and_averages_each_group_over_its_sites(mix
             np.testing.assert_array_equal(v.numpy(), received[v.path].reshape(v.shape), err_msg=v.path)
 
     # The aggregate of each group is the mean over exactly the sites that trained it,
-    # weighted by their image counts for that task (from the manifests, not the runner).
+    # weighted by their image counts for that task (from the manifests, not the runner);
+    # the shared backbone by the plan's task-balanced weights (each task one vote).
+    from src.task_groups import task_balanced_weights
+
+    assert aggregator.backbone_weighting == "task_balanced"
     counts = {s: train_counts(sites_dir, s) for s in SITES}
-    weight_of = {"backbone": {s: counts[s]["any"] for s in SITES},
+    weight_of = {"backbone": task_balanced_weights({s: {"neck": counts[s]["boxes"], "cls_head": counts[s]["class"]}
+                                                    for s in SITES}),
                  "neck": {s: counts[s]["boxes"] for s in ("site1", "site2")},
                  "det_head": {s: counts[s]["boxes"] for s in ("site1", "site2")},
                  "cls_head": {s: counts[s]["class"] for s in ("site1", "site3")}}
