@@ -57,7 +57,8 @@ class MultiTaskRunner(KerasTaskRunner):
     def __init__(self, data_loader=None, config: str | None = None, rounds: int = 1,
                  epochs_per_round: int = 1, overrides: dict | None = None,
                  backbone_mode: str = "joint", backbone_checkpoint: str | None = None,
-                 backbone_init: str = "scratch", exchange: str = "decoupled", active_learning: dict | None = None, **kwargs):
+                 backbone_init: str = "scratch", exchange: str = "decoupled",
+                 active_learning: dict | None = None, **kwargs):
         """`overrides` are config keys (`training.learning_rate: 0.002`) set in the plan.
 
         backbone_mode joint|frozen and exchange decoupled|full: see src/task_groups.py.
