@@ -84,6 +84,15 @@ def group_sample_counts(records, backbone_mode: str = "joint", exchange: str = "
 TASK_VOTE_NAMES = {"boxes": "has_boxes", "class": "has_class"}
 
 
+def task_votes(votes: dict | None = None) -> dict:
+    """{"boxes": v, "class": v}: the given task votes, 1 for a task not named; a bad setting is named."""
+    votes = {**dict.fromkeys(TASK_VOTE_NAMES, 1.0), **(votes or {})}
+    unknown = set(votes) - set(TASK_VOTE_NAMES)
+    if unknown or any(not float(v) >= 0 for v in votes.values()):
+        raise ValueError(f"task votes must be non-negative numbers for {sorted(TASK_VOTE_NAMES)}, got {votes}")
+    return {task: float(v) for task, v in votes.items()}
+
+
 def task_balanced_weights(samples: dict, votes: dict | None = None) -> dict:
     """Each site's weight for the shared backbone when each task, not each image, gets a vote.
 
@@ -96,17 +105,14 @@ def task_balanced_weights(samples: dict, votes: dict | None = None) -> dict:
     classification (3 default sites: the classification-only site would hold
     76 % of the backbone weight, 41 % with equal votes, 21 % with boxes 3: class 1).
     """
-    votes = {**dict.fromkeys(TASK_VOTE_NAMES, 1.0), **(votes or {})}
-    unknown = set(votes) - set(TASK_VOTE_NAMES)
-    if unknown or any(not float(v) >= 0 for v in votes.values()):
-        raise ValueError(f"task votes must be non-negative numbers for {sorted(TASK_VOTE_NAMES)}, got {votes}")
+    votes = task_votes(votes)
     weights = dict.fromkeys(samples, 0.0)
     for task, label in TASK_VOTE_NAMES.items():
         group = LABEL_GROUPS[label][0]
         total = sum(counts.get(group, 0) for counts in samples.values())
         for site, counts in samples.items():
             if total:
-                weights[site] += float(votes[task]) * counts.get(group, 0) / total
+                weights[site] += votes[task] * counts.get(group, 0) / total
     return weights
 
 

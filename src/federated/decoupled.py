@@ -34,7 +34,7 @@ from openfl.utilities import TaskResultKey, TensorKey, change_tags
 from src.federated.aggregator import PromptAggregator
 from src.federated.update_checks import update_problem
 from src.model.config import TASK_GROUPS, task_group_of
-from src.task_groups import task_balanced_weights
+from src.task_groups import task_balanced_weights, task_votes
 
 BACKBONE_WEIGHTINGS = ("samples", "task_balanced")
 log = logging.getLogger(__name__)
@@ -48,8 +48,7 @@ class DecoupledAggregator(PromptAggregator):
                              f"got {backbone_weighting!r}")
         if backbone_task_votes is not None and backbone_weighting != "task_balanced":
             raise ValueError("backbone_task_votes needs backbone_weighting: task_balanced")
-        task_balanced_weights({}, backbone_task_votes)  # a bad setting fails at start, named
-        self.backbone_weighting, self.backbone_task_votes = backbone_weighting, backbone_task_votes
+        self.backbone_weighting, self.backbone_task_votes = backbone_weighting, task_votes(backbone_task_votes)
         super().__init__(*args, **kwargs)
 
     def _compute_validation_related_task_metrics(self, task_name) -> dict:
