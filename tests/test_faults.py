@@ -56,7 +56,7 @@ def poisoned_federation(tmp_path_factory):
 
 def test_a_site_sending_nan_or_a_wrong_shape_is_left_out_of_that_round(poisoned_federation):
     workspace, aggregator, clients, events, broken = poisoned_federation
-    assert aggregator.round_number == 2
+    assert aggregator.round_number == 3  # 2 training rounds, then the plan's final validation round
     rejected = {e["round"]: e for e in events if e["event"] == "rejected"}
     assert set(rejected) == {0, 1} and {e["site"] for e in rejected.values()} == {POISONED}
     assert broken[0] in rejected[0]["reason"] and "non-finite" in rejected[0]["reason"]

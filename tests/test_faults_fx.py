@@ -37,6 +37,12 @@ from workspace.simulate import (EVENT_LOG, FX, Children, certify, free_port, pre
 pytestmark = pytest.mark.faults
 SITES = ["site1", "site2"]
 ROUNDS = 3
+
+
+def closed_rounds(rounds: int = ROUNDS) -> list[int]:
+    """The rounds the aggregator closes: the training rounds, then the plan's final
+    validation round (src/federated/final_validation.py)."""
+    return list(range(rounds + 1))
 FX_ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
           "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -233,7 +239,7 @@ def test_intruders_are_refused_and_get_nothing_while_the_federation_completes_an
         children.kill_all()
 
     events = events_of(ws)
-    assert sorted(e["round"] for e in events if e["event"] == "round_end") == list(range(ROUNDS))
+    assert sorted(e["round"] for e in events if e["event"] == "round_end") == closed_rounds()
     served = {e["site"] for e in events if e["event"] in ("tasks_sent", "download", "upload")}
     assert served == set(SITES)  # no intruder got a task or a tensor, and none was taken from one
     assert not [e for e in events if e["event"] == "rejected"]
@@ -290,7 +296,7 @@ def test_aggregator_killed_mid_round_resumes_from_the_last_completed_round(tiny_
 
     events = events_of(ws)
     ends = [e["round"] for e in events if e["event"] == "round_end"]
-    assert ends == list(range(ROUNDS)), ends  # no round lost or repeated, numbers continue
+    assert ends == closed_rounds(), ends  # no round lost or repeated, numbers continue
     starts = [i for i, e in enumerate(events) if e["event"] == "model"]  # one per aggregator start
     assert len(starts) == 2
     restarted = events[starts[1]:]
@@ -341,7 +347,7 @@ def test_a_collaborator_killed_mid_round_is_waited_for_or_cut_off_and_rejoins(ti
 
     events = events_of(ws)
     ends = {e["round"]: e for e in events if e["event"] == "round_end"}
-    assert sorted(ends) == list(range(rounds))
+    assert sorted(ends) == closed_rounds(rounds)
     uploads = {(e["round"], e["site"]) for e in events if e["event"] == "upload" and e["task"] == "train"}
     if policy == "wait_for_all":
         assert ends[1]["stragglers"] == [] and (1, "site2") in uploads  # round 1 finished by the restarted site
@@ -387,7 +393,7 @@ def test_a_site_sending_broken_updates_over_the_wire_is_left_out_and_the_model_s
     assert sorted(rejected) == list(range(ROUNDS)) and {e["site"] for e in rejected.values()} == {"site2"}
     assert broken[0] in rejected[0]["reason"] and "non-finite" in rejected[0]["reason"]
     assert all(broken[r] in rejected[r]["reason"] and "shape" in rejected[r]["reason"] for r in range(1, ROUNDS))
-    assert sorted(e["round"] for e in events if e["event"] == "round_end") == list(range(ROUNDS))
+    assert sorted(e["round"] for e in events if e["event"] == "round_end") == closed_rounds()
     init, _ = load_pbuf_weights(ws / "save" / "init.pbuf")
     final, final_round = load_pbuf_weights(ws / "save" / "final.pbuf")
     assert final_round == ROUNDS and all(np.isfinite(v).all() for v in final.values())

@@ -32,19 +32,30 @@ def test_in_process_federation_averages_site_uploads(tiny_sites, tmp_path, monke
 
     write_tiny_plan(tmp_path, tiny_sites / "splits", rounds=2)
     monkeypatch.chdir(tmp_path)
-    aggregator, clients = run_federation(tmp_path)
+    started_with = {}  # round -> the global model it started with (the aggregate of the round before)
 
-    assert aggregator.round_number == 2
+    def snapshot(aggregator, closed_round):
+        started_with[closed_round + 1] = aggregator.global_tensors()
+
+    aggregator, clients = run_federation(tmp_path, on_round_end=snapshot)
+
+    # two training rounds, then the plan's final validation round (round 2): the sites
+    # only validate the last aggregate
+    assert aggregator.round_number == 3
     events = [json.loads(line) for line in (tmp_path / "logs" / "events.jsonl").read_text().splitlines()]
     sent = {(e["round"], e["site"]) for e in events if e["event"] == "tasks_sent"}
-    assert sent == {(r, s) for r in (0, 1) for s in ("site1", "site2")}
+    assert sent == {(r, s) for r in (0, 1, 2) for s in ("site1", "site2")}
+    for site in ("site1", "site2"):
+        assert sorted(clients[site].uploads) == [(0, "aggregated_model_validation"), (0, "train"),
+                                                 (1, "aggregated_model_validation"), (1, "train"),
+                                                 (2, "aggregated_model_validation")]
     metrics = {(e["round"], e["site"], e["name"]) for e in events if e["event"] == "metric"}
     for name in ("loss", "map50", "accuracy", "score"):
         assert (1, "site1", name) in metrics
 
     # The global model after the last round (final.pbuf) is the plan's aggregation of exactly
     # what the two sites uploaded in that round: the train-size-weighted mean, stepped
-    # server_lr times as far from the model the round started with (last.pbuf); batch-norm
+    # server_lr times as far from the model the round started with; batch-norm
     # statistics plainly averaged.
     plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
     server_lr = plan["tasks"]["train"]["aggregation_type"]["settings"]["server_lr"]
@@ -52,8 +63,8 @@ def test_in_process_federation_averages_site_uploads(tiny_sites, tmp_path, monke
     sizes = np.array([u["data_size"] for u in uploads], float)
     assert sizes.min() > 0
     last, final_round = load_pbuf_weights(tmp_path / "save" / "final.pbuf")
-    start, start_round = load_pbuf_weights(tmp_path / "save" / "last.pbuf")
-    assert final_round == 2 and start_round == 1
+    start = started_with[1]
+    assert final_round == 2
     names = [n for n in last if n in uploads[0]["tensors"]]
     assert len(names) == len(last) and len(names) > 50
     for name in names:
@@ -61,77 +72,42 @@ def test_in_process_federation_averages_site_uploads(tiny_sites, tmp_path, monke
         step = 1.0 if name.endswith(("moving_mean", "moving_variance")) else server_lr
         expected = start[name].reshape(mean.shape) + step * (mean - start[name].reshape(mean.shape))
         np.testing.assert_allclose(last[name].ravel(), np.ravel(expected), rtol=1e-5, atol=1e-6)
+        # it is the model the validation-only round 2 validated
+        np.testing.assert_array_equal(last[name].ravel(), np.ravel(started_with[2][name]))
+    # which aggregated nothing: no round-3 model exists
+    assert all(value is None for value in started_with[3].values())
     # and the sites really trained: their uploads differ from each other
     assert any(not np.allclose(uploads[0]["tensors"][n], uploads[1]["tensors"][n]) for n in names)
-    assert (tmp_path / "save" / "best.pbuf").exists()
+
+    # best.pbuf: the best-scored of the three validated models, the last aggregate among them
+    scores = {e["round"]: e["value"] for e in events
+              if e["event"] == "metric" and e["site"] == "aggregator" and e["name"] == "score"}
+    assert sorted(scores) == [0, 1, 2]
+    best, best_round = load_pbuf_weights(tmp_path / "save" / "best.pbuf")
+    assert best_round == max(scores, key=lambda r: (scores[r], -r))
+    assert aggregator.best_model_score == pytest.approx(max(scores.values()))
+    chosen = started_with[best_round] if best_round else load_pbuf_weights(tmp_path / "save" / "init.pbuf")[0]
+    for name in names:
+        np.testing.assert_array_equal(best[name].ravel(), np.ravel(chosen[name]))
 
 
-def test_the_site_loader_reuses_its_training_dataset_until_the_records_change(tiny_sites):
-    """Built once (tracing its functions costs seconds), re-iterated every epoch; a new
-    labeled set or epoch size gets a new one."""
-    from src.federated.data_loader import SiteDataLoader
-    from src.model.config import ModelConfig
+def test_the_final_validation_round_assigns_only_the_named_validation_tasks():
+    from openfl.component import RandomGroupedAssigner
+    from src.federated.final_validation import FinalValidationAssigner
 
-    loader = SiteDataLoader(str(tiny_sites / "splits" / "site1"), batch_size=4)
-    loader.bind_model(ModelConfig(input_size=64))
-    first = loader.get_train_loader()
-    assert loader.get_train_loader() is first
-    assert len(list(first)) == len(loader.train_records) // 4
-    loader.epoch_images = 5 * 4
-    repeated = loader.get_train_loader()
-    assert repeated is not first and len(list(repeated)) == 5
-    loader.train_records = loader.train_records[:4]
-    assert loader.get_train_loader() is not repeated
-
-
-def test_a_small_site_trains_with_smaller_batches_to_reach_min_batches_per_epoch(tiny_sites):
-    """min_batches_per_epoch: fewer images -> smaller batches (floor min_batch_size); the
-    dataset and the learning-rate schedule's steps agree."""
-    from src.federated.data_loader import SiteDataLoader
-    from src.model.config import ModelConfig
-
-    folder = str(tiny_sites / "splits" / "site1")
-    plain = SiteDataLoader(folder, batch_size=8)
-    images = len(plain.train_records)
-    assert images >= 12, "the fixture site is too small for this test"
-    assert plain.train_batch_size() == 8 and plain.train_batches_per_epoch() == images // 8
-
-    loader = SiteDataLoader(folder, batch_size=8, min_batches_per_epoch=images // 3, min_batch_size=2)
-    loader.bind_model(ModelConfig(input_size=64))
-    assert loader.train_batch_size() == 3
-    assert loader.train_batches_per_epoch() == images // 3
-    assert len(list(loader.get_train_loader(8))) == images // 3
-    floor = SiteDataLoader(folder, batch_size=8, min_batches_per_epoch=images, min_batch_size=2)
-    assert floor.train_batch_size() == 2
-    big = SiteDataLoader(folder, batch_size=8, min_batches_per_epoch=1, min_batch_size=2)
-    assert big.train_batch_size() == 8
-
-
-def test_task_runner_tensor_names_are_stable_across_processes():
-    code = ("import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='3'\n"
-            "from src.config import load_config, model_config\n"
-            "from src.federated.task_runner import MultiTaskRunner\n"
-            "from src.federated.data_loader import SiteDataLoader\n"
-            "r = MultiTaskRunner(data_loader=SiteDataLoader(None), overrides={'model.input_size': 64})\n"
-            "print('\\n'.join(r.get_tensor_dict(False)))\n")
-    outputs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout for _ in range(2)]
-    assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) > 100
-
-
-def test_save_native_round_trips(tmp_path):
-    from src.federated.data_loader import SiteDataLoader
-    from src.federated.task_runner import MultiTaskRunner
-
-    runner = MultiTaskRunner(data_loader=SiteDataLoader(None), overrides=TINY)
-    path = runner.save_native(tmp_path / "m")
-    assert path.endswith(".keras")
-    before = runner.get_tensor_dict()
-    other = MultiTaskRunner(data_loader=SiteDataLoader(None), overrides={**TINY, "seed": 7})
-    other.load_native(path)
-    after = other.get_tensor_dict()
-    assert before.keys() == after.keys()
-    assert all(np.array_equal(before[k], after[k]) for k in before)
+    tasks = {"aggregated_model_validation": {"function": "validate_task"}, "train": {"function": "train_task"}}
+    plan_assigner = RandomGroupedAssigner(
+        task_groups=[{"name": "learning", "percentage": 1.0, "tasks": list(tasks)}], tasks=tasks,
+        authorized_cols=["site1", "site2"], rounds_to_train=2)
+    assigner = FinalValidationAssigner(plan_assigner, 2, ["aggregated_model_validation"])
+    assert sorted(assigner.get_tasks_for_collaborator("site1", 1)) == ["aggregated_model_validation", "train"]
+    assert assigner.get_tasks_for_collaborator("site1", 2) == ["aggregated_model_validation"]
+    assert assigner.get_all_tasks_for_round(2) == ["aggregated_model_validation"]
+    assert sorted(assigner.get_collaborators_for_task("aggregated_model_validation", 2)) == ["site1", "site2"]
+    assert assigner.get_collaborators_for_task("train", 2) == []
+    assert assigner.is_validation_only(2) and not assigner.is_validation_only(1)
+    with pytest.raises(ValueError, match="final_validation_tasks .*'validate'.*aggregated_model_validation"):
+        FinalValidationAssigner(plan_assigner, 2, ["validate"])
 
 
 @pytest.fixture(scope="module")
@@ -168,13 +144,16 @@ def test_simulate_end_to_end_with_real_fx_processes_and_certificates(real_format
     plan = yaml.safe_load((run / "workspace" / "plan" / "plan.yaml").read_text())
     assert plan["aggregator"]["settings"]["backbone_weighting"] == "samples"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert [r["round"] for r in metrics["rounds"]] == [0, 1]
+    # two training rounds, then the plan's validation-only round on the last aggregate
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
+    assert [r.get("validation_only", False) for r in metrics["rounds"]] == [False, False, True]
     assert set(metrics["rounds"][1]["sites"]) == {"c2a", "crisis"}
+    assert metrics["rounds"][2]["score"] is not None
     # `crisis` holds disaster classes only: over the real gRPC transport it uploads
     # no neck/det_head, and the accounting says so.
     assert metrics["backbone_mode"] == "joint" and metrics["exchange"] == "decoupled"
     assert metrics["model_bytes"] > 0
-    for rnd in metrics["rounds"]:
+    for rnd in metrics["rounds"][:2]:
         for site, m in rnd["sites"].items():
             # (tensor messages carry a few bytes of header each way)
             assert 0 < m["upload_bytes"] < 1.01 * metrics["model_bytes"] < 1.02 * m["download_bytes"], (site, m)
@@ -188,7 +167,7 @@ def test_simulate_end_to_end_with_real_fx_processes_and_certificates(real_format
     assert test["loss"] < 0.9 * metrics["initial"]["test"]["loss"], (test["loss"], metrics["initial"]["test"])
     assert metrics["median_idle_s"] is not None and metrics["median_idle_s"] < 2.0
     assert metrics["wall_s"] > metrics["federation_s"] > 0  # (wall includes the test evaluation)
-    assert "round 2/2" in result.stdout
+    assert "round 2/2" in result.stdout and "final validation (the aggregate of round 2)" in result.stdout
     assert _processes_under(run) == []
 
 

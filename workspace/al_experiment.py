@@ -119,6 +119,9 @@ def write_workspace(ws: Path, exp: dict, split_dir: Path, strategy: str, seed: i
     # a run that dies starts over (runs/ keeps finished ones): no need for OpenFL's
     # restart database, whose writes cost seconds per round
     plan["aggregator"]["settings"]["persist_checkpoint"] = False
+    # every round's aggregate is scored on the test split here (run_one); no best.pbuf is
+    # used, so no validation-only round after the last one
+    plan["aggregator"]["settings"]["final_validation_tasks"] = None
     overrides = [f"{k}={json.dumps(v)}" for k, v in exp["config"].items()]
     prepare_workspace(ws, plan, split_dir, exp["rounds"], port=0, seed=seed, overrides=overrides)
     sites = split_sites(split_dir)

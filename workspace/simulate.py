@@ -253,10 +253,17 @@ class Progress:
         idle = [s["idle_s"] for s in sites.values() if "idle_s" in s]
         start = next((e["time"] for e in self.events if e["event"] == "round_start" and e["round"] == rnd), None)
         end = next((e["time"] for e in self.events if e["event"] == "round_end" and e["round"] == rnd), None)
-        return {"round": rnd, "score": score if score is not None else agg.get("score"),
-                "aggregated": agg, "sites": sites,
-                "idle_s": statistics.median(idle) if idle else None,
-                "wall_s": (end - start) if start and end else None}
+        summary = {"round": rnd, "score": score if score is not None else agg.get("score"),
+                   "aggregated": agg, "sites": sites,
+                   "idle_s": statistics.median(idle) if idle else None,
+                   "wall_s": (end - start) if start and end else None}
+        if rnd >= self.rounds:  # the plan's final_validation_tasks: validates, trains nothing
+            summary["validation_only"] = True
+        return summary
+
+    def finished_rounds(self) -> list[int]:
+        """Every round the aggregator closed, the validation-only one after training included."""
+        return sorted({e["round"] for e in self.events if e["event"] == "round_end"})
 
     def model_bytes(self) -> dict:
         """The full model's size on the wire, as the aggregator measured it at start."""
@@ -267,11 +274,14 @@ class Progress:
         s = self.round_summary(rnd)
         parts = []
         for site, m in s["sites"].items():
-            parts.append(f"{site} loss {_fmt(m.get('loss'), 2)} mAP {_fmt(m.get('map50'))} "
-                         f"acc {_fmt(m.get('accuracy'))} up {m.get('upload_bytes', 0) / 1e6:.2f} MB"
+            trained = "" if s.get("validation_only") else f"loss {_fmt(m.get('loss'), 2)} "
+            uploaded = "" if s.get("validation_only") else f" up {m.get('upload_bytes', 0) / 1e6:.2f} MB"
+            parts.append(f"{site} {trained}mAP {_fmt(m.get('map50'))} acc {_fmt(m.get('accuracy'))}{uploaded}"
                          + (f" labeled {m['al_labeled']:.0f} pool {m['al_pool']:.0f}" if "al_labeled" in m else "")
                          + (" REJECTED" if "rejected" in m else ""))
-        print(f"round {rnd + 1}/{self.rounds} | " + " | ".join(parts) +
+        title = (f"final validation (the aggregate of round {self.rounds})" if s.get("validation_only")
+                 else f"round {rnd + 1}/{self.rounds}")
+        print(f"{title} | " + " | ".join(parts) +
               f" | score {_fmt(s['score'])}"
               f" | idle {s['idle_s'] if s['idle_s'] is not None else float('nan'):.2f} s"
               f" | {s['wall_s'] or 0:.0f} s", flush=True)
@@ -342,7 +352,7 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
     model, predictions, test, best_round = evaluate_state(
         best_path if best_path.exists() else ws / "save" / "last.pbuf")
     save_model_atomically(model, run_dir / "model.keras")
-    rounds = [progress.round_summary(r) for r in range(progress.rounds)]
+    rounds = [progress.round_summary(r) for r in progress.finished_rounds()]
     idle = [r["idle_s"] for r in rounds[1:] if r["idle_s"] is not None]
     runner = plan["task_runner"]["settings"]
     model_bytes = progress.model_bytes()
@@ -352,8 +362,9 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
     metrics = {
         "final": {"test": test, "best_round": int(best_round)},
         "initial": {"test": initial},
-        # the aggregate after the last round's training (OpenFL's best/last.pbuf
-        # hold models a round started with, so best has at most rounds-1 epochs)
+        # the aggregate after the last round's training (OpenFL's best/last.pbuf hold
+        # models a round started with: without the plan's final validation round,
+        # best has at most rounds-1 epochs)
         "last_aggregate": {"test": last_aggregate},
         "rounds": rounds,
         "median_idle_s": statistics.median(idle) if idle else None,
@@ -467,7 +478,8 @@ def main(argv=None) -> int:
         progress.poll()
         metrics = final_report(run_dir, ws, split_dir, progress, args.seed, started)
         t = metrics["final"]["test"]
-        print(f"test (best global model, round {metrics['final']['best_round'] + 1}): "
+        print(f"test (best global model: the aggregate of round {metrics['final']['best_round']} "
+              f"of {rounds}, chosen by the sites' validation score): "
               f"mAP50 {t.get('map50', float('nan')):.3f} mAP50-95 {t.get('map50_95', float('nan')):.3f} "
               f"accuracy {t.get('accuracy', float('nan')):.3f} macro-F1 {t.get('macro_f1', float('nan')):.3f} | "
               f"median idle {metrics['median_idle_s'] or 0:.2f} s/round | wall {metrics['wall_s']:.0f} s "

@@ -11,7 +11,11 @@ has 8 worker threads, so a few held polls do not starve result uploads.
 
 Final model: OpenFL writes best.pbuf/last.pbuf from the global model each
 round *starts* with (the one its validation scored), so the aggregate of the
-last round's training is never saved; it goes to `final_state_path`.
+last round's training is never saved; it goes to `final_state_path`. With
+`final_validation_tasks` (e.g. [aggregated_model_validation]) one more round
+runs only those tasks on it, so it is validated and can become best.pbuf
+(src/federated/final_validation.py); `rounds_to_train` stays the number of
+training rounds.
 
 Round ends are serialized: OpenFL 1.9 ends a round either from the result
 upload that completes it (a gRPC thread, no lock) or from a straggler
@@ -46,6 +50,7 @@ from openfl.protocols import utils as openfl_utils
 from openfl.utilities import TensorKey
 
 from src.atomic_files import dump_proto_atomically
+from src.federated.final_validation import FinalValidationAssigner
 from src.federated.tensor_db import KeyedTensorDB
 from src.model.config import task_group_of
 
@@ -76,12 +81,18 @@ def bytes_by_group(named_tensors) -> dict:
 class PromptAggregator(Aggregator):
     def __init__(self, *args, poll_interval_s: float = 0.2, long_poll_s: float = 5.0,
                  event_log: str = "logs/federation_events.jsonl",
-                 final_state_path: str = "save/final.pbuf", **kwargs):
+                 final_state_path: str = "save/final.pbuf", final_validation_tasks: list | None = None,
+                 **kwargs):
         self._events_lock = threading.Lock()
         self.event_log = event_log
         self.final_state_path = final_state_path
         self._round_ready_at = {}
         self._downloads = defaultdict(lambda: defaultdict(int))  # (site, round) -> group -> bytes
+        self.training_rounds = int(kwargs.get("rounds_to_train", 256))
+        if final_validation_tasks:
+            kwargs["assigner"] = FinalValidationAssigner(kwargs["assigner"], self.training_rounds,
+                                                         list(final_validation_tasks))
+            kwargs["rounds_to_train"] = self.training_rounds + 1
         super().__init__(*args, **kwargs)
         self.tensor_db = KeyedTensorDB.from_tensor_db(self.tensor_db)
         self.callbacks.set_tensor_db(self.tensor_db)
@@ -176,6 +187,8 @@ class PromptAggregator(Aggregator):
             self._mark_round_ready(self.round_number)
         elif self.final_state_path:
             # OpenFL saves last/best.pbuf from the model a round *started*
-            # with, so the last round's training would be lost: keep it.
-            self._save_model(self.round_number, self.final_state_path)
-            self._event("final_model", round=self.round_number, path=self.final_state_path)
+            # with, so the last round's training would be lost: keep it. (After a
+            # validation-only round, the model it validated: nothing was aggregated.)
+            final_round = min(self.round_number, self.training_rounds)
+            self._save_model(final_round, self.final_state_path)
+            self._event("final_model", round=final_round, path=self.final_state_path)
