@@ -249,7 +249,7 @@ def test_intruders_are_refused_and_get_nothing_while_the_federation_completes_an
 
     model, _ = load_pbuf_weights(ws / "save" / "init.pbuf")
     results = wire.task_results
-    assert len(results) == 2 * ROUNDS  # validate + train, each round
+    assert len(results) == 2 * ROUNDS + 1  # validate + train each round, then the final validation
     for result in results:
         assert result.header.sender == "site2"
         for tensor in result.tensors:
