@@ -110,6 +110,7 @@ def write_workspace(ws: Path, exp: dict, split_dir: Path, strategy: str, seed: i
     # every run at exactly batch_size unless the experiment says otherwise (the plan's
     # small-site batches would make the step count depend on how the sites split)
     plan["data_loader"]["settings"]["min_batches_per_epoch"] = exp.get("min_batches_per_epoch")
+    plan["data_loader"]["settings"]["repeat_to_batches"] = exp.get("repeat_to_batches")
     for task in plan["tasks"].values():
         task["kwargs"]["batch_size"] = exp["batch_size"]
     if strategy != FULL:

@@ -21,15 +21,18 @@ log = logging.getLogger(__name__)
 class SiteDataLoader(KerasDataLoader):
     def __init__(self, data_path=None, batch_size: int = 16, config: str | None = None,
                  on_error: str = "raise", min_batches_per_epoch: int | None = None,
-                 min_batch_size: int = 4, **kwargs):
+                 min_batch_size: int = 4, repeat_to_batches: int | None = None, **kwargs):
         """min_batches_per_epoch (None = off): a site whose epoch would have fewer
-        batches trains with smaller batches, down to min_batch_size (see train_batch_size)."""
+        batches trains with smaller batches, down to min_batch_size (see train_batch_size).
+        repeat_to_batches (None = off): a site whose epoch still has fewer batches repeats
+        its images (reshuffled, new augmentations) up to that many (train_batches_per_epoch)."""
         super().__init__(batch_size, **kwargs)
         self.cfg = load_config(config)
         self.model_config = None
         self.train_records, self.val_records = [], []
         self.min_batches_per_epoch = int(min_batches_per_epoch) if min_batches_per_epoch else None
         self.min_batch_size = int(min_batch_size)
+        self.repeat_to_batches = int(repeat_to_batches) if repeat_to_batches else None
         # None: an epoch is one pass over train_records; else this many images (the task
         # runner sets it when a site's epoch is sized by more than its labels)
         self.epoch_images = None
@@ -73,16 +76,19 @@ class SiteDataLoader(KerasDataLoader):
                    min(requested, images // self.min_batches_per_epoch))
 
     def train_batches_per_epoch(self, requested=None) -> int:
-        """Optimizer steps in one epoch at this site (the learning-rate schedule's unit)."""
+        """Optimizer steps in one epoch at this site (the learning-rate schedule's unit).
+        With repeat_to_batches, at least that many: a small site then takes as many
+        local steps per round as the plan asks for, by passing over its images more
+        than once (more passes than a centralized epoch makes; say so beside results)."""
         images = self.epoch_images or len(self.train_records)
-        return max(1, images // self.train_batch_size(requested))
+        return max(1, images // self.train_batch_size(requested), self.repeat_to_batches or 0)
 
     def get_train_loader(self, batch_size=None, num_batches=None):
         """The training batches for one epoch. Built once and reused while the records
         stay the same list (active learning assigns a new one when labels arrive):
         building traces the decode/augment/encode functions, about 4 s on this CPU
         every epoch; each pass over the dataset reshuffles and draws new augmentations."""
-        if num_batches is None and self.epoch_images:
+        if num_batches is None and (self.epoch_images or self.repeat_to_batches):
             num_batches = self.train_batches_per_epoch(batch_size)
         batch_size = self.train_batch_size(batch_size)
         built_from = (self.train_records, len(self.train_records), batch_size, num_batches)

@@ -1,0 +1,35 @@
+"""The site data loader's batch-size and epoch-length policies (plan data_loader settings)."""
+from src.federated.data_loader import SiteDataLoader
+
+
+def _loader(records, config, **settings):
+    loader = SiteDataLoader(None, **settings)
+    loader.bind_model(config)
+    loader.train_records = records
+    return loader
+
+
+def _batch_sizes(loader):
+    return [int(images.shape[0]) for images, _ in loader.get_train_loader()]
+
+
+def test_a_small_site_trains_smaller_batches_down_to_the_floor(tiny_config, bright_box_records):
+    records = bright_box_records[:10]
+    loader = _loader(records, tiny_config, batch_size=8, min_batches_per_epoch=4, min_batch_size=2)
+    assert loader.train_batch_size() == 2 and loader.train_batches_per_epoch() == 5
+    assert _batch_sizes(loader) == [2] * 5
+    floor = _loader(records, tiny_config, batch_size=8, min_batches_per_epoch=10, min_batch_size=3)
+    assert floor.train_batch_size() == 3 and floor.train_batches_per_epoch() == 3
+    off = _loader(records, tiny_config, batch_size=8)
+    assert _batch_sizes(off) == [8]  # (the pipeline drops a partial last batch)
+
+
+def test_repeat_to_batches_lengthens_only_a_short_epoch(tiny_config, bright_box_records):
+    """A site with fewer batches than repeat_to_batches repeats its images up to that
+    many full batches (the learning-rate schedule counts them); a longer epoch is kept."""
+    short = _loader(bright_box_records[:6], tiny_config, batch_size=4, repeat_to_batches=5)
+    assert short.train_batches_per_epoch() == 5
+    assert _batch_sizes(short) == [4] * 5
+    long = _loader(bright_box_records[:12], tiny_config, batch_size=2, repeat_to_batches=5)
+    assert long.train_batches_per_epoch() == 6
+    assert _batch_sizes(long) == [2] * 6
