@@ -321,6 +321,8 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
     report written, this evaluation included; `federation_s` stops when the last
     fx process exits."""
     federation_s = time.monotonic() - started
+    import numpy as np
+
     from src.config import load_config, model_config, train_options
     from src.evaluation import Predictor, mean_loss, score_predictions
     from src.atomic_files import save_model_atomically
@@ -337,18 +339,25 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
                               default_data_root=REPO / cfg["data"]["root"])
     loss_weights = train_options(cfg).loss_weights
 
+    evaluated = []  # (weights, evaluation): a state equal to one already evaluated is not evaluated again
+
     def evaluate_state(path: Path):
-        model = build_model(mcfg)
         weights, state_round = load_pbuf_weights(path)
+        for seen, result in evaluated:
+            if seen.keys() == weights.keys() and all(np.array_equal(seen[k], weights[k]) for k in weights):
+                return result[:3] + (state_round,)
+        model = build_model(mcfg)
         assign_weights(model, weights)
         predictions = Predictor(model, mcfg, **cfg.get("evaluation", {})).predict(records, progress=True)
         result = score_predictions(predictions, records, mcfg)
         result["loss"] = mean_loss(model, records, mcfg, loss_weights)
+        evaluated.append((weights, (model, predictions, result, state_round)))
         return model, predictions, result, state_round
 
     initial = evaluate_state(ws / "save" / "init.pbuf")[2]
     last_aggregate = evaluate_state(ws / "save" / "final.pbuf")[2]
     best_path = ws / "save" / "best.pbuf"
+    # with the plan's final validation round the best model is often the last aggregate
     model, predictions, test, best_round = evaluate_state(
         best_path if best_path.exists() else ws / "save" / "last.pbuf")
     save_model_atomically(model, run_dir / "model.keras")
