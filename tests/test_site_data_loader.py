@@ -1,4 +1,8 @@
 """The site data loader's batch-size and epoch-length policies (plan data_loader settings)."""
+from dataclasses import replace
+
+import pytest
+
 from src.federated.data_loader import SiteDataLoader
 
 
@@ -33,3 +37,19 @@ def test_repeat_to_batches_lengthens_only_a_short_epoch(tiny_config, bright_box_
     long = _loader(bright_box_records[:12], tiny_config, batch_size=2, repeat_to_batches=5)
     assert long.train_batches_per_epoch() == 6
     assert _batch_sizes(long) == [2] * 6
+
+
+def test_repeat_to_batches_by_label_kind_leaves_other_sites_alone(tiny_config, bright_box_records):
+    """{boxes: N}: a site holding box labels repeats up to N batches; a classification-only
+    site keeps one pass (it would only lengthen the round it bounds); a kind that does not
+    exist is an error naming the setting."""
+    boxes = _loader(bright_box_records[:6], tiny_config, batch_size=4, repeat_to_batches={"boxes": 5})
+    assert boxes.train_batches_per_epoch() == 5 and _batch_sizes(boxes) == [4] * 5
+    class_only = [replace(r, has_boxes=False, boxes=r.boxes[:0], victim_classes=r.victim_classes[:0])
+                  for r in bright_box_records[:6]]
+    cls = _loader(class_only, tiny_config, batch_size=4, repeat_to_batches={"boxes": 5})
+    assert cls.train_batches_per_epoch() == 1 and _batch_sizes(cls) == [4]
+    both = _loader(bright_box_records[:6], tiny_config, batch_size=4, repeat_to_batches={"boxes": 3, "class": 5})
+    assert both.train_batches_per_epoch() == 5  # a site holding both kinds: the larger floor
+    with pytest.raises(ValueError, match="repeat_to_batches.*'victims'"):
+        SiteDataLoader(None, repeat_to_batches={"victims": 5})

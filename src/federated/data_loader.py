@@ -14,25 +14,45 @@ from openfl.federated.data.loader_keras import KerasDataLoader
 from src.config import load_config, pipeline_options
 from src.data.manifests import load_site
 from src.data.pipeline import training_dataset, validation_dataset
+from src.task_groups import TASK_VOTE_NAMES
 
 log = logging.getLogger(__name__)
+
+
+def repeat_floors(setting) -> dict:
+    """repeat_to_batches as {label kind: batches}: a number applies to every kind; a
+    mapping names kinds ({boxes: 150}: only sites with box labels repeat). Why by
+    kind: the measured gap was the detector's local steps; a classification-only
+    site repeating its images only lengthens the round it bounds."""
+    if not setting:
+        return {}
+    floors = dict(setting) if isinstance(setting, dict) else dict.fromkeys(TASK_VOTE_NAMES, setting)
+    unknown = set(floors) - set(TASK_VOTE_NAMES)
+    if unknown:
+        raise ValueError(f"data_loader repeat_to_batches: unknown label kind(s) {sorted(unknown)}; "
+                         f"use a number or a mapping over {sorted(TASK_VOTE_NAMES)}")
+    try:
+        return {kind: int(n) for kind, n in floors.items() if n}
+    except (TypeError, ValueError):
+        raise ValueError(f"data_loader repeat_to_batches: batch counts must be integers, got {setting!r}") from None
 
 
 class SiteDataLoader(KerasDataLoader):
     def __init__(self, data_path=None, batch_size: int = 16, config: str | None = None,
                  on_error: str = "raise", min_batches_per_epoch: int | None = None,
-                 min_batch_size: int = 4, repeat_to_batches: int | None = None, **kwargs):
+                 min_batch_size: int = 4, repeat_to_batches: int | dict | None = None, **kwargs):
         """min_batches_per_epoch (None = off): a site whose epoch would have fewer
         batches trains with smaller batches, down to min_batch_size (see train_batch_size).
         repeat_to_batches (None = off): a site whose epoch still has fewer batches repeats
-        its images (reshuffled, new augmentations) up to that many (train_batches_per_epoch)."""
+        its images (reshuffled, new augmentations) up to that many (train_batches_per_epoch);
+        a mapping by label kind ({boxes: 150}) applies only to sites holding that kind."""
         super().__init__(batch_size, **kwargs)
         self.cfg = load_config(config)
         self.model_config = None
         self.train_records, self.val_records = [], []
         self.min_batches_per_epoch = int(min_batches_per_epoch) if min_batches_per_epoch else None
         self.min_batch_size = int(min_batch_size)
-        self.repeat_to_batches = int(repeat_to_batches) if repeat_to_batches else None
+        self.repeat_to_batches = repeat_floors(repeat_to_batches)
         # None: an epoch is one pass over train_records; else this many images (the task
         # runner sets it when a site's epoch is sized by more than its labels)
         self.epoch_images = None
@@ -81,14 +101,23 @@ class SiteDataLoader(KerasDataLoader):
         local steps per round as the plan asks for, by passing over its images more
         than once (more passes than a centralized epoch makes; say so beside results)."""
         images = self.epoch_images or len(self.train_records)
-        return max(1, images // self.train_batch_size(requested), self.repeat_to_batches or 0)
+        return max(1, images // self.train_batch_size(requested), self.repeat_floor())
+
+    def repeat_floor(self) -> int:
+        """The fewest batches an epoch has here by repeat_to_batches: the largest floor of
+        the label kinds this site's training images hold (0 = no floor)."""
+        if not self.repeat_to_batches:
+            return 0
+        held = {kind for kind, flag in TASK_VOTE_NAMES.items()
+                if any(getattr(r, flag) for r in self.train_records)}
+        return max((n for kind, n in self.repeat_to_batches.items() if kind in held), default=0)
 
     def get_train_loader(self, batch_size=None, num_batches=None):
         """The training batches for one epoch. Built once and reused while the records
         stay the same list (active learning assigns a new one when labels arrive):
         building traces the decode/augment/encode functions, about 4 s on this CPU
         every epoch; each pass over the dataset reshuffles and draws new augmentations."""
-        if num_batches is None and (self.epoch_images or self.repeat_to_batches):
+        if num_batches is None and (self.epoch_images or self.repeat_floor()):
             num_batches = self.train_batches_per_epoch(batch_size)
         batch_size = self.train_batch_size(batch_size)
         built_from = (self.train_records, len(self.train_records), batch_size, num_batches)
