@@ -53,6 +53,8 @@ def make_workspace(root: Path, split_dir: Path, name: str, plan_sections: dict |
     makes it), with `plan_sections` added to the repository's plan."""
     plan = {**yaml.safe_load((REPO / "plan" / "plan.yaml").read_text()), **(plan_sections or {})}
     plan["task_runner"]["settings"]["backbone_init"] = "scratch"  # the shipped backbone fits the default model only
+    # one pass over a tiny site's images an epoch: these scenarios are about faults, not steps
+    plan["data_loader"]["settings"]["repeat_to_batches"] = None
     ws = root / name
     prepare_workspace(ws, plan, split_dir, rounds=rounds, port=free_port(), seed=0,
                       overrides=[f"{k}={json.dumps(v)}" for k, v in TINY.items()])

@@ -22,11 +22,11 @@ def write_tiny_plan(workspace: Path, sites_dir: Path, rounds: int, sites=("site1
     # the shipped public backbone fits the default model, not this tiny one
     plan["task_runner"]["settings"].update({"backbone_init": "scratch", **(runner or {})})
     plan["aggregator"]["settings"].update(aggregator or {})
-    # batch 8 at every site (the plan's small-site batches would multiply the steps of these
-    # tiny sites; that policy has its own test, tests/test_site_data_loader.py, and the fx
-    # tests run it as planned)
+    # batch 8 at every site, one pass an epoch (the plan's small-site batches and repeated
+    # epochs would multiply the steps of these tiny sites; those policies have their own
+    # test, tests/test_site_data_loader.py, and the fx end-to-end test runs them as planned)
     plan["data_loader"]["settings"].update(config=str(REPO / "configs" / "default.yaml"), batch_size=8,
-                                           min_batches_per_epoch=None)
+                                           min_batches_per_epoch=None, repeat_to_batches=None)
     for task in plan["tasks"].values():
         task["kwargs"]["batch_size"] = 8
     (workspace / "plan").mkdir(parents=True)
