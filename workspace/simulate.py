@@ -470,9 +470,11 @@ def main(argv=None) -> int:
 
         log.info("starting aggregator on localhost:%d (mutual TLS) and %d collaborators", port, len(sites))
         agg = children.start("aggregator", [FX, "aggregator", "start"], ws, run_dir / "aggregator.log", env)
-        wait_for_port(port, agg, run_dir / "aggregator.log")
+        # the sites start up (imports, model, data: ~10 s each) while the aggregator does;
+        # each waits for it before its first task (src/federated/collaborator.py)
         for site in sites:
             children.start(site, [FX, "collaborator", "start", "-n", site], ws, run_dir / f"{site}.log", env)
+        wait_for_port(port, agg, run_dir / "aggregator.log")
         progress = Progress(ws / EVENT_LOG, rounds, sites)
         while True:
             progress.poll()
