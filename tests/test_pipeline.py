@@ -148,3 +148,29 @@ def test_predictor_leaves_undecodable_images_out_of_the_scores(tiny_config, reco
     result = score_predictions(predictions, records, tiny_config)
     assert result["unreadable_images"] == 2 and result["classification_images"] == 6
     assert result["images"] == 8 and result["detection_images"] == 6
+
+
+def test_predict_with_loss_is_predict_plus_the_validation_loss(tiny_config, records_with_undecodable_images):
+    """One forward pass for an evaluation's predictions and loss: the same predictions as
+    `predict`, and the same mean loss as the loss taken batch by batch over
+    `validation_dataset` (the separate pass it replaces); undecodable images are out of both."""
+    from src.evaluation import Predictor
+    from src.model import build_model
+    from src.model.loss import MultiTaskLoss
+
+    records = records_with_undecodable_images
+    model = build_model(tiny_config)
+    loss = MultiTaskLoss(tiny_config)
+    predictor = Predictor(model, tiny_config)
+    predictions, mean_loss = predictor.predict_with_loss(records, loss, batch_size=4)
+    alone = predictor.predict(records, batch_size=4)
+    assert [p is None for p in predictions] == [p is None for p in alone] == [i in (2, 5) for i in range(8)]
+    for got, want in zip(predictions, alone):
+        if want is not None:
+            np.testing.assert_allclose(got["boxes"], want["boxes"], rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(got["disaster_probs"], want["disaster_probs"], rtol=1e-5, atol=1e-6)
+    batches = [(float(loss(targets, model(images, training=False))["loss"]), int(images.shape[0]))
+               for images, targets in validation_dataset(records, tiny_config, batch_size=4)]
+    expected = sum(value * n for value, n in batches) / sum(n for _, n in batches)
+    assert sum(n for _, n in batches) == 6
+    assert mean_loss == pytest.approx(expected, rel=1e-5)

@@ -324,7 +324,8 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
     import numpy as np
 
     from src.config import load_config, model_config, train_options
-    from src.evaluation import Predictor, mean_loss, score_predictions
+    from src.evaluation import Predictor, score_predictions
+    from src.model.loss import MultiTaskLoss
     from src.atomic_files import save_model_atomically
     from src.model import build_model
     from src.federated.checkpoint import assign_weights, load_pbuf_weights
@@ -348,9 +349,10 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
                 return result[:3] + (state_round,)
         model = build_model(mcfg)
         assign_weights(model, weights)
-        predictions = Predictor(model, mcfg, **cfg.get("evaluation", {})).predict(records, progress=True)
+        predictions, loss = Predictor(model, mcfg, **cfg.get("evaluation", {})).predict_with_loss(
+            records, MultiTaskLoss(mcfg, loss_weights), progress=True)
         result = score_predictions(predictions, records, mcfg)
-        result["loss"] = mean_loss(model, records, mcfg, loss_weights)
+        result["loss"] = loss
         evaluated.append((weights, (model, predictions, result, state_round)))
         return model, predictions, result, state_round
 

@@ -171,15 +171,19 @@ def _drop_degenerate(batch, min_size: float = 1.0):
     return out
 
 
+def _targets(batch, config: ModelConfig) -> dict:
+    """The loss's targets for a batch: encoded detector grids, boxes, labels and masks."""
+    batch = _drop_degenerate(batch)
+    s8, s16, s32 = encode_targets(batch["boxes"], batch["classes"], config)
+    return {"det_s8": s8, "det_s16": s16, "det_s32": s32,
+            "gt_boxes": batch["boxes"], "gt_classes": batch["classes"],
+            "has_boxes": batch["has_boxes"], "disaster": batch["disaster"],
+            "has_class": batch["has_class"]}
+
+
 def _to_model_io(config: ModelConfig):
     def fn(batch):
-        batch = _drop_degenerate(batch)
-        s8, s16, s32 = encode_targets(batch["boxes"], batch["classes"], config)
-        targets = {"det_s8": s8, "det_s16": s16, "det_s32": s32,
-                   "gt_boxes": batch["boxes"], "gt_classes": batch["classes"],
-                   "has_boxes": batch["has_boxes"], "disaster": batch["disaster"],
-                   "has_class": batch["has_class"]}
-        return batch["images"], targets
+        return batch["images"], _targets(batch, config)
     return fn
 
 
@@ -243,6 +247,14 @@ def validation_dataset(records: list[Record], config: ModelConfig, batch_size: i
     """Letterboxed, encoded, un-augmented batches for validation losses."""
     ds = inference_dataset(records, config, batch_size, max_boxes)
     return ds.map(_to_model_io(config), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def inference_dataset_with_targets(records: list[Record], config: ModelConfig, batch_size: int = 16,
+                                   max_boxes: int = 32) -> tf.data.Dataset:
+    """`inference_dataset`'s batches, each with its targets: (batch, targets). To predict
+    and take the loss from one forward pass (src/evaluation.py:Predictor.predict_with_loss)."""
+    ds = inference_dataset(records, config, batch_size, max_boxes)
+    return ds.map(lambda batch: (batch, _targets(batch, config)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def letterbox_scale(image_size_wh, size: int) -> float:
