@@ -11,7 +11,7 @@ import yaml
 
 from src.active_learning.pool import LabelPool
 from tests.test_al_pool import DISASTER, VICTIM
-from workspace.al_experiment import EVENT_LOG, FULL, load_experiment, run_experiment, summarize
+from workspace.al_experiment import EVENT_LOG, FULL, load_experiment, run_experiment, run_key, summarize
 
 TINY_EXPERIMENT = {
     "config": {"data.num_images": 40, "data.min_size": 96, "data.max_size": 128,
@@ -99,3 +99,14 @@ def test_summary_is_mean_and_sample_spread_over_seeds_and_checks_the_targets():
                       {"strategies": ["random", "hybrid"]})
     assert not close["targets"]["hybrid_beats_random_beyond_spread"]  # +0.01 within a spread of 0.03
     assert not close["targets"]["hybrid_reaches_95pct_of_full"]
+
+
+def test_all_label_runs_are_kept_when_only_active_learning_settings_change():
+    """A variant of a strategy (say a larger hybrid candidate_factor) reruns the
+    strategy's runs but reuses the all-labels baseline, which never reads those
+    settings; a setting both read (rounds) reruns both."""
+    variant = {**TINY_EXPERIMENT, "final_fraction": 0.4, "active_learning": {"candidate_factor": 10}}
+    assert run_key(variant, FULL, 0) == run_key(TINY_EXPERIMENT, FULL, 0)
+    assert run_key(variant, "hybrid", 0) != run_key(TINY_EXPERIMENT, "hybrid", 0)
+    longer = {**TINY_EXPERIMENT, "rounds": 4}
+    assert run_key(longer, FULL, 0) != run_key(TINY_EXPERIMENT, FULL, 0)

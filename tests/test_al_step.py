@@ -53,6 +53,20 @@ def test_a_label_step_labels_budget_images_and_reports_it(scorer, tiny_data, tmp
     assert again.counts() == pool.counts()  # persisted
 
 
+def test_hybrid_candidate_factor_one_is_pure_uncertainty_sampling(scorer, tiny_data, tmp_path):
+    """candidate_factor (a plan setting) reaches the selection: at 1, diversity has
+    nothing to choose from and hybrid labels exactly the images `entropy` labels."""
+    acquired = {}
+    for strategy in ("hybrid", "entropy"):
+        pool = LabelPool.from_site(write_pool_site(tmp_path / strategy, tiny_data), tmp_path / f"{strategy}.json",
+                                   VICTIM, DISASTER)
+        unlabeled = set(pool.unlabeled_records())
+        label_step(pool, scorer, SimulatedOracle(pool.held_back()), strategy, budget=3, round_num=1,
+                   candidate_factor=1, progress=False)
+        acquired[strategy] = unlabeled - set(pool.unlabeled_records())
+    assert len(acquired["hybrid"]) == 3 and acquired["hybrid"] == acquired["entropy"]
+
+
 def test_a_human_oracle_step_does_not_block_and_leaves_the_choice_pending(scorer, tiny_data, tmp_path):
     pool = LabelPool.from_site(write_pool_site(tmp_path / "site1", tiny_data), tmp_path / "al.json",
                                VICTIM, DISASTER)
@@ -72,6 +86,7 @@ def test_a_human_oracle_step_does_not_block_and_leaves_the_choice_pending(scorer
     ({"budget": 5, "strategy": "smart"}, "strategy 'smart'"),
     ({"budget": 5, "budjet": 3}, "unknown settings ['budjet']"),
     ({"budget": 5, "epoch_images": "some"}, "epoch_images 'some'"),
+    ({"budget": 5, "candidate_factor": 0.5}, "candidate_factor must be >= 1"),
 ])
 def test_plan_labeling_settings_are_checked_with_the_field_named(settings, fragment):
     from src.active_learning.site_labeling import LabelingSettings

@@ -46,6 +46,9 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "al_experiment.yaml"
 DEFAULT_OUT = REPO / "workspace" / "runs" / "al"
 FULL = "full_labels"
+# experiment settings that only runs with active learning read: changing them keeps
+# the all-labels runs (a variant of a strategy reuses its baseline)
+ACTIVE_LEARNING_ONLY = ("seed_fraction", "final_fraction", "query_every", "epoch_images", "active_learning")
 
 log = logging.getLogger("al_experiment")
 
@@ -73,7 +76,8 @@ def load_experiment(path: Path, seeds=None, strategies=None, rounds=None) -> dic
 
 def run_key(exp: dict, strategy: str, seed: int) -> str:
     """What a finished run depends on: a changed setting makes its kept result stale."""
-    fields = {k: exp[k] for k in exp if k not in ("strategies", "seeds")}
+    ignored = ("strategies", "seeds") + (ACTIVE_LEARNING_ONLY if strategy == FULL else ())
+    fields = {k: exp[k] for k in exp if k not in ignored}
     text = json.dumps({"exp": fields, "strategy": strategy, "seed": seed,
                        "plan": (REPO / "plan" / "plan.yaml").read_text()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -116,7 +120,8 @@ def write_workspace(ws: Path, exp: dict, split_dir: Path, strategy: str, seed: i
     if strategy != FULL:
         runner["active_learning"] = {"strategy": strategy, "final_fraction": exp["final_fraction"],
                                      "query_every": exp["query_every"], "oracle": "simulated", "seed": seed,
-                                     "epoch_images": exp.get("epoch_images", "all")}
+                                     "epoch_images": exp.get("epoch_images", "all"),
+                                     **exp.get("active_learning", {})}  # e.g. candidate_factor
     # a run that dies starts over (runs/ keeps finished ones): no need for OpenFL's
     # restart database, whose writes cost seconds per round
     plan["aggregator"]["settings"]["persist_checkpoint"] = False

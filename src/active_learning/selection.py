@@ -190,7 +190,7 @@ def l2_normalise(embeddings: np.ndarray) -> np.ndarray:
 
 
 def select_hybrid(budget: int, uncertainty: np.ndarray, embeddings: np.ndarray | None = None,
-                  candidate_factor: int = CANDIDATE_FACTOR,
+                  candidate_factor: float = CANDIDATE_FACTOR,
                   labeled_embeddings: np.ndarray | None = None, **_) -> np.ndarray:
     """Uncertainty pre-selects candidate_factor * budget images, k-center greedy on
     L2-normalised embeddings picks `budget` of them spread over the feature space
@@ -210,7 +210,7 @@ STRATEGIES: dict[str, Callable[..., np.ndarray]] = {
 
 def select(strategy: str, budget: int, uncertainty: np.ndarray, *, margins: np.ndarray | None = None,
            embeddings: np.ndarray | None = None, rng: np.random.Generator | int | None = None,
-           candidate_factor: int = CANDIDATE_FACTOR,
+           candidate_factor: float = CANDIDATE_FACTOR,
            labeled_embeddings: np.ndarray | None = None) -> np.ndarray:
     """Pool indices of the images to label: unique, min(budget, pool) of them,
     deterministic for a given seed. `uncertainty` is per image, higher = more

@@ -5,7 +5,8 @@ strategy, the budget (either `budget`, images per query, or `final_fraction`,
 the share of the site's training images labeled after the last query, which
 each site turns into its own per-query budget from its pool size and the
 number of query rounds), query_every (rounds), oracle (simulated | human),
-seed, epoch_images (what one training epoch covers, see `epoch_size`), and
+seed, candidate_factor (`hybrid`: how many times the budget uncertainty
+pre-selects before diversity picks), epoch_images (what one training epoch covers, see `epoch_size`), and
 where the site keeps its labeled set (`state`, under its local state so a
 restart resumes) and its human queue.
 A query runs before a round's training, on the global model the site just
@@ -22,7 +23,7 @@ from pathlib import Path
 from src.active_learning.oracles import HumanOracle, SimulatedOracle, ingest_answers
 from src.active_learning.pool import LabelPool
 from src.active_learning.scoring import PoolScorer
-from src.active_learning.selection import STRATEGIES
+from src.active_learning.selection import CANDIDATE_FACTOR, STRATEGIES
 from src.active_learning.step import label_step
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class LabelingSettings:
     query_every: int = 1
     oracle: str = "simulated"
     seed: int = 0
+    candidate_factor: float = CANDIDATE_FACTOR
     epoch_images: str = "all"
     state: str = "local_state/al_{site}.json"
     queue: str = "al_queue/{site}"
@@ -62,6 +64,8 @@ class LabelingSettings:
             raise ValueError(f"active_learning.final_fraction must be in (0, 1], got {out.final_fraction}")
         if out.epoch_images not in EPOCH_IMAGES:
             raise ValueError(f"active_learning.epoch_images {out.epoch_images!r}: known {EPOCH_IMAGES}")
+        if not out.candidate_factor >= 1:
+            raise ValueError(f"active_learning.candidate_factor must be >= 1, got {out.candidate_factor}")
         if out.query_every < 1:
             raise ValueError(f"active_learning.query_every must be >= 1, got {out.query_every}")
         return out
@@ -131,7 +135,7 @@ class SiteLabeling:
             return self.pool.counts()
         s = self.settings
         return label_step(self.pool, self.scorer, self.oracle, s.strategy, self.budget, round_num,
-                          seed=s.seed, progress=False)
+                          seed=s.seed, candidate_factor=s.candidate_factor, progress=False)
 
     def labeled_records(self) -> list:
         return self.pool.labeled_records()

@@ -13,8 +13,8 @@ import numpy as np
 from src.active_learning.oracles import Oracle, ingest_answers, request_labels
 from src.active_learning.pool import LabelPool
 from src.active_learning.scoring import PoolScorer, PoolScores
-from src.active_learning.selection import (UNCERTAINTY_SCORES, combined_uncertainty, disaster_entropy, select,
-                                           selection_summary, top2_margin)
+from src.active_learning.selection import (CANDIDATE_FACTOR, UNCERTAINTY_SCORES, combined_uncertainty,
+                                           disaster_entropy, select, selection_summary, top2_margin)
 
 
 def pool_uncertainty(strategy: str, scores: PoolScores, tasks) -> np.ndarray:
@@ -27,7 +27,8 @@ def pool_uncertainty(strategy: str, scores: PoolScores, tasks) -> np.ndarray:
 
 
 def label_step(pool: LabelPool, scorer: PoolScorer, oracle: Oracle, strategy: str, budget: int,
-               round_num: int, seed: int = 0, batch_size: int = 16, progress: bool = True) -> dict:
+               round_num: int, seed: int = 0, batch_size: int = 16, progress: bool = True,
+               candidate_factor: float = CANDIDATE_FACTOR) -> dict:
     """Pick `budget` unlabeled images by `strategy`, send them to `oracle`, ingest every
     answer that is in (a human oracle's may come rounds later). Returns the site's
     counts (labeled, pool, pending, ...) and the chosen batch's mean uncertainty and
@@ -41,7 +42,7 @@ def label_step(pool: LabelPool, scorer: PoolScorer, oracle: Oracle, strategy: st
         labeled = scorer.score(labeled_records, batch_size, progress).embeddings if labeled_records else None
     chosen = select(strategy, budget, uncertainty, margins=top2_margin(scores.disaster_probs),
                     embeddings=scores.embeddings, rng=np.random.default_rng([seed, round_num]),
-                    labeled_embeddings=labeled)
+                    candidate_factor=candidate_factor, labeled_embeddings=labeled)
     request_labels(pool, oracle, [scores.keys[i] for i in chosen], round_num, strategy)
     ingest_answers(pool, oracle, round_num)
     summary = selection_summary(chosen, uncertainty, scores.disaster_probs.argmax(axis=1),
