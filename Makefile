@@ -63,10 +63,11 @@ simulate: setup
 		$(if $(BACKBONE_INIT),--backbone-init $(BACKBONE_INIT)) $(if $(EXCHANGE),--exchange $(EXCHANGE))
 
 # Each active-learning strategy at the same labeling budget over seeds, vs every label
-# (configs/al_experiment.yaml; SEEDS=0,1,2 STRATEGIES=random,hybrid override it)
-# -> workspace/runs/al/{report.json,report.md,curves.png}. Finished runs are kept and reused.
+# (configs/al_experiment.yaml, or AL_CONFIG=configs/al_experiment_256.yaml; SEEDS=0,1,2
+# STRATEGIES=random,hybrid override it) -> workspace/runs/al/{report.json,report.md,curves.png}
+# (the config's `out:`). Finished runs are kept and reused.
 al-experiment: setup
-	$(PY) -m workspace.al_experiment $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STRATEGIES),--strategies $(STRATEGIES)) \
+	$(PY) -m workspace.al_experiment $(if $(AL_CONFIG),--config $(AL_CONFIG)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STRATEGIES),--strategies $(STRATEGIES)) \
 		$(if $(ROUNDS),--rounds $(ROUNDS))
 
 splits: setup

@@ -11,7 +11,8 @@ import yaml
 
 from src.active_learning.pool import LabelPool
 from tests.test_al_pool import DISASTER, VICTIM
-from workspace.al_experiment import EVENT_LOG, FULL, load_experiment, run_experiment, run_key, summarize
+from workspace.al_experiment import (EVENT_LOG, FULL, base_config, load_experiment, run_experiment, run_key,
+                                     summarize)
 
 TINY_EXPERIMENT = {
     "config": {"data.num_images": 40, "data.min_size": 96, "data.max_size": 128,
@@ -110,3 +111,32 @@ def test_all_label_runs_are_kept_when_only_active_learning_settings_change():
     assert run_key(variant, "hybrid", 0) != run_key(TINY_EXPERIMENT, "hybrid", 0)
     longer = {**TINY_EXPERIMENT, "rounds": 4}
     assert run_key(longer, FULL, 0) != run_key(TINY_EXPERIMENT, FULL, 0)
+
+
+def test_a_variant_config_extends_its_base_and_null_keeps_the_default(tmp_path):
+    """configs/al_experiment_256.yaml names only what differs from al_experiment.yaml:
+    its `config:` entries replace the base's one by one, and null drops the base's
+    override (the model's anchors back to configs/default.yaml's)."""
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(TINY_EXPERIMENT))
+    (tmp_path / "variant.yaml").write_text(yaml.safe_dump(
+        {"extends": "base.yaml", "out": "elsewhere", "rounds": 5,
+         "config": {"model.input_size": 96, "model.width": None}}))
+    base, variant = load_experiment(tmp_path / "base.yaml"), load_experiment(tmp_path / "variant.yaml")
+    assert variant["rounds"] == 5 and variant["out"] == "elsewhere" and "extends" not in variant
+    assert variant["config"]["model.depth"] == TINY_EXPERIMENT["config"]["model.depth"]
+    default = base_config({"config": {}})["model"]
+    cfg = base_config(variant)["model"]
+    assert cfg["input_size"] == 96 and cfg["width"] == default["width"] != base_config(base)["model"]["width"]
+    # where results go does not make a kept run stale
+    assert run_key({**base, "out": "elsewhere"}, "hybrid", 0) == run_key(base, "hybrid", 0)
+
+
+@pytest.mark.parametrize("name", ["al_experiment.yaml", "al_experiment_256.yaml"])
+def test_shipped_experiment_configs_load(name):
+    from workspace.al_experiment import REPO
+
+    exp = load_experiment(REPO / "configs" / name)
+    model = base_config(exp)["model"]
+    # anchors are pixels at the input size: the 256 px variant uses default.yaml's (k-means at 256 px)
+    assert max(max(a) for a in model["anchors"]) < model["input_size"] / 4
+    assert exp["seeds"] and exp["strategies"]

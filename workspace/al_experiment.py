@@ -53,11 +53,27 @@ ACTIVE_LEARNING_ONLY = ("seed_fraction", "final_fraction", "query_every", "epoch
 log = logging.getLogger("al_experiment")
 
 
+def read_experiment_file(path: Path) -> dict:
+    """An experiment config; one with `extends: BASE` is BASE (relative to it) with its own
+    keys replacing BASE's, `config:` entries one by one (a variant names only what differs)."""
+    exp = yaml.safe_load(path.read_text())
+    base_name = exp.pop("extends", None)
+    if base_name is None:
+        return exp
+    base = read_experiment_file(path.parent / base_name)
+    for key, value in exp.items():
+        if key == "config":
+            base["config"] = {**base.get("config", {}), **value}
+        else:
+            base[key] = value
+    return base
+
+
 def load_experiment(path: Path, seeds=None, strategies=None, rounds=None) -> dict:
     """The experiment settings, command-line choices applied, checked."""
     from src.active_learning.selection import STRATEGIES
 
-    exp = yaml.safe_load(Path(path).read_text())
+    exp = read_experiment_file(Path(path))
     if seeds is not None:
         exp["seeds"] = seeds
     if strategies is not None:
@@ -76,17 +92,22 @@ def load_experiment(path: Path, seeds=None, strategies=None, rounds=None) -> dic
 
 def run_key(exp: dict, strategy: str, seed: int) -> str:
     """What a finished run depends on: a changed setting makes its kept result stale."""
-    ignored = ("strategies", "seeds") + (ACTIVE_LEARNING_ONLY if strategy == FULL else ())
+    ignored = ("strategies", "seeds", "out") + (ACTIVE_LEARNING_ONLY if strategy == FULL else ())
     fields = {k: exp[k] for k in exp if k not in ignored}
     text = json.dumps({"exp": fields, "strategy": strategy, "seed": seed,
                        "plan": (REPO / "plan" / "plan.yaml").read_text()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def config_overrides(exp: dict) -> list[str]:
+    """The experiment's `config:` as overrides of configs/default.yaml; null keeps default.yaml's value."""
+    return [f"{k}={json.dumps(v)}" for k, v in exp["config"].items() if v is not None]
+
+
 def base_config(exp: dict) -> dict:
     from src.config import load_config
 
-    return load_config(REPO / "configs" / "default.yaml", [f"{k}={json.dumps(v)}" for k, v in exp["config"].items()])
+    return load_config(REPO / "configs" / "default.yaml", config_overrides(exp))
 
 
 def build_splits(exp: dict, cfg: dict, out: Path, seed: int) -> dict[str, Path]:
@@ -128,8 +149,7 @@ def write_workspace(ws: Path, exp: dict, split_dir: Path, strategy: str, seed: i
     # every round's aggregate is scored on the test split here (run_one); no best.pbuf is
     # used, so no validation-only round after the last one
     plan["aggregator"]["settings"]["final_validation_tasks"] = None
-    overrides = [f"{k}={json.dumps(v)}" for k, v in exp["config"].items()]
-    prepare_workspace(ws, plan, split_dir, exp["rounds"], port=0, seed=seed, overrides=overrides)
+    prepare_workspace(ws, plan, split_dir, exp["rounds"], port=0, seed=seed, overrides=config_overrides(exp))
     sites = split_sites(split_dir)
     (ws / "plan" / "cols.yaml").write_text(yaml.safe_dump({"collaborators": sites}))
     (ws / "plan" / "data.yaml").write_text("".join(f"{s},data_splits/{split_dir.name}/{s}\n" for s in sites))
@@ -339,7 +359,8 @@ def run_experiment(exp: dict, out: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"results folder (default: the config's `out`, else {DEFAULT_OUT.relative_to(REPO)})")
     p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
                    help="comma-separated seeds (default: the config's)")
     p.add_argument("--strategies", type=lambda t: t.split(","), default=None,
@@ -350,8 +371,9 @@ def main(argv=None) -> int:
     for noisy in ("openfl", "src", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     exp = load_experiment(args.config, args.seeds, args.strategies, args.rounds)
-    report = run_experiment(exp, args.out.resolve())
-    print((args.out / "report.md").read_text())
+    out = (args.out or REPO / exp.get("out", DEFAULT_OUT)).resolve()
+    run_experiment(exp, out)
+    print((out / "report.md").read_text())
     return 0
 
 
