@@ -60,7 +60,8 @@ pretrain-backbone: setup
 simulate: setup
 	$(PY) -m workspace.simulate --sites $(SITES) --seed $(SEED) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SPLIT),--split $(SPLIT)) \
 		$(if $(LABELS),--labels $(LABELS)) $(if $(BACKBONE),--backbone-mode $(BACKBONE)) \
-		$(if $(BACKBONE_INIT),--backbone-init $(BACKBONE_INIT)) $(if $(EXCHANGE),--exchange $(EXCHANGE))
+		$(if $(BACKBONE_INIT),--backbone-init $(BACKBONE_INIT)) $(if $(EXCHANGE),--exchange $(EXCHANGE)) \
+		$(if $(AL),--active-learning $(AL))
 
 # Each active-learning strategy at the same labeling budget over seeds, vs every label
 # (configs/al_experiment.yaml, or AL_CONFIG=configs/al_experiment_256.yaml; SEEDS=0,1,2

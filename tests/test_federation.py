@@ -4,6 +4,7 @@
 - end to end: `workspace.simulate` runs real `fx` processes with real certificates.
 """
 import json
+import math
 import os
 import subprocess
 import sys
@@ -111,19 +112,32 @@ def test_the_final_validation_round_assigns_only_the_named_validation_tasks():
 
 
 @pytest.fixture(scope="module")
-def real_format_split(tmp_path_factory):
-    """A split built by the split builder, one site per source: `c2a` (C2A-style COCO json
-    boxes + AIDER-style class folders) and `crisis` (class labels from a TSV only)."""
+def real_format_sources(tmp_path_factory):
+    """Real-format sources: C2A-style COCO json boxes + AIDER-style class folders, and
+    class labels from a TSV only."""
     from src.data.sources import load_sources
-    from src.data.split_builder import build_split
     from tests.real_formats import write_sources_spec
 
     root = tmp_path_factory.mktemp("real")
     spec = write_sources_spec(root / "data", coco_images=60)
     cfg = load_config()
     per_source, _ = load_sources(spec, cfg["classes"]["victim"], cfg["classes"]["disaster"])
-    build_split(per_source, root / "splits" / "real", spec, strategy="by-source")
-    return root / "splits" / "real"
+    return root, spec, per_source
+
+
+def _split_by_source(real_format_sources, name: str, seed_fraction: float = 1.0) -> Path:
+    from src.data.split_builder import build_split
+
+    root, spec, per_source = real_format_sources
+    build_split(per_source, root / "splits" / name, spec, strategy="by-source", seed_fraction=seed_fraction)
+    return root / "splits" / name
+
+
+@pytest.fixture(scope="module")
+def real_format_split(real_format_sources):
+    """A split built by the split builder, one site per source: `c2a` (boxes and classes)
+    and `crisis` (class labels only)."""
+    return _split_by_source(real_format_sources, "real")
 
 
 def test_simulate_end_to_end_with_real_fx_processes_and_certificates(real_format_split, tmp_path):
@@ -169,6 +183,49 @@ def test_simulate_end_to_end_with_real_fx_processes_and_certificates(real_format
     assert metrics["wall_s"] > metrics["federation_s"] > 0  # (wall includes the test evaluation)
     assert "round 2/2" in result.stdout and "final validation (the aggregate of round 2)" in result.stdout
     assert _processes_under(run) == []
+
+
+def test_simulate_with_active_learning_over_real_fx_processes(real_format_sources, real_format_split, tmp_path):
+    """`make simulate AL=hybrid` on a split with unlabeled pools: each `fx collaborator`
+    labels with the global model it received, the one with both tasks and the
+    class-only one alike, up to the final fraction; what it did reaches the report."""
+    split = _split_by_source(real_format_sources, "real-pool", seed_fraction=0.2)
+    cmd = [sys.executable, "-m", "workspace.simulate", "--rounds", "2", "--split", str(split),
+           "--runs-dir", str(tmp_path), "--set", "model.input_size=64", "--set", "model.width=0.125",
+           "--backbone-init", "scratch", "--active-learning", "hybrid", "--final-fraction", "0.5"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = (tmp_path / "latest").resolve()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["active_learning"]["strategy"] == "hybrid"
+    for site in ("c2a", "crisis"):
+        rows = [line.split("\t") for line in (split / site / "manifest.tsv").read_text().splitlines()[1:]]
+        train = sum(r[1] in ("train", "pool") for r in rows)
+        first, second = (metrics["rounds"][r]["sites"][site] for r in (0, 1))
+        assert first["al_labeled"] == sum(r[1] == "train" for r in rows) < train / 2, (site, first)
+        # one query (round 1) up to half of the site's training images, all revealed
+        assert second["al_labeled"] == math.ceil(train / 2) == second["samples_backbone"], (site, second)
+        assert second["al_labeled"] + second["al_pool"] == train and second["al_pending"] == 0
+        state = json.loads((run / "workspace" / "local_state" / f"al_{site}.json").read_text())
+        assert len(state["seed"]) + len(state["acquired"]) == second["al_labeled"]
+    assert "labeled at the end (hybrid, simulated oracle): c2a " in result.stdout
+    # a split without pools (every training image labeled) is refused before any fx starts
+    bad = subprocess.run(cmd[:6] + [str(real_format_split)] + cmd[7:],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "no site has unlabeled `pool` rows" in bad.stderr, bad.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--active-learning", "certainty"], "not a strategy; known: random, entropy"),
+    (["--active-learning", "hybrid", "--seed-fraction", "0.4", "--final-fraction", "0.3"], "0 < seed < final <= 1"),
+])
+def test_simulate_refuses_a_bad_active_learning_request(args, message, capsys):
+    from workspace.simulate import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def _processes_under(folder: Path) -> list[int]:

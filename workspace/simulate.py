@@ -2,6 +2,7 @@
 
 python -m workspace.simulate [--rounds N] [--sites N] [--seed S] [--split data_splits/NAME]
     [--labels both,boxes,class] [--backbone-mode joint|frozen] [--exchange decoupled|full]
+    [--active-learning STRATEGY [--seed-fraction 0.1] [--final-fraction 0.3]]
 
 Runs on the built-in synthetic data (generated if missing), or with --split on
 any split folder the split builder wrote (src/data/split_builder.py). It builds a run folder
@@ -11,6 +12,9 @@ starts `fx aggregator start` and one `fx collaborator start -n SITE` per site
 as separate processes on localhost with mutual TLS, prints one progress line
 per round, and finally evaluates the best global model on the held-out test
 split and writes metrics.json, curves.png, detections.png and model.keras.
+With --active-learning each site starts with a seed fraction of its training
+images labeled and labels more every round with the strategy and a simulated
+oracle (src/active_learning/), up to the final fraction.
 
 Any process failing stops the run with its log tail and a non-zero exit;
 Ctrl-C (or SIGTERM) kills every child process group, so no `fx` is left behind.
@@ -39,6 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS = REPO / "workspace" / "runs"
 FX = str(Path(sys.executable).parent / "fx")
 EVENT_LOG = "logs/federation_events.jsonl"
+# --active-learning's budget: as configs/al_experiment.yaml measures it (README "Active learning")
+AL_SEED_FRACTION, AL_FINAL_FRACTION = 0.1, 0.3
 
 log = logging.getLogger("simulate")
 
@@ -383,6 +389,7 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, progress: Progress, s
         "seed": seed, "sites": progress.sites,
         "model": mcfg.to_dict(),
         "backbone_mode": runner.get("backbone_mode", "joint"), "exchange": runner.get("exchange", "decoupled"),
+        "active_learning": runner.get("active_learning"),
         "model_bytes": model_bytes["model_bytes"], "model_bytes_by_group": model_bytes["by_group"],
         "traffic": traffic_summary(rounds, model_bytes["model_bytes"]),
     }
@@ -413,6 +420,14 @@ def main(argv=None) -> int:
                         "pretrained backbone); scratch = random initialization")
     p.add_argument("--exchange", choices=("decoupled", "full"), default=None,
                    help="default: the plan's (decoupled); full = naive baseline averaging every tensor")
+    p.add_argument("--active-learning", default=None, metavar="STRATEGY",
+                   help="label under a budget: each site starts with --seed-fraction of its training "
+                        "images labeled and queries every round with STRATEGY (random, entropy, margin, "
+                        "emh, hybrid) and the simulated oracle up to --final-fraction (a new split)")
+    p.add_argument("--seed-fraction", type=float, default=AL_SEED_FRACTION,
+                   help="with --active-learning: labeled at the start (default %(default)s)")
+    p.add_argument("--final-fraction", type=float, default=AL_FINAL_FRACTION,
+                   help="with --active-learning: labeled after the last query (default %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the sites' task runner, e.g. model.input_size=128")
     p.add_argument("--plan-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -421,6 +436,14 @@ def main(argv=None) -> int:
                    help="OpenFL's stock 10 s sleep between rounds (to measure what the long poll saves)")
     p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS, help="where run folders go")
     args = p.parse_args(argv)
+    if args.active_learning is not None:
+        from src.active_learning.selection import STRATEGIES
+
+        if args.active_learning not in STRATEGIES:
+            p.error(f"--active-learning {args.active_learning}: not a strategy; known: {', '.join(STRATEGIES)}")
+        if not 0 < args.seed_fraction < args.final_fraction <= 1:
+            p.error("--seed-fraction and --final-fraction: need 0 < seed < final <= 1, "
+                    f"got {args.seed_fraction} and {args.final_fraction}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.chdir(REPO)  # config paths (data/synthetic, configs/) are relative to the repository
@@ -458,6 +481,9 @@ def main(argv=None) -> int:
         for item in shorthands + args.plan_set:
             set_plan_value(plan, item)
         runner = plan["task_runner"]["settings"]
+        if args.active_learning:
+            runner["active_learning"] = {"strategy": args.active_learning, "final_fraction": args.final_fraction,
+                                         "query_every": 1, "oracle": "simulated", "seed": args.seed}
         from src.task_groups import starts_from_checkpoint
 
         if starts_from_checkpoint(runner.get("backbone_mode", "joint"), runner.get("backbone_init", "scratch")):
@@ -506,6 +532,11 @@ def main(argv=None) -> int:
                   f"({100 * (t['upload_fraction_of_model'] or 0):.1f} %: "
                   + ", ".join(f"{g} {b / 1e6:.2f}" for g, b in t["upload_bytes_by_group"].items()) + ")"
                   for site, t in metrics["traffic"].items()))
+        if metrics["active_learning"]:
+            last = metrics["rounds"][rounds - 1]["sites"]
+            print(f"labeled at the end ({metrics['active_learning']['strategy']}, simulated oracle): " + " | ".join(
+                f"{site} {m['al_labeled']:.0f} of {m['al_labeled'] + m['al_pool'] + m.get('al_pending', 0):.0f}"
+                for site, m in last.items() if "al_labeled" in m))
         print(f"report: {run_dir}/(metrics.json, curves.png, detections.png, model.keras)")
         return 0
     except RunFailed as e:
@@ -523,6 +554,9 @@ def ensure_data_and_split(args, run_dir: Path) -> Path:
     if args.split is not None:
         if not args.split.is_dir():
             raise RunFailed(f"--split {args.split}: no such folder")
+        if args.active_learning and not split_has_pool(args.split):
+            raise RunFailed(f"--split {args.split}: no site has unlabeled `pool` rows for --active-learning; "
+                            "build one with `python -m src.data.site_splits --seed-fraction 0.1`")
         return args.split.resolve()
     from src.config import load_config
     from src.data.site_splits import DEFAULT_LABELS, build_site_splits
@@ -532,13 +566,23 @@ def ensure_data_and_split(args, run_dir: Path) -> Path:
     generate_from_config(cfg, REPO / cfg["data"]["root"])
     default = REPO / "data_splits" / "default"
     labels = args.labels.split(",") if args.labels else list(DEFAULT_LABELS)
+    seed_fraction = args.seed_fraction if args.active_learning else 1.0
     if (args.sites == 3 and args.seed == 0 and args.alpha == 0.5 and labels == list(DEFAULT_LABELS)
-            and default.exists()):
+            and seed_fraction == 1.0 and default.exists()):
         return default
     split_dir = run_dir / "split" / f"sites{args.sites}-seed{args.seed}"
-    for s in build_site_splits(cfg, split_dir, args.sites, args.alpha, args.seed, labels):
-        log.info("%s (%s labels): %d train, %d val", s["site"], s["labels"], s["train"], s["val"])
+    for s in build_site_splits(cfg, split_dir, args.sites, args.alpha, args.seed, labels, seed_fraction):
+        log.info("%s (%s labels): %d train, %d pool, %d val", s["site"], s["labels"], s["train"], s["pool"],
+                 s["val"])
     return split_dir
+
+
+def split_has_pool(split_dir: Path) -> bool:
+    """Whether any site of the split holds unlabeled (`pool`) training images."""
+    from src.data.manifests import read_manifest
+
+    return any(row[1] == "pool" for site in split_sites(split_dir)
+               for row in read_manifest(split_dir / site / "manifest.tsv"))
 
 
 def ensure_backbone_checkpoint(path: str, overrides: list[str]):
