@@ -262,7 +262,8 @@ def write_markdown(report: dict, path: Path) -> None:
     lines = [f"# Active learning: {len(exp['seeds'])} seeds x {len(rows)} settings", "",
              f"{exp['sites']} sites ({', '.join(exp['labels'])} labels), {exp['rounds']} rounds; each site starts "
              f"with {exp['seed_fraction']:.0%} of its training images labeled and queries every "
-             f"{exp['query_every']} round(s) up to {exp['final_fraction']:.0%}; task runner settings "
+             f"{exp['query_every']} round(s) up to {exp['final_fraction']:.0%}; configs/default.yaml with "
+             f"{ {k: v for k, v in exp['config'].items() if v is not None} }; task runner settings "
              f"{exp.get('task_runner') or 'as in the plan'}; further active learning settings "
              f"{exp.get('active_learning') or 'none'}. Test split: the last aggregate; "
              "score = mean of mAP@0.5 and accuracy; mean +- standard deviation over seeds.", "",
