@@ -40,7 +40,8 @@ from pathlib import Path
 
 import yaml
 
-from workspace.simulate import EVENT_LOG, ensure_backbone_checkpoint, prepare_workspace, split_sites
+from workspace.simulate import (EVENT_LOG, ensure_backbone_checkpoint, prepare_workspace, simulated_labeling,
+                                split_sites)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "al_experiment.yaml"
@@ -99,9 +100,13 @@ def run_key(exp: dict, strategy: str, seed: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def config_settings(exp: dict) -> dict:
+    """The experiment's `config:` entries that override configs/default.yaml (null keeps default.yaml's value)."""
+    return {k: v for k, v in exp["config"].items() if v is not None}
+
+
 def config_overrides(exp: dict) -> list[str]:
-    """The experiment's `config:` as overrides of configs/default.yaml; null keeps default.yaml's value."""
-    return [f"{k}={json.dumps(v)}" for k, v in exp["config"].items() if v is not None]
+    return [f"{k}={json.dumps(v)}" for k, v in config_settings(exp).items()]
 
 
 def base_config(exp: dict) -> dict:
@@ -139,8 +144,7 @@ def write_workspace(ws: Path, exp: dict, split_dir: Path, strategy: str, seed: i
     for task in plan["tasks"].values():
         task["kwargs"]["batch_size"] = exp["batch_size"]
     if strategy != FULL:
-        runner["active_learning"] = {"strategy": strategy, "final_fraction": exp["final_fraction"],
-                                     "query_every": exp["query_every"], "oracle": "simulated", "seed": seed,
+        runner["active_learning"] = {**simulated_labeling(strategy, exp["final_fraction"], seed, exp["query_every"]),
                                      "epoch_images": exp.get("epoch_images", "all"),
                                      **exp.get("active_learning", {})}  # e.g. candidate_factor
     # a run that dies starts over (runs/ keeps finished ones): no need for OpenFL's
@@ -263,7 +267,7 @@ def write_markdown(report: dict, path: Path) -> None:
              f"{exp['sites']} sites ({', '.join(exp['labels'])} labels), {exp['rounds']} rounds; each site starts "
              f"with {exp['seed_fraction']:.0%} of its training images labeled and queries every "
              f"{exp['query_every']} round(s) up to {exp['final_fraction']:.0%}; configs/default.yaml with "
-             f"{ {k: v for k, v in exp['config'].items() if v is not None} }; task runner settings "
+             f"{config_settings(exp)}; task runner settings "
              f"{exp.get('task_runner') or 'as in the plan'}; further active learning settings "
              f"{exp.get('active_learning') or 'none'}. Test split: the last aggregate; "
              "score = mean of mAP@0.5 and accuracy; mean +- standard deviation over seeds.", "",

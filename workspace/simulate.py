@@ -482,8 +482,7 @@ def main(argv=None) -> int:
             set_plan_value(plan, item)
         runner = plan["task_runner"]["settings"]
         if args.active_learning:
-            runner["active_learning"] = {"strategy": args.active_learning, "final_fraction": args.final_fraction,
-                                         "query_every": 1, "oracle": "simulated", "seed": args.seed}
+            runner["active_learning"] = simulated_labeling(args.active_learning, args.final_fraction, args.seed)
         from src.task_groups import starts_from_checkpoint
 
         if starts_from_checkpoint(runner.get("backbone_mode", "joint"), runner.get("backbone_init", "scratch")):
@@ -575,6 +574,12 @@ def ensure_data_and_split(args, run_dir: Path) -> Path:
         log.info("%s (%s labels): %d train, %d pool, %d val", s["site"], s["labels"], s["train"], s["pool"],
                  s["val"])
     return split_dir
+
+
+def simulated_labeling(strategy: str, final_fraction: float, seed: int, query_every: int = 1) -> dict:
+    """The plan's task_runner.settings.active_learning for a run whose oracle reveals held-back labels."""
+    return {"strategy": strategy, "final_fraction": final_fraction, "query_every": query_every,
+            "oracle": "simulated", "seed": seed}
 
 
 def split_has_pool(split_dir: Path) -> bool:
