@@ -26,7 +26,7 @@ from src.data.manifests import load_site, load_test_split
 from src.data.pipeline import training_dataset
 from src.data.readers import load_yolo_dataset
 from src.data.splits import stratified_split
-from src.data.synthetic import generate_from_config
+from src.data.synthetic import generate_from_config, scene_groups
 from src.evaluation import Predictor, score_predictions
 from src.model import build_model
 from src.task_groups import group_sample_counts, load_group_weights
@@ -53,7 +53,8 @@ def load_data(cfg: dict, split_dir: Path | None = None) -> dict:
                                         on_error=d.get("on_error", "raise"))
     if report.skipped:
         log.warning(report.summary())
-    return stratified_split(records, d["test_fraction"], d["val_fraction"], cfg["seed"])
+    return stratified_split(records, d["test_fraction"], d["val_fraction"], cfg["seed"],
+                            scene_groups(root, [r.image_path for r in records]))
 
 
 def load_split_union(cfg: dict, split_dir: Path) -> dict:

@@ -131,7 +131,7 @@ def test_a_variant_config_extends_its_base_and_null_keeps_the_default(tmp_path):
     assert run_key({**base, "out": "elsewhere"}, "hybrid", 0) == run_key(base, "hybrid", 0)
 
 
-@pytest.mark.parametrize("name", ["al_experiment.yaml", "al_experiment_256.yaml"])
+@pytest.mark.parametrize("name", ["al_experiment.yaml", "al_experiment_256.yaml", "al_experiment_bursts.yaml"])
 def test_shipped_experiment_configs_load(name):
     from workspace.al_experiment import REPO
 
@@ -140,3 +140,6 @@ def test_shipped_experiment_configs_load(name):
     # anchors are pixels at the input size: the 256 px variant uses default.yaml's (k-means at 256 px)
     assert max(max(a) for a in model["anchors"]) < model["input_size"] / 4
     assert exp["seeds"] and exp["strategies"]
+    if name == "al_experiment_bursts.yaml":  # its own data set: bursts of frames, imbalanced classes
+        data = base_config(exp)["data"]
+        assert data["root"] == "data/al_bursts" and data["burst_size"] == 4 and data["class_weights"]["normal"] == 4

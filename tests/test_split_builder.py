@@ -115,3 +115,30 @@ def test_default_split_builder_seed_fraction_keeps_the_partition_and_pools_the_r
         assert [r for r in full[site] if r[1] == "val"] == [r for r in al[site] if r[1] == "val"]
     assert [s["train"] + s["pool"] for s in summary] == [
         sum(r[1] == "train" for r in full[s["site"]]) for s in summary]
+
+
+def test_stratified_split_keeps_a_group_in_one_split():
+    """Groups (e.g. frames of one burst) go whole to one split; no groups = one group per record,
+    which is the plain per-record split."""
+    import numpy as np
+
+    from src.data.records import Record
+    from src.data.splits import stratified_split
+
+    records = [Record(f"img{i}.jpg", disaster_class=(i // 4) % 3, has_class=True) for i in range(240)]
+    groups = [i // 4 for i in range(240)]
+    split = stratified_split(records, 0.2, 0.1, seed=1, groups=groups)
+    where = {}
+    for name, part in split.items():
+        for r in part:
+            where.setdefault(int(r.image_path[3:-4]) // 4, set()).add(name)
+    assert len(where) == 60 and all(len(names) == 1 for names in where.values())
+    assert len(split["test"]) == 4 * 12 and len(split["val"]) == 4 * 6  # 20 groups a class: 4 test, 2 val
+    for c in range(3):
+        assert sum(r.disaster_class == c for r in split["test"]) == 16
+    plain = stratified_split(records, 0.2, 0.1, seed=1)
+    assert plain == stratified_split(records, 0.2, 0.1, seed=1, groups=list(range(240)))
+    assert plain != split
+    with pytest.raises(ValueError, match="3 group keys for 240 records"):
+        stratified_split(records, 0.2, 0.1, seed=1, groups=[0, 1, 2])
+    assert np.array_equal(sorted(r.image_path for p in split.values() for r in p), sorted(r.image_path for r in records))

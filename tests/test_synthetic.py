@@ -77,7 +77,7 @@ def test_written_files_have_real_formats(datasets):
     assert all(row.split("\t")[1] in disaster for row in rows[1:])
     manifest = yaml.safe_load((out / "dataset.yaml").read_text())
     assert manifest["options"] == {"seed": 5, "num_images": 12, "min_size": 192, "max_size": 256,
-                                   "difficulty": 0.5, "max_victims": 6}
+                                   "difficulty": 0.5, "max_victims": 6, "burst_size": 1, "class_weights": None}
     assert manifest["disaster_classes"] == list(disaster) and manifest["victim_classes"] == list(victim)
     for index in range(12):
         image = Image.open(out / "images" / f"{index:05d}.jpg")
@@ -130,17 +130,19 @@ def test_sample_covers_classes_sizes_and_empty_images(sample):
         assert np.all(scene_boxes[:, 2] <= width) and np.all(scene_boxes[:, 3] <= height)
 
 
-def test_boxes_are_tight_around_drawn_figures():
-    """Each box holds figure pixels and touches them on all four edges.
+@pytest.mark.parametrize("options", [OPTIONS, replace(OPTIONS, burst_size=3)], ids=["scenes", "bursts"])
+def test_boxes_are_tight_around_drawn_figures(options):
+    """Each box holds figure pixels and touches them on all four edges, also in a
+    burst frame (a crop of the scene scaled back to full size).
 
-    Rendering with max_victims=0 leaves background, distractors and camera
+    Rendering with max_victims=0 leaves background, distractors, crop and camera
     noise identical (separate random streams), so the difference image shows
     where figures (and their occluders) were drawn.
     """
-    no_victims = replace(OPTIONS, max_victims=0)
+    no_victims = replace(options, max_victims=0)
     checked = 0
     for index in range(30):
-        image, boxes, _, _ = render_scene(0, index, OPTIONS)
+        image, boxes, _, _ = render_scene(0, index, options)
         empty, no_boxes, _, _ = render_scene(0, index, no_victims)
         assert len(no_boxes) == 0
         changed = np.any(np.asarray(image) != np.asarray(empty), axis=2)
@@ -193,3 +195,66 @@ def test_class_subset_and_order_follow_the_given_names():
     options = SceneOptions(disaster_classes=("normal", "fire"))
     classes = {render_scene(0, index, options)[3] for index in range(6)}
     assert classes == {0, 1}
+
+
+def test_a_burst_is_one_scene_in_near_duplicate_frames():
+    bursts = replace(OPTIONS, burst_size=4)
+    frames = [render_scene(2, index, bursts) for index in range(8)]
+    assert len({frame[3] for frame in frames[:4]}) == 1 and len({frame[3] for frame in frames[4:]}) == 1
+    assert len({frame[0].size for frame in frames[:4]}) == 1
+    pixels = [np.asarray(frame[0].convert("L").resize((64, 64)), np.float32) for frame in frames]
+    correlation = [np.corrcoef(pixels[0].ravel(), other.ravel())[0, 1] for other in pixels]
+    assert not np.array_equal(pixels[0], pixels[1])  # each frame its own crop and exposure
+    assert min(correlation[1:4]) > 0.3 and max(correlation[4:]) < 0.2  # 0.32-0.54 vs -0.21-(-0.06) here
+    scene_victims = len(render_scene(2, 0, replace(bursts, burst_size=1))[1])  # image 0 = scene 0 uncropped
+    assert all(len(frame[1]) <= scene_victims for frame in frames[:4])
+    assert max(len(frame[1]) for frame in frames[:4]) > 0
+
+
+def test_class_weights_set_how_often_each_class_occurs():
+    weighted = replace(OPTIONS, class_weights={"normal": 8, "fire": 0})
+    names = weighted.disaster_classes
+    assert weighted.class_weights == tuple(8.0 if n == "normal" else 0.0 if n == "fire" else 1.0 for n in names)
+    drawn = np.array([synthetic.disaster_class_of(0, scene, len(names), weighted.class_weights)
+                      for scene in range(600)])
+    assert 0.67 < np.mean(drawn == names.index("normal")) < 0.79  # 8 / 11 = 0.727 +- 3 sd (0.762 here)
+    assert not np.any(drawn == names.index("fire"))
+    with pytest.raises(ValueError, match="unknown disaster classes \\['volcano'\\]"):
+        replace(OPTIONS, class_weights={"volcano": 2})
+    with pytest.raises(ValueError, match="2 weights for 5 disaster classes"):
+        replace(OPTIONS, class_weights=[1, 2])
+    with pytest.raises(ValueError, match="positive sum"):
+        replace(OPTIONS, class_weights=[0, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="burst_size"):
+        replace(OPTIONS, burst_size=0)
+
+
+def test_a_burst_set_is_written_and_split_scene_by_scene(tmp_path):
+    """Written bursts round-trip like single scenes, and the splitters keep each burst in
+    one split and at one site (a near-duplicate across train and test would flatter scores)."""
+    from src.config import load_config
+    from src.data.site_splits import build_site_splits
+
+    out = generate_dataset(tmp_path / "bursts", num_images=160, seed=3, workers=1, burst_size=4,
+                           class_weights={"normal": 3})
+    manifest = yaml.safe_load((out / "dataset.yaml").read_text())
+    assert manifest["options"]["burst_size"] == 4 and manifest["options"]["class_weights"] == [1, 1, 1, 1, 3]
+    names = [f"images/{i:05d}.jpg" for i in range(160)]
+    assert synthetic.scene_groups(out, names) == [i // 4 for i in range(160)]
+    assert synthetic.scene_groups(tmp_path, names) is None  # not a generated set
+    for index in (5, 6):
+        image, boxes, _, _ = render_scene(3, index, replace(OPTIONS, burst_size=4, class_weights={"normal": 3}))
+        assert len(_parse_labels(out / "labels" / f"{index:05d}.txt")) == len(boxes)
+
+    cfg = load_config(overrides=[f"data.root={out}", "data.num_images=160", "data.test_fraction=0.25",
+                                 "data.val_fraction=0.25"])
+    build_site_splits(cfg, tmp_path / "split", 2, 5.0, 0, ["both"], seed_fraction=0.5)
+    place = {}
+    for site in ("site1", "site2"):
+        for row in (tmp_path / "split" / site / "manifest.tsv").read_text().splitlines()[1:]:
+            image, split = row.split("\t")[:2]
+            place.setdefault(int(Path(image).stem) // 4, set()).add((site, "val" if split == "val" else "train"))
+    for row in (tmp_path / "split" / "test.tsv").read_text().splitlines()[1:]:
+        place.setdefault(int(Path(row).stem) // 4, set()).add(("test", "test"))
+    assert len(place) == 40 and all(len(where) == 1 for where in place.values())
+    assert sum(("test", "test") in where for where in place.values()) >= 8

@@ -25,7 +25,8 @@ import numpy as np
 from src.config import load_config
 from src.data.manifests import active_learning_seed, dirichlet_partition, relative_path, write_site
 from src.data.readers import load_yolo_dataset
-from src.data.splits import stratified_split
+from src.data.splits import record_groups, stratified_split
+from src.data.synthetic import scene_groups
 
 log = logging.getLogger("site_splits")
 
@@ -42,6 +43,14 @@ def site_labels(num_sites: int, labels=DEFAULT_LABELS) -> list[str]:
     return [labels[i % len(labels)] for i in range(num_sites)]
 
 
+def _partition_scenes(root: Path, records: list, num_sites: int, alpha: float, seed: int) -> list[np.ndarray]:
+    """dirichlet_partition over scenes: a burst of frames stays at one site, as it would."""
+    members = list(record_groups(scene_groups(root, [r.image_path for r in records]), len(records)).values())
+    labels = np.array([records[idx[0]].disaster_class for idx in members])
+    parts = dirichlet_partition(labels, num_sites, alpha, seed)
+    return [np.array(sorted(i for g in part for i in members[g]), int) for part in parts]
+
+
 def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, seed: int,
                       labels=DEFAULT_LABELS, seed_fraction: float = 1.0) -> list[dict]:
     """Write one folder per site plus test.tsv; returns a per-site summary.
@@ -50,15 +59,14 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
     root = Path(cfg["data"]["root"])
     records, _ = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"])
     splits = stratified_split(records, cfg["data"]["test_fraction"], cfg["data"]["val_fraction"],
-                              cfg["seed"])
+                              cfg["seed"], scene_groups(root, [r.image_path for r in records]))
     rel = lambda r: Path(r.image_path).relative_to(root).as_posix()  # noqa: E731
     names = [f"site{i + 1}" for i in range(num_sites)]
     label_sets = dict(zip(names, site_labels(num_sites, labels)))
     rows = {n: [] for n in names}
     seed_rng = np.random.default_rng([seed, 7])
     for split in ("train", "val"):
-        labels = np.array([r.disaster_class for r in splits[split]])
-        parts = dirichlet_partition(labels, num_sites, alpha, seed + (split == "val"))
+        parts = _partition_scenes(root, splits[split], num_sites, alpha, seed + (split == "val"))
         for name, idx in zip(names, parts):
             keys = [rel(splits[split][i]) for i in idx]
             labeled = active_learning_seed(keys, seed_fraction, seed_rng) if split == "train" else set(keys)

@@ -13,6 +13,14 @@ images from the seed instead of downloading them. Files are written in the
 same real formats the readers handle (JPEG, YOLO txt, a class TSV), so the
 synthetic set exercises the same code path as real data.
 
+Two knobs make it look more like what a drone team actually collects
+(both off by default): ``burst_size`` images per scene, a burst of
+near-duplicate frames (the same scene and victims, each frame a slightly
+different crop and exposure), and ``class_weights``, how often each
+disaster class occurs (e.g. mostly ``normal`` land, rare fires). Splits of a
+burst-generated set keep each burst in one split (``scene_groups``), so no
+test image has a near-duplicate in training.
+
 Classes are confusable at the margins on purpose, controlled by
 ``difficulty`` in [0, 1]: smoke in traffic scenes, fires with little flame,
 debris in both collapsed and flooded scenes, intact houses and roads in
@@ -51,6 +59,8 @@ CLASS_STREAM = 1000  # rng stream used for the balanced disaster-class draw
 # background pixels identical (tests rely on this).
 _STREAM_SIZE, _STREAM_SCENE, _STREAM_DISTRACTORS = 1, 2, 3
 _STREAM_VICTIMS, _STREAM_OCCLUDERS, _STREAM_CAMERA = 4, 5, 6
+_STREAM_FRAME = 7
+BURST_CROP = (0.8, 0.95)  # a burst frame shows this share of its scene's width and height
 
 Colour = tuple[int, int, int]
 Box = tuple[float, float, float, float]
@@ -109,6 +119,10 @@ class SceneOptions:
     max_victims: int = 6
     disaster_classes: tuple[str, ...] = ()
     victim_classes: tuple[str, ...] = ()
+    burst_size: int = 1  # consecutive images showing one scene (1: every image its own scene)
+    # relative frequency of each disaster class: {name: weight}, unnamed classes
+    # weigh 1; None = balanced. Kept as a tuple in disaster_classes order.
+    class_weights: tuple[float, ...] | dict | None = None
 
     def __post_init__(self):
         disaster, victim = (), ()
@@ -117,6 +131,9 @@ class SceneOptions:
         object.__setattr__(self, "disaster_classes", tuple(self.disaster_classes or disaster))
         object.__setattr__(self, "victim_classes", tuple(self.victim_classes or victim))
         object.__setattr__(self, "difficulty", float(self.difficulty))
+        object.__setattr__(self, "class_weights", _class_weights(self.class_weights, self.disaster_classes))
+        if int(self.burst_size) < 1:
+            raise ValueError(f"burst_size must be >= 1, got {self.burst_size}")
         if not 32 <= int(self.min_size) <= int(self.max_size):
             raise ValueError(f"need 32 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
         if not 0.0 <= self.difficulty <= 1.0:
@@ -134,6 +151,23 @@ def _check_names(kind: str, names: Sequence[str], known: dict) -> None:
         if name not in known:
             raise ValueError(
                 f"unknown {kind} class {name!r}: the synthetic generator can paint {sorted(known)}")
+
+
+def _class_weights(weights, names: Sequence[str]) -> tuple[float, ...] | None:
+    """{name: weight} (unnamed classes weigh 1) or a weight per class, as a tuple; None stays None."""
+    if weights is None:
+        return None
+    if isinstance(weights, dict):
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise ValueError(f"class_weights names unknown disaster classes {unknown}; classes: {list(names)}")
+        weights = [weights.get(name, 1.0) for name in names]
+    weights = tuple(float(w) for w in weights)
+    if len(weights) != len(names):
+        raise ValueError(f"class_weights has {len(weights)} weights for {len(names)} disaster classes")
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"class_weights must be >= 0 with a positive sum, got {list(weights)}")
+    return weights
 
 
 def _coerce_options(options: SceneOptions | dict | None) -> SceneOptions:
@@ -927,10 +961,37 @@ def _apply_camera(rng: np.random.Generator, image: Image.Image, difficulty: floa
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def disaster_class_of(seed: int, index: int, num_classes: int) -> int:
-    """Balanced class draw: each block of num_classes images is a seeded permutation."""
-    block, position = divmod(int(index), num_classes)
+def disaster_class_of(seed: int, scene: int, num_classes: int, weights: Sequence[float] | None = None) -> int:
+    """The class of a scene. Balanced (weights None): each block of num_classes scenes is a
+    seeded permutation. Weighted: a seeded draw with the weights' proportions."""
+    if weights is not None:
+        p = np.asarray(weights, np.float64)
+        return int(np.random.default_rng([int(seed), int(scene), CLASS_STREAM]).choice(num_classes, p=p / p.sum()))
+    block, position = divmod(int(scene), num_classes)
     return int(np.random.default_rng([int(seed), block, CLASS_STREAM]).permutation(num_classes)[position])
+
+
+def _burst_frame(rng: np.random.Generator, image: Image.Image, boxes: np.ndarray
+                 ) -> tuple[Image.Image, np.ndarray]:
+    """One frame of a burst: a crop of the scene (BURST_CROP of each side, larger when the
+    victims need it) scaled back to full size. The crop holds every victim box whole, so
+    boxes stay tight (a box cut by the frame edge would not be)."""
+    width, height = image.size
+    low, high = (boxes[:, :2].min(axis=0).tolist(), boxes[:, 2:].max(axis=0).tolist()) if len(boxes) else \
+        ((width, height), (0, 0))
+    needed = max((high[0] - low[0]) / width, (high[1] - low[1]) / height, 0.0)
+    share = min(max(rng.uniform(*BURST_CROP), needed), 1.0)
+    crop_w, crop_h = width * share, height * share
+
+    def origin(first, last, crop, side):  # the crop's start: inside the image, holding [first, last]
+        earliest = max(0.0, last - crop)
+        return rng.uniform(earliest, max(earliest, min(first, side - crop)))
+
+    x0, y0 = origin(low[0], high[0], crop_w, width), origin(low[1], high[1], crop_h, height)
+    frame = image.transform((width, height), Image.Transform.EXTENT, (x0, y0, x0 + crop_w, y0 + crop_h),
+                            Image.Resampling.BILINEAR)
+    scaled = (boxes - np.array([x0, y0, x0, y0], np.float32)) / share
+    return frame, np.clip(scaled, 0, [width, height, width, height]).astype(np.float32).reshape(-1, 4)
 
 
 def render_scene(seed: int, index: int, options: SceneOptions | dict | None = None
@@ -939,21 +1000,26 @@ def render_scene(seed: int, index: int, options: SceneOptions | dict | None = No
 
     Returns (RGB image, boxes (N, 4) float32 absolute-pixel xyxy of the
     visible part of each victim, victim classes (N,) int32, disaster class
-    index). Depends only on (seed, index, options).
+    index). Depends only on (seed, index, options). With burst_size > 1, images
+    index // burst_size share their scene (class, layout, victims) and differ
+    in crop and camera.
     """
     options = _coerce_options(options)
-    disaster = disaster_class_of(seed, index, len(options.disaster_classes))
-    size_rng = _rng(seed, index, _STREAM_SIZE)
+    scene_index = int(index) // int(options.burst_size)
+    disaster = disaster_class_of(seed, scene_index, len(options.disaster_classes), options.class_weights)
+    size_rng = _rng(seed, scene_index, _STREAM_SIZE)
     width = int(size_rng.integers(options.min_size, options.max_size + 1))
     height = int(size_rng.integers(options.min_size, options.max_size + 1))
     painter = SCENE_PAINTERS[options.disaster_classes[disaster]]
-    scene = painter(_rng(seed, index, _STREAM_SCENE), width, height, options.difficulty)
-    _paint_distractors(_rng(seed, index, _STREAM_DISTRACTORS), scene.image, options.difficulty)
-    boxes, classes = _paint_victims(_rng(seed, index, _STREAM_VICTIMS), _rng(seed, index, _STREAM_OCCLUDERS),
-                                    scene, options)
+    scene = painter(_rng(seed, scene_index, _STREAM_SCENE), width, height, options.difficulty)
+    _paint_distractors(_rng(seed, scene_index, _STREAM_DISTRACTORS), scene.image, options.difficulty)
+    boxes, classes = _paint_victims(_rng(seed, scene_index, _STREAM_VICTIMS),
+                                    _rng(seed, scene_index, _STREAM_OCCLUDERS), scene, options)
     image = scene.image
     for colour, mask in scene.overlays:
         image = Image.composite(Image.new("RGB", image.size, colour), image, mask)
+    if options.burst_size > 1:
+        image, boxes = _burst_frame(_rng(seed, index, _STREAM_FRAME), image, boxes)
     image = _apply_camera(_rng(seed, index, _STREAM_CAMERA), image, options.difficulty)
     return image, boxes, classes, disaster
 
@@ -988,7 +1054,8 @@ def _manifest(seed: int, num_images: int, options: SceneOptions) -> dict:
         "version": GENERATOR_VERSION,
         "options": {"seed": int(seed), "num_images": int(num_images), "min_size": int(options.min_size),
                     "max_size": int(options.max_size), "difficulty": float(options.difficulty),
-                    "max_victims": int(options.max_victims)},
+                    "max_victims": int(options.max_victims), "burst_size": int(options.burst_size),
+                    "class_weights": None if options.class_weights is None else list(options.class_weights)},
         "disaster_classes": list(options.disaster_classes),
         "victim_classes": list(options.victim_classes),
     }
@@ -1002,6 +1069,20 @@ def _already_generated(out: Path, manifest: dict) -> bool:
         if yaml.safe_load(handle) != manifest:
             return False
     return len(list((out / "images").glob("*.jpg"))) == manifest["options"]["num_images"]
+
+
+def scene_groups(root: str | Path, image_paths: Sequence[str | Path]) -> list[int] | None:
+    """The scene (burst) of each image of a synthetic set generated with burst_size > 1, so
+    splits keep a burst together; None for any other folder (every image its own group)."""
+    manifest_path = Path(root) / "dataset.yaml"
+    if not manifest_path.is_file():
+        return None
+    with open(manifest_path, encoding="utf-8") as handle:
+        manifest = yaml.safe_load(handle) or {}
+    burst = int(manifest.get("options", {}).get("burst_size", 1)) if manifest.get("generator") == __name__ else 1
+    if burst == 1:
+        return None
+    return [int(Path(path).stem) // burst for path in image_paths]
 
 
 def _render_all(out: Path, seed: int, num_images: int, options: SceneOptions, workers: int) -> dict[int, str]:
@@ -1027,7 +1108,8 @@ def _remove_stale(out: Path, num_images: int) -> None:
 def generate_dataset(out_dir: str | Path, num_images: int = 3000, seed: int = 0, min_size: int = 192,
                      max_size: int = 256, difficulty: float = 0.5, max_victims: int = 6, workers: int = 2,
                      disaster_classes: Sequence[str] | None = None,
-                     victim_classes: Sequence[str] | None = None) -> Path:
+                     victim_classes: Sequence[str] | None = None, burst_size: int = 1,
+                     class_weights: dict | Sequence[float] | None = None) -> Path:
     """Write the synthetic data set to out_dir and return it.
 
     Layout: images/{i:05d}.jpg, labels/{i:05d}.txt (YOLO, empty = no
@@ -1037,7 +1119,7 @@ def generate_dataset(out_dir: str | Path, num_images: int = 3000, seed: int = 0,
     """
     out = Path(out_dir)
     options = SceneOptions(min_size, max_size, difficulty, max_victims,
-                           tuple(disaster_classes or ()), tuple(victim_classes or ()))
+                           tuple(disaster_classes or ()), tuple(victim_classes or ()), burst_size, class_weights)
     manifest = _manifest(seed, num_images, options)
     if _already_generated(out, manifest):
         LOG.info("%s already holds this synthetic data set (seed=%d, %d images); not regenerating",
@@ -1046,8 +1128,8 @@ def generate_dataset(out_dir: str | Path, num_images: int = 3000, seed: int = 0,
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     (out / "dataset.yaml").unlink(missing_ok=True)
-    LOG.info("generating %d synthetic images into %s (seed=%d, difficulty=%.2f, workers=%d)",
-             num_images, out, seed, difficulty, workers)
+    LOG.info("generating %d synthetic images into %s (seed=%d, difficulty=%.2f, %d image(s) per scene, "
+             "workers=%d)", num_images, out, seed, difficulty, options.burst_size, workers)
     started = time.perf_counter()
     class_names = _render_all(out, seed, num_images, options, workers)
     rows = [f"images/{index:05d}.jpg\t{class_names[index]}\n" for index in range(num_images)]
@@ -1066,7 +1148,8 @@ def generate_from_config(cfg: dict, root=None) -> Path:
                             min_size=d["min_size"], max_size=d["max_size"],
                             difficulty=d["difficulty"], max_victims=d["max_victims"],
                             disaster_classes=cfg["classes"]["disaster"],
-                            victim_classes=cfg["classes"]["victim"])
+                            victim_classes=cfg["classes"]["victim"],
+                            burst_size=d.get("burst_size", 1), class_weights=d.get("class_weights"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -1079,12 +1162,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-size", type=int, default=256)
     parser.add_argument("--max-victims", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--burst-size", type=int, default=1, help="images per scene (near-duplicate frames)")
+    parser.add_argument("--class-weights", type=yaml.safe_load, default=None,
+                        help="relative class frequencies, e.g. '{normal: 4, fire: 0.5}' (default: balanced)")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML with classes.disaster / classes.victim")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     disaster, victim = default_class_names(args.config)
     generate_dataset(args.out, args.num_images, args.seed, args.min_size, args.max_size, args.difficulty,
-                     args.max_victims, args.workers, disaster, victim)
+                     args.max_victims, args.workers, disaster, victim, args.burst_size, args.class_weights)
 
 
 if __name__ == "__main__":
