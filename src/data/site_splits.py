@@ -43,9 +43,12 @@ def site_labels(num_sites: int, labels=DEFAULT_LABELS) -> list[str]:
     return [labels[i % len(labels)] for i in range(num_sites)]
 
 
-def _partition_scenes(root: Path, records: list, num_sites: int, alpha: float, seed: int) -> list[np.ndarray]:
-    """dirichlet_partition over scenes: a burst of frames stays at one site, as it would."""
-    members = list(record_groups(scene_groups(root, [r.image_path for r in records]), len(records)).values())
+def _partition_scenes(records: list, scene_of: dict | None, num_sites: int, alpha: float,
+                      seed: int) -> list[np.ndarray]:
+    """dirichlet_partition over scenes: a burst of frames stays at one site, as it would.
+    scene_of: image path -> scene (None: every image its own scene)."""
+    groups = None if scene_of is None else [scene_of[r.image_path] for r in records]
+    members = list(record_groups(groups, len(records)).values())
     labels = np.array([records[idx[0]].disaster_class for idx in members])
     parts = dirichlet_partition(labels, num_sites, alpha, seed)
     return [np.array(sorted(i for g in part for i in members[g]), int) for part in parts]
@@ -58,15 +61,17 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
     sites with all (1.0) or part of their training images labeled."""
     root = Path(cfg["data"]["root"])
     records, _ = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"])
+    scenes = scene_groups(root, [r.image_path for r in records])
+    scene_of = None if scenes is None else dict(zip((r.image_path for r in records), scenes))
     splits = stratified_split(records, cfg["data"]["test_fraction"], cfg["data"]["val_fraction"],
-                              cfg["seed"], scene_groups(root, [r.image_path for r in records]))
+                              cfg["seed"], scenes)
     rel = lambda r: Path(r.image_path).relative_to(root).as_posix()  # noqa: E731
     names = [f"site{i + 1}" for i in range(num_sites)]
     label_sets = dict(zip(names, site_labels(num_sites, labels)))
     rows = {n: [] for n in names}
     seed_rng = np.random.default_rng([seed, 7])
     for split in ("train", "val"):
-        parts = _partition_scenes(root, splits[split], num_sites, alpha, seed + (split == "val"))
+        parts = _partition_scenes(splits[split], scene_of, num_sites, alpha, seed + (split == "val"))
         for name, idx in zip(names, parts):
             keys = [rel(splits[split][i]) for i in idx]
             labeled = active_learning_seed(keys, seed_fraction, seed_rng) if split == "train" else set(keys)
