@@ -98,6 +98,9 @@ def test_summary_is_mean_and_sample_spread_over_seeds_and_checks_the_targets():
     t = report["targets"]["hybrid"]
     assert t["reaches_95pct_of_full"] and t["minus_random"] == pytest.approx(0.08)
     assert t["seed_spread"] == pytest.approx(0.02) and t["beats_random_beyond_spread"]
+    # seed by seed: 0.59 - 0.50, 0.60 - 0.52, 0.61 - 0.54
+    assert t["per_seed_minus_random"] == pytest.approx([0.09, 0.08, 0.07])
+    assert t["per_seed_minus_random_std"] == pytest.approx(0.01)
     # a variant of hybrid is held to the same targets, by its own name
     wide = [run("hybrid_wide", s, v) for s, v in enumerate((0.50, 0.53, 0.56))]
     close = summarize(runs + wide, {"strategies": ["random", "hybrid", "hybrid_wide"],
