@@ -75,12 +75,13 @@ splits: setup
 	$(PY) -m src.data.site_splits --sites $(SITES) --seed $(SEED)
 
 test: setup
-	$(PY) -m pytest -q -m "not faults" --durations=15 tests
+	$(PY) -m pytest -q -m "not faults and not slow" --durations=15 tests
 
 # Crashes, intruders, poisoned updates, interrupted writes, what a site sends
-# (real fx processes and certificates; ~10 min, so not part of `make test`).
+# (real fx processes and certificates; ~10 min, so not part of `make test`),
+# and the `slow` end-to-end runs (active learning over fx processes: 2 min).
 test-faults: setup
-	$(PY) -m pytest -q -m faults --durations=10 tests
+	$(PY) -m pytest -q -m "faults or slow" --durations=10 tests
 
 bench: setup
 	$(PY) -m bench.run

@@ -52,3 +52,6 @@ def bright_box_records(tmp_path_factory):
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "faults: reliability/security scenarios (`make test-faults`; not in `make test`'s time budget)")
+    config.addinivalue_line(
+        "markers", "slow: a further end-to-end run over `fx` processes, run by `make test-faults` to keep "
+                   "`make test` within ~15 min on this 2-core host")

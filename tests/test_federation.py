@@ -185,6 +185,7 @@ def test_simulate_end_to_end_with_real_fx_processes_and_certificates(real_format
     assert _processes_under(run) == []
 
 
+@pytest.mark.slow  # (in `make test-faults`: 2 min that would push `make test` past 15 min here)
 def test_simulate_with_active_learning_over_real_fx_processes(real_format_sources, real_format_split, tmp_path):
     """`make simulate AL=hybrid` on a split with unlabeled pools: each `fx collaborator`
     labels with the global model it received, the one with both tasks and the
