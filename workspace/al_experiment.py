@@ -56,8 +56,7 @@ DEFAULT_OUT = REPO / "workspace" / "runs" / "al"
 FULL = "full_labels"
 # experiment settings that only runs with active learning read: changing them keeps
 # the all-labels runs (a variant of a strategy reuses its baseline)
-ACTIVE_LEARNING_ONLY = ("seed_fraction", "final_fraction", "query_every", "epoch_images", "active_learning",
-                        "variants")
+ACTIVE_LEARNING_ONLY = ("seed_fraction", "final_fraction", "query_every", "epoch_images", "active_learning")
 VARIANT_KEYS = {"strategy", "active_learning"}
 
 log = logging.getLogger("al_experiment")
