@@ -144,6 +144,13 @@ def test_a_strategy_variant_runs_its_strategy_with_its_own_settings(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**exp, "variants": {}}))
     with pytest.raises(SystemExit, match="unknown strategies"):
         load_experiment(tmp_path / "bad.yaml")
+    # a setting the label step would refuse is refused before any run, named
+    for settings, message in (({"candidate_factr": 10}, r"hybrid_wide: active_learning: unknown settings"),
+                              ({"detection_weight": 2}, r"hybrid_wide: active_learning.detection_weight must be")):
+        bad = {"hybrid_wide": {"strategy": "hybrid", "active_learning": settings}}
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**exp, "variants": bad}))
+        with pytest.raises(SystemExit, match=message):
+            load_experiment(tmp_path / "bad.yaml")
 
 
 def test_op_determinism_repeats_the_augmented_batches_and_is_switched_off_after(tiny_config, bright_box_records):

@@ -48,6 +48,23 @@ def test_combined_is_invariant_to_the_scale_of_one_task():
     np.testing.assert_allclose(combined_uncertainty([1, 2, 3], [30, 20, 10], True, True), [0.5] * 3)
 
 
+def test_detection_weight_sets_each_task_s_share():
+    """0 ranks by the disaster head alone, 1 by the detector alone, 0.5 is the plain mean."""
+    rng = np.random.default_rng(2)
+    det, cls = rng.random(40), rng.random(40)
+    np.testing.assert_array_equal(np.argsort(combined_uncertainty(det, cls, True, True, 0.0)), np.argsort(cls))
+    np.testing.assert_array_equal(np.argsort(combined_uncertainty(det, cls, True, True, 1.0)), np.argsort(det))
+    np.testing.assert_allclose(combined_uncertainty(det, cls, True, True, 0.5),
+                               combined_uncertainty(det, cls, True, True))
+    # Hand example: ranks det (0, .5, 1), cls (1, .5, 0); 0.25 * det + 0.75 * cls.
+    np.testing.assert_allclose(combined_uncertainty([1, 2, 3], [30, 20, 10], True, True, 0.25),
+                               [0.75, 0.5, 0.25])
+    # A one-task site has nothing to weigh.
+    np.testing.assert_array_equal(combined_uncertainty(det, None, True, False, 0.0), det)
+    with pytest.raises(ValueError, match=r"detection_weight must be in \[0, 1\], got 1.5"):
+        combined_uncertainty(det, cls, True, True, 1.5)
+
+
 def test_single_task_site_ignores_the_other_task():
     det, nan = np.array([0.1, 0.9, 0.4]), np.full(3, np.nan)
     np.testing.assert_array_equal(combined_uncertainty(det, nan, True, False), det)

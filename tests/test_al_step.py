@@ -67,6 +67,26 @@ def test_hybrid_candidate_factor_one_is_pure_uncertainty_sampling(scorer, tiny_d
     assert len(acquired["hybrid"]) == 3 and acquired["hybrid"] == acquired["entropy"]
 
 
+def test_detection_weight_decides_which_task_ranks_a_both_task_site(scorer, tiny_data, tmp_path):
+    """detection_weight (a plan setting) reaches the ranking: at 0 `entropy` labels the
+    pool's highest disaster-head entropies, at 1 its highest detection uncertainties."""
+    from src.active_learning.selection import disaster_entropy, most_uncertain
+
+    acquired, expected = {}, {}
+    for weight in (0.0, 1.0):
+        pool = LabelPool.from_site(write_pool_site(tmp_path / str(weight), tiny_data),
+                                   tmp_path / f"{weight}.json", VICTIM, DISASTER)
+        assert {"boxes", "class"} <= set(pool.tasks)
+        scores = scorer.score(pool.unlabeled_records(), batch_size=4, progress=False)
+        ranked_by = disaster_entropy(scores.disaster_probs) if weight == 0 else scores.detection_uncertainty
+        expected[weight] = {scores.keys[i] for i in most_uncertain(ranked_by, 3)}
+        unlabeled = set(pool.unlabeled_records())
+        label_step(pool, scorer, SimulatedOracle(pool.held_back()), "entropy", budget=3, round_num=1,
+                   detection_weight=weight, progress=False)
+        acquired[weight] = unlabeled - set(pool.unlabeled_records())
+    assert acquired == expected and expected[0.0] != expected[1.0]
+
+
 def test_a_human_oracle_step_does_not_block_and_leaves_the_choice_pending(scorer, tiny_data, tmp_path):
     pool = LabelPool.from_site(write_pool_site(tmp_path / "site1", tiny_data), tmp_path / "al.json",
                                VICTIM, DISASTER)
@@ -87,6 +107,7 @@ def test_a_human_oracle_step_does_not_block_and_leaves_the_choice_pending(scorer
     ({"budget": 5, "budjet": 3}, "unknown settings ['budjet']"),
     ({"budget": 5, "epoch_images": "some"}, "epoch_images 'some'"),
     ({"budget": 5, "candidate_factor": 0.5}, "candidate_factor must be >= 1"),
+    ({"budget": 5, "detection_weight": -0.1}, "detection_weight must be in [0, 1]"),
 ])
 def test_plan_labeling_settings_are_checked_with_the_field_named(settings, fragment):
     from src.active_learning.site_labeling import LabelingSettings

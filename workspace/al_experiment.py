@@ -81,6 +81,7 @@ def read_experiment_file(path: Path) -> dict:
 def load_experiment(path: Path, seeds=None, strategies=None, rounds=None) -> dict:
     """The experiment settings, command-line choices applied, checked."""
     from src.active_learning.selection import STRATEGIES
+    from src.active_learning.site_labeling import LabelingSettings
 
     exp = read_experiment_file(Path(path))
     if seeds is not None:
@@ -100,6 +101,11 @@ def load_experiment(path: Path, seeds=None, strategies=None, rounds=None) -> dic
     if unknown:
         raise SystemExit(f"{path}: unknown strategies {unknown}; known: {sorted(STRATEGIES)}, "
                          f"variants: {sorted(variants)}")
+    for name in exp["strategies"]:  # a misspelt setting fails here, not an hour into the runs
+        try:
+            LabelingSettings.from_plan(labeling_settings(exp, name, seed=0))
+        except (TypeError, ValueError) as err:
+            raise SystemExit(f"{path}: {name}: {err}") from None
     if not exp["seeds"]:
         raise SystemExit(f"{path}: no seeds")
     if exp["rounds"] < 2:
@@ -113,6 +119,15 @@ def strategy_settings(exp: dict, name: str) -> tuple[str, dict]:
     strategy with its own settings on top."""
     variant = exp.get("variants", {}).get(name, {"strategy": name})
     return variant["strategy"], {**exp.get("active_learning", {}), **variant.get("active_learning", {})}
+
+
+def labeling_settings(exp: dict, name: str, seed: int) -> dict:
+    """The plan's task_runner.settings.active_learning of the run named `name` (a strategy
+    or a variant): the simulated oracle at the experiment's budget, plus its own settings
+    (e.g. candidate_factor)."""
+    selection, settings = strategy_settings(exp, name)
+    return {**simulated_labeling(selection, exp["final_fraction"], seed, exp["query_every"]),
+            "epoch_images": exp.get("epoch_images", "all"), **settings}
 
 
 def run_key(exp: dict, strategy: str, seed: int) -> str:
@@ -170,10 +185,7 @@ def write_workspace(ws: Path, exp: dict, split_dir: Path, strategy: str, seed: i
     for task in plan["tasks"].values():
         task["kwargs"]["batch_size"] = exp["batch_size"]
     if strategy != FULL:
-        selection, settings = strategy_settings(exp, strategy)
-        runner["active_learning"] = {**simulated_labeling(selection, exp["final_fraction"], seed, exp["query_every"]),
-                                     "epoch_images": exp.get("epoch_images", "all"),
-                                     **settings}  # e.g. candidate_factor
+        runner["active_learning"] = labeling_settings(exp, strategy, seed)
     # a run that dies starts over (runs/ keeps finished ones): no need for OpenFL's
     # restart database, whose writes cost seconds per round
     plan["aggregator"]["settings"]["persist_checkpoint"] = False

@@ -27,6 +27,10 @@ EMPTY_IMAGE_UNCERTAINTY = 0.5
 # `hybrid` lets diversity choose among the candidate_factor * budget most
 # uncertain images: 1 is pure uncertainty, the whole pool is pure diversity.
 CANDIDATE_FACTOR = 3
+# At a site with both tasks, the detector's share of the combined uncertainty
+# (the disaster head has the rest): equal by default; a site whose detector is
+# still too weak for its confidences to mean much can lower it.
+DETECTION_WEIGHT = 0.5
 _CHUNK = 1024  # labeled embeddings compared at a time (bounds memory)
 
 
@@ -90,13 +94,17 @@ def percentile_rank(values: np.ndarray) -> np.ndarray:
 
 
 def combined_uncertainty(det_u: np.ndarray | None, cls_u: np.ndarray | None,
-                         has_boxes_task: bool, has_class_task: bool) -> np.ndarray:
+                         has_boxes_task: bool, has_class_task: bool,
+                         detection_weight: float = DETECTION_WEIGHT) -> np.ndarray:
     """One per-image uncertainty over the pool from the tasks this site trains.
 
-    Both tasks: the mean of each task's percentile rank, so neither task's
+    Both tasks: a weighted mean of each task's percentile rank (the detector's
+    weight `detection_weight`, the disaster head's the rest), so neither task's
     scale dominates. One task: that task's values unchanged (already in
     [0, 1]); the other task's array may be None or NaN and is not read.
     """
+    if not 0.0 <= detection_weight <= 1.0:
+        raise ValueError(f"detection_weight must be in [0, 1], got {detection_weight}")
     used = [u for u, has in ((det_u, has_boxes_task), (cls_u, has_class_task)) if has]
     if not used:
         raise ValueError("a site without boxes or disaster labels has nothing to be uncertain about")
@@ -106,7 +114,7 @@ def combined_uncertainty(det_u: np.ndarray | None, cls_u: np.ndarray | None,
             raise ValueError("uncertainty of a task the site trains must be finite")
     if len(used) == 1:
         return used[0]
-    return (percentile_rank(used[0]) + percentile_rank(used[1])) / 2.0
+    return detection_weight * percentile_rank(used[0]) + (1.0 - detection_weight) * percentile_rank(used[1])
 
 
 # The disaster-head score each ranking strategy feeds into `combined_uncertainty`.

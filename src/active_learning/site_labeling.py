@@ -6,7 +6,8 @@ the share of the site's training images labeled after the last query, which
 each site turns into its own per-query budget from its pool size and the
 number of query rounds), query_every (rounds), oracle (simulated | human),
 seed, candidate_factor (`hybrid`: how many times the budget uncertainty
-pre-selects before diversity picks), epoch_images (what one training epoch
+pre-selects before diversity picks), detection_weight (at a site with both
+tasks, the detector's share of the combined uncertainty), epoch_images (what one training epoch
 covers, see `epoch_size`), and where the site keeps its labeled set (`state`,
 under its local state so a restart resumes) and its human queue.
 A query runs before a round's training, on the global model the site just
@@ -23,7 +24,7 @@ from pathlib import Path
 from src.active_learning.oracles import HumanOracle, SimulatedOracle, ingest_answers
 from src.active_learning.pool import LabelPool
 from src.active_learning.scoring import PoolScorer
-from src.active_learning.selection import CANDIDATE_FACTOR, STRATEGIES
+from src.active_learning.selection import CANDIDATE_FACTOR, DETECTION_WEIGHT, STRATEGIES
 from src.active_learning.step import label_step
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class LabelingSettings:
     oracle: str = "simulated"
     seed: int = 0
     candidate_factor: float = CANDIDATE_FACTOR
+    detection_weight: float = DETECTION_WEIGHT
     epoch_images: str = "all"
     state: str = "local_state/al_{site}.json"
     queue: str = "al_queue/{site}"
@@ -66,6 +68,8 @@ class LabelingSettings:
             raise ValueError(f"active_learning.epoch_images {out.epoch_images!r}: known {EPOCH_IMAGES}")
         if not out.candidate_factor >= 1:
             raise ValueError(f"active_learning.candidate_factor must be >= 1, got {out.candidate_factor}")
+        if not 0 <= out.detection_weight <= 1:
+            raise ValueError(f"active_learning.detection_weight must be in [0, 1], got {out.detection_weight}")
         if out.query_every < 1:
             raise ValueError(f"active_learning.query_every must be >= 1, got {out.query_every}")
         return out
@@ -135,7 +139,8 @@ class SiteLabeling:
             return self.pool.counts()
         s = self.settings
         return label_step(self.pool, self.scorer, self.oracle, s.strategy, self.budget, round_num,
-                          seed=s.seed, candidate_factor=s.candidate_factor, progress=False)
+                          seed=s.seed, candidate_factor=s.candidate_factor,
+                          detection_weight=s.detection_weight, progress=False)
 
     def labeled_records(self) -> list:
         return self.pool.labeled_records()

@@ -13,29 +13,33 @@ import numpy as np
 from src.active_learning.oracles import Oracle, ingest_answers, request_labels
 from src.active_learning.pool import LabelPool
 from src.active_learning.scoring import PoolScorer, PoolScores
-from src.active_learning.selection import (CANDIDATE_FACTOR, UNCERTAINTY_SCORES, combined_uncertainty,
-                                           disaster_entropy, select, selection_summary, top2_margin)
+from src.active_learning.selection import (CANDIDATE_FACTOR, DETECTION_WEIGHT, UNCERTAINTY_SCORES,
+                                           combined_uncertainty, disaster_entropy, select, selection_summary,
+                                           top2_margin)
 
 
-def pool_uncertainty(strategy: str, scores: PoolScores, tasks) -> np.ndarray:
+def pool_uncertainty(strategy: str, scores: PoolScores, tasks,
+                     detection_weight: float = DETECTION_WEIGHT) -> np.ndarray:
     """Per pool image, the uncertainty `strategy` ranks by, over the tasks the site trains."""
     disaster_score = UNCERTAINTY_SCORES.get(strategy, disaster_entropy)
     return combined_uncertainty(
         scores.detection_uncertainty if "boxes" in tasks else None,
         disaster_score(scores.disaster_probs) if "class" in tasks else None,
-        "boxes" in tasks, "class" in tasks)
+        "boxes" in tasks, "class" in tasks, detection_weight)
 
 
 def label_step(pool: LabelPool, scorer: PoolScorer, oracle: Oracle, strategy: str, budget: int,
                round_num: int, seed: int = 0, batch_size: int = 16, progress: bool = True,
-               candidate_factor: float = CANDIDATE_FACTOR) -> dict:
+               candidate_factor: float = CANDIDATE_FACTOR,
+               detection_weight: float = DETECTION_WEIGHT) -> dict:
     """Pick `budget` unlabeled images by `strategy`, send them to `oracle`, ingest every
     answer that is in (a human oracle's may come rounds later). Returns the site's
     counts (labeled, pool, pending, ...) and the chosen batch's mean uncertainty and
     predicted disaster-class histogram. `hybrid` also keeps picks away from what is
     already labeled (one more pass, over the labeled images' embeddings)."""
     scores = scorer.score(pool.unlabeled_records(), batch_size, progress)
-    uncertainty = pool_uncertainty(strategy, scores, pool.tasks) if scores.keys else np.zeros(0)
+    uncertainty = (pool_uncertainty(strategy, scores, pool.tasks, detection_weight) if scores.keys
+                   else np.zeros(0))
     labeled = None
     if strategy == "hybrid" and scores.keys:
         labeled_records = {str(i): r for i, r in enumerate(pool.labeled_records())}
