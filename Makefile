@@ -18,6 +18,10 @@ LABELS ?=
 BACKBONE ?=
 BACKBONE_INIT ?=
 EXCHANGE ?=
+# make simulate's active learning: on the built-in data each site starts with 10 % of
+# its training images labeled and labels up to 30 % with `hybrid` (AL=none: every
+# label; AL=random etc.); with SPLIT= the split's own labels unless AL= names a strategy
+AL ?= $(if $(SPLIT),none,hybrid)
 CENTRAL_MODEL := workspace/runs/central/model.keras
 MODEL ?= $(CENTRAL_MODEL)
 
@@ -61,7 +65,7 @@ simulate: setup
 	$(PY) -m workspace.simulate --sites $(SITES) --seed $(SEED) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SPLIT),--split $(SPLIT)) \
 		$(if $(LABELS),--labels $(LABELS)) $(if $(BACKBONE),--backbone-mode $(BACKBONE)) \
 		$(if $(BACKBONE_INIT),--backbone-init $(BACKBONE_INIT)) $(if $(EXCHANGE),--exchange $(EXCHANGE)) \
-		$(if $(AL),--active-learning $(AL))
+		$(if $(filter-out none,$(AL)),--active-learning $(AL))
 
 # Each active-learning strategy at the same labeling budget over seeds, vs every label
 # (configs/al_experiment.yaml, or AL_CONFIG=configs/al_experiment_256.yaml; SEEDS=0,1,2

@@ -217,6 +217,23 @@ def test_simulate_with_active_learning_over_real_fx_processes(real_format_source
     assert bad.returncode == 1 and "no site has unlabeled `pool` rows" in bad.stderr, bad.stderr[-2000:]
 
 
+def test_make_simulate_labels_with_hybrid_by_default_on_the_built_in_data():
+    """`make simulate` runs the active-learning step (hybrid, 10 % -> 30 % labeled) on the
+    built-in data; `AL=none` trains on every label; on a split of one's own (SPLIT=) the
+    split's labels are used unless AL= names a strategy (such a split needs pool rows)."""
+    def command(*args):
+        out = subprocess.run(["make", "-n", "simulate", *args], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout
+        return " ".join(next(line for line in out.replace("\\\n", " ").splitlines()
+                             if "workspace.simulate" in line).split())
+
+    assert command().endswith("--active-learning hybrid")
+    assert "--active-learning" not in command("AL=none")
+    assert command("AL=random").endswith("--active-learning random")
+    assert "--active-learning" not in command("SPLIT=data_splits/real")
+    assert command("SPLIT=data_splits/real", "AL=hybrid").endswith("--active-learning hybrid")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--active-learning", "certainty"], "not a strategy; known: random, entropy"),
     (["--active-learning", "hybrid", "--seed-fraction", "0.4", "--final-fraction", "0.3"], "0 < seed < final <= 1"),
