@@ -7,9 +7,10 @@ each site turns into its own per-query budget from its pool size and the
 number of query rounds), query_every (rounds), oracle (simulated | human),
 seed, candidate_factor (`hybrid`: how many times the budget uncertainty
 pre-selects before diversity picks), detection_weight (at a site with both
-tasks, the detector's share of the combined uncertainty), epoch_images (what one training epoch
-covers, see `epoch_size`), and where the site keeps its labeled set (`state`,
-under its local state so a restart resumes) and its human queue.
+tasks, the detector's share of the combined uncertainty), epoch_images (what
+one training epoch covers, see `epoch_size`), and where the site keeps its
+labeled set (`state`, under its local state so a restart resumes) and its
+human queue.
 A query runs before a round's training, on the global model the site just
 received; training then sees only labeled images. Answers of a human oracle
 are ingested at the start of every round, whenever they appear.
