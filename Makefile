@@ -22,10 +22,12 @@ EXCHANGE ?=
 # its training images labeled and labels up to 30 % with `hybrid` (AL=none: every
 # label; AL=random etc.); with SPLIT= the split's own labels unless AL= names a strategy
 AL ?= $(if $(SPLIT),none,hybrid)
+# the make command line as typed, recorded in a run's JSON (`run.command`, src/run_record.py)
+MAKE_COMMAND = make $(MAKECMDGOALS)$(if $(MAKEOVERRIDES), $(MAKEOVERRIDES))
 CENTRAL_MODEL := workspace/runs/central/model.keras
 MODEL ?= $(CENTRAL_MODEL)
 
-.PHONY: setup data splits train-central pretrain-backbone simulate al-experiment test test-faults bench export-report clean
+.PHONY: setup data splits train-central pretrain-backbone simulate al-experiment results test test-faults bench export-report clean
 
 setup: $(STAMP)
 
@@ -53,16 +55,17 @@ data: setup
 # the sites of the split hold (default: data_splits/default), and like the default
 # plan's backbone starting from the public checkpoint (BACKBONE_INIT=scratch: random).
 train-central: setup
-	$(PY) -m src.train_central --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS)) --split $(or $(SPLIT),data_splits/default) \
-		$(if $(filter scratch,$(BACKBONE_INIT)),,--init-backbone data/pretrained/backbone.npz)
+	$(PY) -m src.cli.train_central --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS)) --split $(or $(SPLIT),data_splits/default) \
+		$(if $(BACKBONE),--backbone-mode $(BACKBONE)) $(if $(BACKBONE_INIT),--backbone-init $(BACKBONE_INIT))
 
 # The "public" backbone checkpoint the federation starts from (shipped in git; this remakes it).
 pretrain-backbone: setup
-	$(PY) -m src.pretrain_backbone
+	$(PY) -m src.cli.pretrain_backbone
 
-# A whole federation on this machine: real fx processes, real certificates.
+# A whole federation on this machine: real fx processes, real certificates
+# -> workspace/runs/<date-time>/ (workspace/runs/latest): metrics.json, curves.png, ...
 simulate: setup
-	$(PY) -m workspace.simulate --sites $(SITES) --seed $(SEED) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SPLIT),--split $(SPLIT)) \
+	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m workspace.simulate --sites $(SITES) --seed $(SEED) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SPLIT),--split $(SPLIT)) \
 		$(if $(LABELS),--labels $(LABELS)) $(if $(BACKBONE),--backbone-mode $(BACKBONE)) \
 		$(if $(BACKBONE_INIT),--backbone-init $(BACKBONE_INIT)) $(if $(EXCHANGE),--exchange $(EXCHANGE)) \
 		$(if $(filter-out none,$(AL)),--active-learning $(AL))
@@ -72,11 +75,16 @@ simulate: setup
 # STRATEGIES=random,hybrid override it) -> workspace/runs/al/{report.json,report.md,curves.png}
 # (the config's `out:`). Finished runs are kept and reused.
 al-experiment: setup
-	$(PY) -m workspace.al_experiment $(if $(AL_CONFIG),--config $(AL_CONFIG)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STRATEGIES),--strategies $(STRATEGIES)) \
+	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m workspace.al_experiment $(if $(AL_CONFIG),--config $(AL_CONFIG)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STRATEGIES),--strategies $(STRATEGIES)) \
 		$(if $(ROUNDS),--rounds $(ROUNDS))
 
+# docs/results/*.md from the runs' JSON: the latest `make simulate` run, `make bench`,
+# each `make al-experiment` config's report (a page whose JSON is missing is skipped)
+results: setup
+	$(PY) -m workspace.results
+
 splits: setup
-	$(PY) -m src.data.site_splits --sites $(SITES) --seed $(SEED)
+	$(PY) -m src.data.splits --sites $(SITES) --seed $(SEED)
 
 test: setup
 	$(PY) -m pytest -q -m "not faults and not slow" --durations=15 tests
@@ -88,13 +96,13 @@ test-faults: setup
 	$(PY) -m pytest -q -m "faults or slow" --durations=10 tests
 
 bench: setup
-	$(PY) -m bench.run
+	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m bench.run
 
 # Export the model to every runtime and measure quality vs speed on the test split
 # (trains the centralized reference first when it is the model asked for and missing).
 export-report: setup
 	@if [ ! -f "$(MODEL)" ] && [ "$(MODEL)" = "$(CENTRAL_MODEL)" ]; then $(MAKE) train-central; fi
-	$(PY) -m src.deploy.report --model $(MODEL)
+	$(PY) -m src.deploy.export_report --model $(MODEL)
 
 clean:
 	rm -rf workspace/runs data/synthetic

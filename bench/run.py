@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import statistics
 import time
 from pathlib import Path
@@ -20,11 +20,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from src.config import load_config, model_config
+from src.settings import load_config, model_config
 from src.evaluation import Predictor
 from src.model import build_model
 from src.model.config import full_variant
 from src.model.targets import encode_targets
+from src.run_record import run_record
 from src.training import TrainOptions, Trainer
 
 VARIANTS = {
@@ -108,14 +109,11 @@ def main(argv=None):
         r = results[name]
         print(f"{name}: {r['parameters']:,} params @ {r['input_size']} px | "
               f"train {r['train_images_per_s']:.1f} img/s | inference {r['inference_images_per_s']:.1f} img/s")
-    out = {"machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
-                       "tensorflow": tf.__version__, "keras": keras.__version__},
-           "repeats": args.repeats, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "variants": results}
+    run = run_record("bench.run", argv if argv is not None else sys.argv[1:])
+    run["machine"].update(tensorflow=tf.__version__, keras=keras.__version__)
+    out = {"run": run, "repeats": args.repeats, "variants": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    existing = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-    existing.update(out)
-    Path(args.out).write_text(json.dumps(existing, indent=2))
+    Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
 
 

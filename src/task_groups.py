@@ -48,7 +48,7 @@ def outputs_for_groups(groups) -> tuple[str, ...]:
     return outputs or (*DETECTION_OUTPUTS, DISASTER_OUTPUT)
 
 
-def starts_from_checkpoint(backbone_mode: str, backbone_init: str = "scratch") -> bool:
+def starts_from_checkpoint(backbone_mode: str, backbone_init: str) -> bool:
     """Whether the model starts from the pretrained backbone checkpoint (`frozen` always does)."""
     if backbone_mode not in BACKBONE_MODES:
         raise ValueError(f"backbone_mode must be one of {BACKBONE_MODES}, got {backbone_mode!r}")

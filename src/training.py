@@ -1,5 +1,5 @@
-"""The multi-task training loop, framework-free (no OpenFL): used by the
-centralized trainer now and by the federated task runner later.
+"""The multi-task training loop, framework-free (no OpenFL): one loop for the
+centralized trainer and the federated task runner.
 
 A custom step (GradientTape) rather than `model.fit`, because the loss needs
 targets the Keras compile API cannot route (ground-truth boxes for the ignore
@@ -34,6 +34,13 @@ class TrainOptions:
     clip_norm: float = 10.0
     loss_weights: LossWeights = field(default_factory=LossWeights)
     logit_adjustment: bool = False  # disaster loss adjusted by the trainer's class prior (see MultiTaskLoss)
+
+
+def train_options(cfg: dict) -> TrainOptions:
+    """TrainOptions from the settings' `training` section."""
+    t = dict(cfg["training"])
+    t["loss_weights"] = LossWeights(**t.get("loss_weights", {}))
+    return TrainOptions(**t)
 
 
 def make_optimizer(options: TrainOptions, steps_per_epoch: int) -> keras.optimizers.Optimizer:

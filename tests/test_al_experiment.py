@@ -11,18 +11,22 @@ import yaml
 
 from src.active_learning.pool import LabelPool
 from tests.test_al_pool import DISASTER, VICTIM
-from workspace.al_experiment import (EVENT_LOG, FULL, base_config, load_experiment, op_determinism, run_experiment,
-                                     run_key, strategy_settings, summarize)
+from workspace.al_experiment.experiment import FULL, REPO, base_config, load_experiment, run_key, strategy_settings
+from workspace.al_experiment.report import summarize
+from workspace.al_experiment.runs import experiment_plan, op_determinism, run_experiment
+from workspace.simulate.fx_workspace import EVENT_LOG
 
 TINY_EXPERIMENT = {
     "config": {"data.num_images": 40, "data.min_size": 96, "data.max_size": 128,
                "data.test_fraction": 0.2, "data.val_fraction": 0.2,
                "model.input_size": 64, "model.width": 0.125, "model.depth": [1, 1, 1, 1, 1],
-               "model.cls_head_blocks": 1},
-    "sites": 1, "labels": ["both"], "alpha": 100.0, "rounds": 3, "epochs_per_round": 1, "batch_size": 8,
+               "model.cls_head_blocks": 1, "pipeline.batch_size": 8},
+    # the shipped backbone fits the default model only; every site one pass at batch 8 an epoch
+    "plan": {"task_runner.settings.backbone_init": "scratch", "tasks.train.kwargs.epochs": 1,
+             "data_loader.settings.min_batches_per_epoch": None, "data_loader.settings.repeat_to_batches": None},
+    "sites": 1, "labels": ["both"], "alpha": 100.0, "rounds": 3,
     "seed_fraction": 0.25, "final_fraction": 0.5, "query_every": 1,
     "strategies": ["hybrid"], "seeds": [0],  # (several strategies and seeds: the summary test)
-    "task_runner": {"backbone_init": "scratch"},  # the shipped backbone fits the default model only
 }
 
 
@@ -181,15 +185,16 @@ def test_op_determinism_repeats_the_augmented_batches_and_is_switched_off_after(
 
 def test_a_variant_config_extends_its_base_and_null_keeps_the_default(tmp_path):
     """configs/al_experiment_256.yaml names only what differs from al_experiment.yaml:
-    its `config:` entries replace the base's one by one, and null drops the base's
-    override (the model's anchors back to configs/default.yaml's)."""
+    its `config:` and `plan:` entries replace the base's one by one, and a null setting
+    drops the base's override (the model's anchors back to configs/default.yaml's)."""
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(TINY_EXPERIMENT))
     (tmp_path / "variant.yaml").write_text(yaml.safe_dump(
         {"extends": "base.yaml", "out": "elsewhere", "rounds": 5,
-         "config": {"model.input_size": 96, "model.width": None}}))
+         "config": {"model.input_size": 96, "model.width": None}, "plan": {"tasks.train.kwargs.epochs": 2}}))
     base, variant = load_experiment(tmp_path / "base.yaml"), load_experiment(tmp_path / "variant.yaml")
     assert variant["rounds"] == 5 and variant["out"] == "elsewhere" and "extends" not in variant
     assert variant["config"]["model.depth"] == TINY_EXPERIMENT["config"]["model.depth"]
+    assert variant["plan"] == {**TINY_EXPERIMENT["plan"], "tasks.train.kwargs.epochs": 2}
     default = base_config({"config": {}})["model"]
     cfg = base_config(variant)["model"]
     assert cfg["input_size"] == 96 and cfg["width"] == default["width"] != base_config(base)["model"]["width"]
@@ -199,13 +204,30 @@ def test_a_variant_config_extends_its_base_and_null_keeps_the_default(tmp_path):
 
 @pytest.mark.parametrize("name", ["al_experiment.yaml", "al_experiment_256.yaml", "al_experiment_bursts.yaml"])
 def test_shipped_experiment_configs_load(name):
-    from workspace.al_experiment import REPO
-
     exp = load_experiment(REPO / "configs" / name)
     model = base_config(exp)["model"]
     # anchors are pixels at the input size: the 256 px variant uses default.yaml's (k-means at 256 px)
     assert max(max(a) for a in model["anchors"]) < model["input_size"] / 4
     assert exp["seeds"] and exp["strategies"]
+    # the plan of a run: the frozen backbone, two local epochs a round, every site at batch 16
+    # one pass an epoch, this round count; the settings reach the data loader and the task runner alike
+    plan = experiment_plan(exp, "hybrid", seed=2)
+    runner, loader = plan["task_runner"]["settings"], plan["data_loader"]["settings"]
+    assert runner["backbone_mode"] == "frozen" and plan["tasks"]["train"]["kwargs"]["epochs"] == 2
+    assert runner["rounds"] == plan["aggregator"]["settings"]["rounds_to_train"] == exp["rounds"]
+    assert loader["min_batches_per_epoch"] is None and loader["repeat_to_batches"] is None
+    assert runner["overrides"] == loader["overrides"]
+    assert runner["overrides"]["pipeline.batch_size"] == 16 and runner["overrides"]["seed"] == 2
+    assert runner["active_learning"]["strategy"] == "hybrid" and runner["active_learning"]["oracle"] == "simulated"
+    assert "active_learning" not in experiment_plan(exp, FULL, seed=2)["task_runner"]["settings"]
     if name == "al_experiment_bursts.yaml":  # its own data set: bursts of frames, imbalanced classes
         data = base_config(exp)["data"]
         assert data["root"] == "data/al_bursts" and data["burst_size"] == 4 and data["class_weights"]["normal"] == 4
+
+
+def test_an_experiment_key_it_does_not_know_is_refused(tmp_path):
+    """Settings keys go under `config:`, plan values under `plan:`; a key of neither is
+    refused by name instead of being ignored."""
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({**TINY_EXPERIMENT, "epochs_per_round": 2}))
+    with pytest.raises(SystemExit, match=r"unknown keys \['epochs_per_round'\]"):
+        load_experiment(tmp_path / "exp.yaml")

@@ -9,9 +9,9 @@ import pytest
 
 from src.active_learning.oracles import SimulatedOracle, ingest_answers, request_labels
 from src.active_learning.pool import LabelPool
-from src.config import load_config
+from src.settings import load_config
 from src.data.manifests import load_site, read_manifest, write_site
-from src.data.readers import DataError
+from src.data.formats import DataError
 from tests.tiny_federation import REPO, write_tiny_site_split
 
 CFG = load_config()

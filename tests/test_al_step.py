@@ -7,7 +7,7 @@ from src.active_learning.oracles import HumanOracle, SimulatedOracle
 from src.active_learning.pool import LabelPool
 from src.active_learning.scoring import PoolScorer
 from src.active_learning.step import label_step
-from src.config import load_config, model_config
+from src.settings import load_config, model_config
 from src.model import build_model
 from tests.test_al_pool import DISASTER, VICTIM, tiny_data, write_pool_site  # noqa: F401 (fixture)
 from tests.tiny_federation import TINY
@@ -15,7 +15,7 @@ from tests.tiny_federation import TINY
 
 @pytest.fixture(scope="module")
 def scorer():
-    cfg = load_config(overrides=[f"{k}={v}" for k, v in TINY.items()])
+    cfg = load_config(overrides=TINY)
     config = model_config(cfg)
     return PoolScorer(build_model(config), config)
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from src.model import build_model
-from src.model import darknet_weights as dw
 from src.model.config import ModelConfig, full_variant, task_group_of
+from tools import darknet as dw
+from tools.darknet import model_check, weights_file
 
 # yolov3.weights as released: a 20-byte header (0.2.0, int64 seen) + 62,001,757 float32
 # (the same count other readers hard-code, e.g. platypus' read_darknet_weights).
@@ -133,7 +134,7 @@ def test_layout_is_yolov3_cfg_and_matches_the_full_model(full_model):
     assert sum(conv_floats(c) for c in cfg) == YOLOV3_FLOATS == dw.layout_floats()
     assert dw.expected_file_bytes() == YOLOV3_BYTES
     assert dw.expected_file_bytes("darknet53.conv.74") == DARKNET53_CONV74_BYTES
-    assert dw._tiny_file_bytes(20) == YOLOV3_TINY_BYTES
+    assert weights_file._tiny_file_bytes(20) == YOLOV3_TINY_BYTES
     groups = [c.group for c in convs]
     assert (groups.count("backbone"), groups.count("neck"), groups.count("det_head")) == (52, 17, 6)
     assert groups == ["backbone"] * 52 + ["neck"] * 5 + ["det_head"] * 2 + ["neck"] * 6 \
@@ -177,7 +178,7 @@ def test_layout_check_catches_a_swapped_route(monkeypatch):
     assert any(p.startswith("neck_p4_concat: inputs ['backbone_stage4_block7_add', 'neck_p5_up']")
                for p in problems["neck"])
     with pytest.raises(dw.DarknetLayoutError, match=r"parts=\('backbone', 'det_head'\)"):
-        dw._raise_on_problems(problems, model.name)
+        model_check._raise_on_problems(problems, model.name)
     del model
 
 

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from src.config import load_config, model_config
+from src.settings import load_config, model_config
 from src.data.manifests import read_manifest
-from src.data.site_splits import DEFAULT_LABELS
+from src.data.splits import DEFAULT_LABELS
 from src.federated.checkpoint import load_pbuf_weights
 from src.model import build_model
 from src.model.config import task_group_of
@@ -58,13 +58,13 @@ def expected_aggregate(uploads: dict, weights: dict, start: dict, name: str, ser
     return base + step * (mean - base)
 
 
-def run(workspace: Path, sites_dir: Path, monkeypatch, rounds: int, runner: dict):
+def run(workspace: Path, sites_dir: Path, monkeypatch, rounds: int, runner: dict, overrides: dict | None = None):
     from src.federated.in_process import run_federation
 
     # no validation-only round at the end: these tests read the sites' models as their
     # training left them, and that round would load the global model into them
     plan = write_tiny_plan(workspace, sites_dir, rounds=rounds, sites=SITES, runner=runner,
-                           aggregator={"final_validation_tasks": None})
+                           aggregator={"final_validation_tasks": None}, overrides=overrides)
     monkeypatch.chdir(workspace)
     aggregator, clients = run_federation(workspace)
     assert aggregator.round_number == rounds
@@ -163,15 +163,15 @@ def test_frozen_backbone_never_travels_and_naive_exchange_sends_every_other_grou
     """exchange full (the naive baseline): every site trains and sends every group it may
     train, weighted by its whole train size; backbone frozen: it stays the checkpoint."""
     sites_dir = mixed_sites / "splits"
-    cfg = load_config(overrides=[f"{k}={v}" for k, v in TINY.items()] + ["seed=11"])
+    cfg = load_config(overrides={**TINY, "seed": 11})
     pretrained = build_model(model_config(cfg))
     checkpoint = save_group_weights(pretrained, ["backbone"], tmp_path / "pretrained" / "backbone.npz")
-    fresh = build_model(model_config(load_config(overrides=[f"{k}={v}" for k, v in TINY.items()])))
+    fresh = build_model(model_config(load_config(overrides=TINY)))
     assert load_group_weights(fresh, checkpoint) == ["backbone"]
 
     aggregator, clients, server_lr = run(tmp_path / "ws", sites_dir, monkeypatch, rounds=1,
-                                         runner={"backbone_mode": "frozen", "exchange": "full",
-                                                 "backbone_checkpoint": str(checkpoint)})
+                                         runner={"backbone_mode": "frozen", "exchange": "full"},
+                                         overrides={"pretrain.checkpoint": str(checkpoint)})
     uploads = {s: clients[s].uploads[(0, "train")]["tensors"] for s in SITES}
     for s in SITES:
         assert group_of_names(n for n in uploads[s] if "/" in n) == {"neck", "det_head", "cls_head"}, s
@@ -224,14 +224,15 @@ def test_a_joint_backbone_can_start_from_the_checkpoint_and_stays_trainable(tmp_
     from src.federated.task_runner import MultiTaskRunner
     from src.task_groups import starts_from_checkpoint
 
-    pretrained = build_model(model_config(load_config(overrides=[f"{k}={v}" for k, v in TINY.items()]
-                                                      + ["seed=11"])))
+    pretrained = build_model(model_config(load_config(overrides={**TINY, "seed": 11})))
     checkpoint = save_group_weights(pretrained, ["backbone"], tmp_path / "backbone.npz")
     stored = {v.path: v.numpy() for v in pretrained.weights}
 
+    overrides = {**TINY, "pretrain.checkpoint": str(checkpoint)}
+
     def runner(init):
-        return MultiTaskRunner(data_loader=SiteDataLoader(None), overrides=TINY, backbone_mode="joint",
-                               backbone_init=init, backbone_checkpoint=str(checkpoint)).get_tensor_dict()
+        return MultiTaskRunner(data_loader=SiteDataLoader(None, overrides=overrides), overrides=overrides,
+                               backbone_mode="joint", backbone_init=init).get_tensor_dict()
 
     from_checkpoint, from_scratch = runner("checkpoint"), runner("scratch")
     backbone = [n for n in stored if task_group_of(n) == "backbone"]
@@ -242,12 +243,16 @@ def test_a_joint_backbone_can_start_from_the_checkpoint_and_stays_trainable(tmp_
     assert any(not np.array_equal(from_scratch[n], stored[n]) for n in backbone)
     for name in heads:  # the checkpoint holds the backbone only
         np.testing.assert_array_equal(from_checkpoint[name], from_scratch[name])
-    assert starts_from_checkpoint("joint", "checkpoint") and starts_from_checkpoint("frozen")
+    assert starts_from_checkpoint("joint", "checkpoint") and starts_from_checkpoint("frozen", "scratch")
     assert not starts_from_checkpoint("joint", "scratch")
     with pytest.raises(ValueError, match="backbone_init"):
         starts_from_checkpoint("joint", "imagenet")
-    with pytest.raises(ValueError, match="backbone_checkpoint"):
-        MultiTaskRunner(data_loader=SiteDataLoader(None), overrides=TINY, backbone_init="checkpoint")
+    no_checkpoint = {**TINY, "pretrain.checkpoint": None}
+    with pytest.raises(ValueError, match="pretrain.checkpoint"):
+        MultiTaskRunner(data_loader=SiteDataLoader(None, overrides=no_checkpoint), overrides=no_checkpoint,
+                        backbone_init="checkpoint")
+    with pytest.raises(ValueError, match="different settings"):
+        MultiTaskRunner(data_loader=SiteDataLoader(None), overrides=overrides, backbone_init="scratch")
 
 
 def test_the_shipped_public_backbone_fits_the_default_plan_model():
@@ -257,17 +262,18 @@ def test_the_shipped_public_backbone_fits_the_default_plan_model():
 
     plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
     runner = plan["task_runner"]["settings"]
-    cfg = load_config(overrides=[f"{k}={v}" for k, v in runner["overrides"].items()])
-    assert load_group_weights(build_model(model_config(cfg)), REPO / runner["backbone_checkpoint"]) == ["backbone"]
-    provenance = json.loads((REPO / runner["backbone_checkpoint"]).with_suffix(".json").read_text())
+    cfg = load_config(overrides=runner["overrides"])
+    checkpoint = REPO / cfg["pretrain"]["checkpoint"]
+    assert runner["backbone_init"] == "checkpoint"
+    assert load_group_weights(build_model(model_config(cfg)), checkpoint) == ["backbone"]
+    provenance = json.loads(checkpoint.with_suffix(".json").read_text())
     assert provenance["model"]["variant"] == cfg["model"]["variant"]
 
 
 def test_frozen_checkpoint_of_another_variant_is_refused(tmp_path):
-    small = build_model(model_config(load_config(overrides=[f"{k}={v}" for k, v in TINY.items()])))
+    small = build_model(model_config(load_config(overrides=TINY)))
     path = save_group_weights(small, ["backbone"], tmp_path / "b.npz")
-    wider = build_model(model_config(load_config(overrides=[f"{k}={v}" for k, v in TINY.items()]
-                                                 + ["model.width=0.25"])))
+    wider = build_model(model_config(load_config(overrides={**TINY, "model.width": 0.25})))
     with pytest.raises(ValueError, match="shape"):
         load_group_weights(wider, path)
     with pytest.raises(FileNotFoundError, match="pretrain-backbone"):

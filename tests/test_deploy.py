@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from src.config import load_config, model_config
+from src.settings import load_config, model_config, parse_assignments
 from src.data.synthetic import generate_dataset
 from src.deploy.export import FORMATS, artefact_path, export
 from src.deploy.postprocess import ModelMetadata, Thresholds, decode, detections, letterbox, read_image
@@ -28,10 +28,10 @@ TOLERANCE = {"fp32": (1.0, 1e-3), "fp16": (2.0, 1e-2)}
 
 
 def tiny_cfg(root: Path) -> dict:
-    return load_config(overrides=[
+    return load_config(overrides=parse_assignments([
         f"data.root={root}", "data.test_fraction=0.25", "data.val_fraction=0.1",
         "model.input_size=64", "model.width=0.125", "model.depth=[1, 1, 1, 1, 1]",
-        f"model.anchors={TINY_ANCHORS}", "model.cls_head_blocks=1"])
+        f"model.anchors={TINY_ANCHORS}", "model.cls_head_blocks=1"]))
 
 
 def random_head_model(cfg, seed=0):
@@ -220,7 +220,7 @@ def test_predict_rejects_bad_inputs_with_clear_errors(exported, tmp_path, capsys
 
 
 def test_export_report_writes_quality_and_speed_per_format(exported, tmp_path):
-    from src.deploy.report import run
+    from src.deploy.export_report import run
 
     report = run(exported["model_path"], exported["cfg"], tmp_path, rounds=1, latency_images=2,
                  calibration_count=8, formats=("keras", "tflite-int8"))

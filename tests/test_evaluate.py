@@ -3,8 +3,8 @@ import json
 
 import keras
 
-from src.config import load_config, model_config
-from src.evaluate import main
+from src.settings import load_config, model_config, parse_assignments
+from src.cli.evaluate import main
 from src.model import build_model
 from tests.conftest import TINY_ANCHORS
 from tests.real_formats import write_sources_spec
@@ -17,7 +17,7 @@ def test_evaluate_writes_coco_metrics_and_a_confusion_matrix(tmp_path):
     spec = write_sources_spec(tmp_path / "data", coco_images=20, tsv_images=5)
     keras.utils.set_random_seed(0)
     model_path = tmp_path / "model.keras"
-    build_model(model_config(load_config(overrides=TINY))).save(model_path)
+    build_model(model_config(load_config(overrides=parse_assignments(TINY)))).save(model_path)
     args = ["--model", str(model_path), "--sources", str(spec), "--out", str(tmp_path / "eval")]
     for item in TINY:
         args += ["--set", item]

@@ -85,7 +85,7 @@ def test_plot_confusion_matrix_writes_png(tmp_path):
 def test_simulate_curves_add_the_labeled_images_panel_only_with_active_learning(tmp_path):
     from PIL import Image
 
-    from workspace.report import plot_curves
+    from workspace.simulate.final_report import plot_curves
 
     def rounds(with_labels: bool):
         out = []

@@ -31,8 +31,9 @@ import yaml
 
 from tests.test_federation import _processes_under
 from tests.tiny_federation import REPO, TINY, write_tiny_site_split
-from workspace.simulate import (EVENT_LOG, FX, Children, certify, free_port, prepare_workspace,
-                                wait_for_port)
+from workspace.simulate.fx_workspace import EVENT_LOG, certify, prepare_workspace, workspace_values
+from workspace.simulate.plan_edits import edit_plan
+from workspace.simulate.processes import FX, Children, free_port, wait_for_port
 
 pytestmark = pytest.mark.faults
 SITES = ["site1", "site2"]
@@ -52,12 +53,13 @@ def make_workspace(root: Path, split_dir: Path, name: str, plan_sections: dict |
     """A certified OpenFL workspace for the tiny two-site federation (as `make simulate`
     makes it), with `plan_sections` added to the repository's plan."""
     plan = {**yaml.safe_load((REPO / "plan" / "plan.yaml").read_text()), **(plan_sections or {})}
-    plan["task_runner"]["settings"]["backbone_init"] = "scratch"  # the shipped backbone fits the default model only
-    # one pass over a tiny site's images an epoch: these scenarios are about faults, not steps
-    plan["data_loader"]["settings"]["repeat_to_batches"] = None
+    # the shipped backbone fits the default model only; one pass over a tiny site's images
+    # an epoch: these scenarios are about faults, not steps
+    plan = edit_plan(plan, {"task_runner.settings.backbone_init": "scratch",
+                            "data_loader.settings.repeat_to_batches": None,
+                            **workspace_values(rounds, free_port())}, overrides={"seed": 0, **TINY})
     ws = root / name
-    prepare_workspace(ws, plan, split_dir, rounds=rounds, port=free_port(), seed=0,
-                      overrides=[f"{k}={json.dumps(v)}" for k, v in TINY.items()])
+    prepare_workspace(ws, plan, split_dir)
     certify(ws, SITES, split_dir.name, root / f"{name}-setup.log", FX_ENV)
     return ws
 

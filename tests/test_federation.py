@@ -6,6 +6,7 @@
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from src.config import load_config
+from src.settings import load_config
 
 from tests.tiny_federation import REPO, TINY, write_tiny_plan, write_tiny_site_split
 
@@ -126,7 +127,7 @@ def real_format_sources(tmp_path_factory):
 
 
 def _split_by_source(real_format_sources, name: str, seed_fraction: float = 1.0) -> Path:
-    from src.data.split_builder import build_split
+    from src.data.splits import build_split
 
     root, spec, per_source = real_format_sources
     build_split(per_source, root / "splits" / name, spec, strategy="by-source", seed_fraction=seed_fraction)
@@ -147,8 +148,9 @@ def test_simulate_end_to_end_with_real_fx_processes_and_certificates(real_format
     cmd = [sys.executable, "-m", "workspace.simulate", "--rounds", "2", "--split", str(real_format_split),
            "--runs-dir", str(tmp_path), "--set", "model.input_size=96", "--set", "model.width=0.125",
            "--backbone-init", "scratch", "--plan-set", "aggregator.settings.backbone_weighting=samples"]
+    env = {k: v for k, v in os.environ.items() if k != "MAKE_COMMAND"}  # (a make target would name itself)
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                            env=dict(env, TF_CPP_MIN_LOG_LEVEL="2"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = (tmp_path / "latest").resolve()
     for name in ("metrics.json", "curves.png", "detections.png", "model.keras"):
@@ -158,6 +160,9 @@ def test_simulate_end_to_end_with_real_fx_processes_and_certificates(real_format
     plan = yaml.safe_load((run / "workspace" / "plan" / "plan.yaml").read_text())
     assert plan["aggregator"]["settings"]["backbone_weighting"] == "samples"
     metrics = json.loads((run / "metrics.json").read_text())
+    # where the numbers come from: the command as typed, the code, the machine
+    assert metrics["run"]["command"] == shlex.join(["python", "-m", "workspace.simulate", *cmd[3:]])
+    assert metrics["run"]["commit"] and metrics["run"]["machine"]["cpus"] == os.cpu_count()
     # two training rounds, then the plan's validation-only round on the last aggregate
     assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
     assert [r.get("validation_only", False) for r in metrics["rounds"]] == [False, False, True]
@@ -239,11 +244,50 @@ def test_make_simulate_labels_with_hybrid_by_default_on_the_built_in_data():
     (["--active-learning", "hybrid", "--seed-fraction", "0.4", "--final-fraction", "0.3"], "0 < seed < final <= 1"),
 ])
 def test_simulate_refuses_a_bad_active_learning_request(args, message, capsys):
-    from workspace.simulate import main
+    from workspace.simulate.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_simulate_options_become_typed_plan_values_applied_once():
+    """Each option is one typed plan value by plan path (no KEY=VALUE text on the way to
+    the plan file); --set keys reach the settings overrides the data loader and the task
+    runner share; rounds set both places the plan uses them; a misspelt path is named."""
+    from workspace.simulate.cli import parse, plan_values
+    from workspace.simulate.plan_edits import edit_plan
+
+    args, settings, plan_set = parse(["--rounds", "2", "--backbone-mode", "frozen", "--stock-polling",
+                                      "--set", "model.input_size=96", "--set", "model.depth=[1, 1, 1, 1, 1]",
+                                      "--plan-set", "aggregator.settings.backbone_weighting=samples",
+                                      "--active-learning", "hybrid"])
+    assert settings == {"model.input_size": 96, "model.depth": [1, 1, 1, 1, 1]}
+    values = plan_values(args, plan_set, rounds=2, port=50123)
+    assert values["task_runner.settings.backbone_mode"] == "frozen"
+    assert values["aggregator.settings.long_poll_s"] == 0 and values["network.settings.agg_port"] == 50123
+    repo_plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
+    plan = edit_plan(repo_plan, values, overrides={"seed": 0, **settings})
+    runner, loader = plan["task_runner"]["settings"], plan["data_loader"]["settings"]
+    assert runner["rounds"] == plan["aggregator"]["settings"]["rounds_to_train"] == 2
+    assert plan["aggregator"]["settings"]["backbone_weighting"] == "samples"
+    assert runner["active_learning"] == {"strategy": "hybrid", "final_fraction": 0.3, "query_every": 1,
+                                         "oracle": "simulated", "seed": 0}
+    assert runner["overrides"] is loader["overrides"]  # one mapping, as the plan's YAML anchor makes it
+    assert runner["overrides"] == {**repo_plan["task_runner"]["settings"]["overrides"], "seed": 0, **settings}
+    assert repo_plan["task_runner"]["settings"]["overrides"].get("model.input_size") is None  # (a copy is edited)
+    # the run's plan file reads back the same, typed
+    assert yaml.safe_load(yaml.safe_dump(plan)) == plan
+    with pytest.raises(ValueError, match="no section 'agregator'"):
+        edit_plan(repo_plan, {"agregator.settings.backbone_weighting": "samples"})
+
+
+def test_simulate_refuses_a_setting_that_is_not_key_value(capsys):
+    from workspace.simulate.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--set", "model.input_size"])
+    assert exit_info.value.code == 2 and "is not key=value" in capsys.readouterr().err
 
 
 def _processes_under(folder: Path) -> list[int]:
@@ -262,7 +306,7 @@ def test_fx_batch_stops_at_the_first_failing_fx_command_with_its_exit_code(tmp_p
     """simulate's setup runs its fx command lines through fx's own entry point in one
     process: a failing command stops the batch, named, and later commands do not run."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, str(REPO / "workspace" / "fx_batch.py"),
+    result = subprocess.run([sys.executable, str(REPO / "workspace" / "simulate" / "fx_batch.py"),
                              "collaborator certify -n nosuch -s", "workspace certify"],
                             cwd=tmp_path, capture_output=True, text=True, env=env)
     assert result.returncode == 1

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from src.data.pipeline import (PipelineOptions, inference_dataset, letterbox, records_to_arrays,
                                training_dataset, validation_dataset)
-from src.data.readers import check_image
+from src.data.formats import check_image
 from src.data.records import Record
 from tests.real_formats import write_odd_image
 

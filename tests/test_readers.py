@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.data.readers import (
+from src.data.formats import (
     BAD_LABEL,
-    MAX_LABEL_BYTES,
     MISSING,
     OUTSIDE,
     TOO_LARGE,
@@ -29,6 +28,7 @@ from src.data.readers import (
     read_class_table,
     read_yolo_labels,
 )
+from src.data.formats.yolo import MAX_LABEL_BYTES
 from tests.real_formats import write_odd_image, write_png_bomb
 
 VICTIMS = ["person"]
@@ -301,7 +301,7 @@ def test_decompression_bomb_refused_from_its_header(tmp_path):
             check_image(bomb, full_decode)
         assert str(exc.value).startswith(f"{bomb}: rejected as a possible decompression bomb, not decoded: "
                                          "the header declares 10000x10000 = 100,000,000 pixels, over the "
-                                         "limit of 50,000,000 (readers.MAX_IMAGE_PIXELS)")
+                                         "limit of 50,000,000 (src.data.formats.images.MAX_IMAGE_PIXELS)")
         assert exc.value.reason == TOO_LARGE
 
 
@@ -309,18 +309,18 @@ def test_decompression_bomb_refused_from_its_header(tmp_path):
 # ru_maxrss over fork + exec, so a child of the pytest process would start at its peak.
 RSS_PROBE = """
 import sys
-from src.data import readers
+from src.data.formats import DataError, images
 
 def peak_mb():
     line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
 
-readers.MAX_IMAGE_PIXELS = int(sys.argv[2])
+images.MAX_IMAGE_PIXELS = int(sys.argv[2])
 before = peak_mb()
 try:
-    readers.check_image(sys.argv[1], full_decode=True)
+    images.check_image(sys.argv[1], full_decode=True)
     outcome = "decoded"
-except readers.DataError as err:
+except DataError as err:
     outcome = err.reason
 print(outcome, peak_mb() - before)
 """

@@ -6,8 +6,8 @@ import pytest
 from src.federated.data_loader import SiteDataLoader
 
 
-def _loader(records, config, **settings):
-    loader = SiteDataLoader(None, **settings)
+def _loader(records, config, batch_size=16, **settings):
+    loader = SiteDataLoader(None, overrides={"pipeline.batch_size": batch_size}, **settings)
     loader.bind_model(config)
     loader.train_records = records
     return loader
@@ -53,3 +53,24 @@ def test_repeat_to_batches_by_label_kind_leaves_other_sites_alone(tiny_config, b
     assert both.train_batches_per_epoch() == 5  # a site holding both kinds: the larger floor
     with pytest.raises(ValueError, match="repeat_to_batches.*'victims'"):
         SiteDataLoader(None, repeat_to_batches={"victims": 5})
+
+
+def test_a_pipeline_setting_in_the_plan_reaches_the_sites_batches(tmp_path, monkeypatch):
+    """The plan's shared `overrides` reach the data loader, not only the task runner: both
+    are built by OpenFL from the plan and hold one settings object."""
+    from openfl.federated import Plan
+
+    from tests.tiny_federation import write_tiny_plan, write_tiny_site_split
+
+    write_tiny_site_split(tmp_path / "data", num_images=24, num_sites=1, labels=["both"], seed=0)
+    write_tiny_plan(tmp_path / "ws", tmp_path / "data" / "splits", rounds=1, sites=("site1",),
+                    overrides={"pipeline.batch_size": 3, "pipeline.max_boxes": 5})
+    monkeypatch.chdir(tmp_path / "ws")
+    plan = Plan.parse(plan_config_path=tmp_path / "ws" / "plan" / "plan.yaml",
+                      cols_config_path=tmp_path / "ws" / "plan" / "cols.yaml",
+                      data_config_path=tmp_path / "ws" / "plan" / "data.yaml")
+    loader = plan.get_data_loader("site1")
+    runner = plan.get_task_runner(loader)
+    assert runner.cfg is loader.cfg and loader.cfg["pipeline"]["max_boxes"] == 5
+    images, targets = next(iter(runner.data_loader.get_train_loader()))
+    assert images.shape[0] == 3

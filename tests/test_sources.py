@@ -14,11 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from src.data import readers as readers_module
-from src.data import sources as sources_module
-from src.data.coco import read_coco
-from src.data.manifests import load_site, load_test_split, write_site
-from src.data.readers import (
+from src.data.formats import (
     BAD_LABEL,
     MISSING,
     OUTSIDE,
@@ -28,7 +24,11 @@ from src.data.readers import (
     DataError,
     check_image,
     load_yolo_dataset,
+    read_coco,
 )
+from src.data.formats import images as images_module
+from src.data.manifests import load_site, load_test_split, write_site
+from src.data.sources import loading as source_loading
 from src.data.sources import (
     SourceRecord,
     load_sources,
@@ -501,13 +501,13 @@ def test_exif_message_tells_how_to_fix(tmp_path):
 
 def test_pixel_limit_is_ours_and_can_be_raised(tmp_path, monkeypatch):
     path = write_image(tmp_path / "big.png", (64, 48))  # 3072 pixels
-    monkeypatch.setattr(readers_module, "MAX_IMAGE_PIXELS", 3071)
+    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", 3071)
     with pytest.raises(DataError, match="big.png: .* declares 64x48 = 3,072 pixels, over the limit of 3,071"):
         check_image(path)
-    monkeypatch.setattr(readers_module, "MAX_IMAGE_PIXELS", 3072)
+    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", 3072)
     assert check_image(path) == (64, 48)
     bomb = write_odd_image(tmp_path / "bomb.png", "bomb")  # 100 MP: PIL warns, only our limit decides
-    monkeypatch.setattr(readers_module, "MAX_IMAGE_PIXELS", 100_000_000)
+    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", 100_000_000)
     assert check_image(bomb) == (10_000, 10_000)
 
 
@@ -543,7 +543,7 @@ def test_only_opens_just_the_listed_images(combined, monkeypatch):
         {"name": "broken", "root": "c2a", "boxes": {"format": "coco", "file": "no_such.json"}})
     wanted = {r.key for r in combined["records"]["c2a"][2:5]}
     opened = []
-    monkeypatch.setattr(sources_module, "check_image",
+    monkeypatch.setattr(source_loading, "check_image",
                         lambda path, full=False: opened.append(path) or check_image(path, full))
     per_source, report = load(spec, base, only=wanted)
     assert {r.key for r in per_source["c2a"]} == wanted and per_source["broken"] == []

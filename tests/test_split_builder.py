@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from src.config import load_config
+from src.settings import load_config, parse_assignments
 from src.data.manifests import load_site, load_test_split, read_manifest
 from src.data.sources import load_sources
-from src.data.split_builder import SplitError, build_split, main
+from src.data.splits import SplitError, build_split, main
 from tests.real_formats import write_sources_spec
 
 CFG = load_config()
@@ -92,15 +92,15 @@ def test_cli_prints_the_per_site_table(spec, tmp_path, capsys):
 
 
 def test_default_split_builder_seed_fraction_keeps_the_partition_and_pools_the_rest(tmp_path):
-    """src.data.site_splits (the built-in data's splits): with --seed-fraction the same
+    """src.data.splits on the built-in data: with --seed-fraction the same
     sites hold the same images, only part of each site's training images start labeled."""
     from tests.tiny_federation import write_tiny_site_split
 
     write_tiny_site_split(tmp_path, num_images=40, num_sites=2, labels=("both",), seed=3)
-    from src.data.site_splits import build_site_splits
+    from src.data.splits import build_site_splits
 
-    cfg = load_config(overrides=[f"data.root={tmp_path / 'data'}", "data.test_fraction=0.25",
-                                 "data.val_fraction=0.25"])
+    cfg = load_config(overrides=parse_assignments([f"data.root={tmp_path / 'data'}", "data.test_fraction=0.25",
+                                 "data.val_fraction=0.25"]))
     summary = build_site_splits(cfg, tmp_path / "al", num_sites=2, alpha=100.0, seed=0,
                                 labels=("both",), seed_fraction=0.25)
     full, al = all_rows(tmp_path / "splits"), all_rows(tmp_path / "al")

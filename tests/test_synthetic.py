@@ -1,4 +1,4 @@
-"""Tests for the synthetic disaster-scene generator (src/data/synthetic.py)."""
+"""Tests for the synthetic disaster-scene generator (src/data/synthetic/)."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +11,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from src.data import synthetic
-from src.data.synthetic import SceneOptions, generate_dataset, render_scene
+from src.data.synthetic import SceneOptions, generate_dataset, render_scene, victims
 
 OPTIONS = SceneOptions()
 SAMPLE = range(60)
@@ -119,7 +119,7 @@ def test_sample_covers_classes_sizes_and_empty_images(sample):
     assert 0.03 <= np.mean([count == 0 for count in victim_counts]) <= 0.35
     boxes = np.concatenate([scene[1] for scene in sample])
     sides = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
-    assert sides.min() >= synthetic.MIN_BOX_PX
+    assert sides.min() >= victims.MIN_BOX_PX
     assert sides.max() <= 62  # figure length is at most 60 px (+ rounding of thick lines)
     longest = sides.max(axis=1)
     assert np.mean(longest >= 8) > 0.9  # small figures only shrink below 8 px when occluded
@@ -156,29 +156,29 @@ def test_boxes_are_tight_around_drawn_figures(options):
 
 def test_visible_box_shrinks_under_occlusion_and_drops_hidden_figures():
     rng = np.random.default_rng(0)
-    figure = synthetic._transform(synthetic._person_primitives(rng, 40.0, pose="standing"), 0, 50, 50)
-    box = synthetic._extent(figure)
+    figure = victims._transform(victims._person_primitives(rng, 40.0, pose="standing"), 0, 50, 50)
+    box = victims._extent(figure)
     owner = Image.new("L", (100, 100), 0)
-    synthetic._draw_primitives(ImageDraw.Draw(owner), figure, fill=1)
-    full = synthetic._visible_box(np.asarray(owner), figure, box, 1)
+    victims._draw_primitives(ImageDraw.Draw(owner), figure, fill=1)
+    full = victims._visible_box(np.asarray(owner), figure, box, 1)
     assert full is not None and abs((full[3] - full[1]) - 40) <= 2
 
     covered = owner.copy()
     ImageDraw.Draw(covered).rectangle([0, 58, 99, 99], fill=0)  # legs under water
-    partial = synthetic._visible_box(np.asarray(covered), figure, box, 1)
+    partial = victims._visible_box(np.asarray(covered), figure, box, 1)
     assert partial is not None
     assert partial[1] == full[1] and partial[3] == 58 and partial[3] < full[3]
 
     ImageDraw.Draw(covered).rectangle([0, 40, 99, 99], fill=0)  # only the head is left
-    assert synthetic._visible_box(np.asarray(covered), figure, box, 1) is None
+    assert victims._visible_box(np.asarray(covered), figure, box, 1) is None
 
 
 def test_figure_clipped_by_the_image_border_gets_clipped_box():
     rng = np.random.default_rng(1)
-    figure = synthetic._transform(synthetic._person_primitives(rng, 40.0, pose="standing"), 0, 50, 8)
+    figure = victims._transform(victims._person_primitives(rng, 40.0, pose="standing"), 0, 50, 8)
     owner = Image.new("L", (100, 100), 0)
-    synthetic._draw_primitives(ImageDraw.Draw(owner), figure, fill=1)
-    visible = synthetic._visible_box(np.asarray(owner), figure, synthetic._extent(figure), 1)
+    victims._draw_primitives(ImageDraw.Draw(owner), figure, fill=1)
+    visible = victims._visible_box(np.asarray(owner), figure, victims._extent(figure), 1)
     assert visible is not None and visible[1] == 0.0
 
 
@@ -232,8 +232,8 @@ def test_class_weights_set_how_often_each_class_occurs():
 def test_a_burst_set_is_written_and_split_scene_by_scene(tmp_path):
     """Written bursts round-trip like single scenes, and the splitters keep each burst in
     one split and at one site (a near-duplicate across train and test would flatter scores)."""
-    from src.config import load_config
-    from src.data.site_splits import build_site_splits
+    from src.settings import load_config, parse_assignments
+    from src.data.splits import build_site_splits
 
     out = generate_dataset(tmp_path / "bursts", num_images=160, seed=3, workers=1, burst_size=4,
                            class_weights={"normal": 3})
@@ -246,8 +246,8 @@ def test_a_burst_set_is_written_and_split_scene_by_scene(tmp_path):
         image, boxes, _, _ = render_scene(3, index, replace(OPTIONS, burst_size=4, class_weights={"normal": 3}))
         assert len(_parse_labels(out / "labels" / f"{index:05d}.txt")) == len(boxes)
 
-    cfg = load_config(overrides=[f"data.root={out}", "data.num_images=160", "data.test_fraction=0.25",
-                                 "data.val_fraction=0.25"])
+    cfg = load_config(overrides=parse_assignments([f"data.root={out}", "data.num_images=160", "data.test_fraction=0.25",
+                                 "data.val_fraction=0.25"]))
     build_site_splits(cfg, tmp_path / "split", 2, 5.0, 0, ["both"], seed_fraction=0.5)
     place = {}
     for site in ("site1", "site2"):

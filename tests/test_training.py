@@ -5,11 +5,11 @@ import keras
 import numpy as np
 import pytest
 
-from src.config import load_config
+from src.settings import load_config, parse_assignments
 from src.data.pipeline import PipelineOptions, training_dataset
 from src.evaluation import evaluate, score_predictions
 from src.model import build_model
-from src.train_central import run
+from src.central import run
 from src.training import TrainOptions, Trainer
 
 
@@ -43,11 +43,11 @@ def test_score_predictions_of_perfect_predictions(tiny_config, bright_box_record
 
 
 def test_centralized_trainer_writes_metrics_and_a_reloadable_model(tmp_path):
-    cfg = load_config(overrides=[
+    cfg = load_config(overrides=parse_assignments([
         f"data.root={tmp_path / 'data'}", "data.num_images=40", "training.epochs=1",
         "model.input_size=64", "model.width=0.125", "model.depth=[1,1,1,1,1]",
-        "pipeline.batch_size=8", "data.test_fraction=0.25", "data.val_fraction=0.1"])
-    result = run(cfg, tmp_path / "out")
+        "pipeline.batch_size=8", "data.test_fraction=0.25", "data.val_fraction=0.1"]))
+    result = run(cfg, tmp_path / "out", backbone_init="scratch")
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     for key in ("map50", "map50_95", "accuracy", "macro_f1"):
         assert 0.0 <= written["test"][key] <= 1.0
@@ -60,21 +60,21 @@ def test_centralized_trainer_writes_metrics_and_a_reloadable_model(tmp_path):
 
 
 def test_pretrained_backbone_from_a_disjoint_slice_then_frozen_centralized_training(tmp_path):
-    """make pretrain-backbone on its own synthetic slice, then train-central --frozen-backbone:
+    """make pretrain-backbone on its own synthetic slice, then train-central --backbone-mode frozen:
     the backbone stays the checkpoint bit for bit while the task parts train."""
     from src.model.config import task_group_of
-    from src.pretrain_backbone import pretrain
+    from src.central import pretrain
 
     tiny = ["model.input_size=64", "model.width=0.125", "model.depth=[1,1,1,1,1]", "pipeline.batch_size=8",
             "data.test_fraction=0.25", "data.val_fraction=0.1", "training.epochs=1"]
-    cfg = load_config(overrides=tiny + [
+    cfg = load_config(overrides=parse_assignments(tiny + [
         f"data.root={tmp_path / 'sites'}", "data.num_images=40", f"pretrain.data_root={tmp_path / 'public'}",
-        "pretrain.num_images=40", "pretrain.epochs=1", f"pretrain.checkpoint={tmp_path / 'backbone.npz'}"])
+        "pretrain.num_images=40", "pretrain.epochs=1", f"pretrain.checkpoint={tmp_path / 'backbone.npz'}"]))
     result = pretrain(cfg, tmp_path / "pretrain")
     checkpoint = np.load(result["checkpoint"])
     assert checkpoint.files and {task_group_of(n) for n in checkpoint.files} == {"backbone"}
     # the public slice has its own images (another generator seed), not the sites'
-    run(cfg, tmp_path / "central", frozen_backbone=tmp_path / "backbone.npz")
+    run(cfg, tmp_path / "central", backbone_mode="frozen")
     public = sorted(p.read_bytes() for p in (tmp_path / "public" / "images").iterdir())[:5]
     sites = {p.read_bytes() for p in (tmp_path / "sites" / "images").iterdir()}
     assert not any(image in sites for image in public)
@@ -84,4 +84,5 @@ def test_pretrained_backbone_from_a_disjoint_slice_then_frozen_centralized_train
     for name in checkpoint.files:
         np.testing.assert_array_equal(weights[name], checkpoint[name])
     written = json.loads((tmp_path / "central" / "metrics.json").read_text())
-    assert written["frozen_backbone"] == str(tmp_path / "backbone.npz")
+    assert written["backbone_mode"] == "frozen"
+    assert written["backbone_checkpoint"] == str(tmp_path / "backbone.npz")

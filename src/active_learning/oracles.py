@@ -46,7 +46,7 @@ import numpy as np
 
 from src.active_learning.pool import TASKS, Answer, LabelPool
 from src.atomic_files import write_bytes_atomically
-from src.data.readers import (DataError, ErrorReport, image_size, inside_folder, parse_class_table,
+from src.data.formats import (DataError, ErrorReport, image_size, inside_folder, parse_class_table,
                               read_text_file, read_yolo_labels, relative_key, split_row)
 from src.data.records import Record
 

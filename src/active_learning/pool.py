@@ -43,7 +43,7 @@ import yaml
 
 from src.atomic_files import write_bytes_atomically
 from src.data.manifests import SiteData, load_site
-from src.data.readers import DataError, read_text_file
+from src.data.formats import DataError, read_text_file
 from src.data.records import Record
 
 log = logging.getLogger(__name__)

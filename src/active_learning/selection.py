@@ -14,6 +14,7 @@ per image); `select` then works on those pool-sized arrays. Pure numpy.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -117,11 +118,6 @@ def combined_uncertainty(det_u: np.ndarray | None, cls_u: np.ndarray | None,
     return detection_weight * percentile_rank(used[0]) + (1.0 - detection_weight) * percentile_rank(used[1])
 
 
-# The disaster-head score each ranking strategy feeds into `combined_uncertainty`.
-UNCERTAINTY_SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "entropy": disaster_entropy, "margin": disaster_margin, "hybrid": disaster_entropy}
-
-
 # --------------------------------------------------------------------------- strategies
 
 def most_uncertain(uncertainty: np.ndarray, count: int) -> np.ndarray:
@@ -211,9 +207,32 @@ def select_hybrid(budget: int, uncertainty: np.ndarray, embeddings: np.ndarray |
     return candidates[k_center_greedy(l2_normalise(embeddings)[candidates], budget, labeled)]
 
 
-STRATEGIES: dict[str, Callable[..., np.ndarray]] = {
-    "random": select_random, "entropy": select_top, "margin": select_top,
-    "emh": select_emh, "hybrid": select_hybrid}
+@dataclass(frozen=True)
+class Strategy:
+    """One way to pick the images to label: its selection function, the disaster-head
+    score it ranks by (fed into `combined_uncertainty` with the detector's), and
+    whether it needs the labeled images' embeddings (one more pass of the model)."""
+
+    name: str
+    choose: Callable[..., np.ndarray]
+    disaster_score: Callable[[np.ndarray], np.ndarray] = disaster_entropy
+    uses_labeled_embeddings: bool = False
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("random", select_random),
+    Strategy("entropy", select_top, disaster_entropy),
+    Strategy("margin", select_top, disaster_margin),
+    Strategy("emh", select_emh),
+    Strategy("hybrid", select_hybrid, disaster_entropy, uses_labeled_embeddings=True),
+)}
+
+
+def strategy_named(name: str) -> Strategy:
+    """The registered strategy `name`; unknown names are refused with the known ones."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
 
 
 def select(strategy: str, budget: int, uncertainty: np.ndarray, *, margins: np.ndarray | None = None,
@@ -222,16 +241,15 @@ def select(strategy: str, budget: int, uncertainty: np.ndarray, *, margins: np.n
            labeled_embeddings: np.ndarray | None = None) -> np.ndarray:
     """Pool indices of the images to label: unique, min(budget, pool) of them,
     deterministic for a given seed. `uncertainty` is per image, higher = more
-    informative (`combined_uncertainty` of the strategy's UNCERTAINTY_SCORES)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    informative (`combined_uncertainty` with the strategy's disaster_score)."""
+    chosen_by = strategy_named(strategy)
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
     uncertainty = np.asarray(uncertainty, np.float64)
     budget = min(int(budget), len(uncertainty))
     if budget == 0:
         return np.zeros(0, np.int64)
-    chosen = STRATEGIES[strategy](
+    chosen = chosen_by.choose(
         budget, uncertainty, rng=np.random.default_rng(rng), margins=margins, embeddings=embeddings,
         candidate_factor=candidate_factor, labeled_embeddings=labeled_embeddings)
     return np.asarray(chosen, np.int64)

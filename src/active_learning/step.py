@@ -13,15 +13,14 @@ import numpy as np
 from src.active_learning.oracles import Oracle, ingest_answers, request_labels
 from src.active_learning.pool import LabelPool
 from src.active_learning.scoring import PoolScorer, PoolScores
-from src.active_learning.selection import (CANDIDATE_FACTOR, DETECTION_WEIGHT, UNCERTAINTY_SCORES,
-                                           combined_uncertainty, disaster_entropy, select, selection_summary,
-                                           top2_margin)
+from src.active_learning.selection import (CANDIDATE_FACTOR, DETECTION_WEIGHT, combined_uncertainty, select,
+                                           selection_summary, strategy_named, top2_margin)
 
 
 def pool_uncertainty(strategy: str, scores: PoolScores, tasks,
                      detection_weight: float = DETECTION_WEIGHT) -> np.ndarray:
     """Per pool image, the uncertainty `strategy` ranks by, over the tasks the site trains."""
-    disaster_score = UNCERTAINTY_SCORES.get(strategy, disaster_entropy)
+    disaster_score = strategy_named(strategy).disaster_score
     return combined_uncertainty(
         scores.detection_uncertainty if "boxes" in tasks else None,
         disaster_score(scores.disaster_probs) if "class" in tasks else None,
@@ -41,7 +40,7 @@ def label_step(pool: LabelPool, scorer: PoolScorer, oracle: Oracle, strategy: st
     uncertainty = (pool_uncertainty(strategy, scores, pool.tasks, detection_weight) if scores.keys
                    else np.zeros(0))
     labeled = None
-    if strategy == "hybrid" and scores.keys:
+    if strategy_named(strategy).uses_labeled_embeddings and scores.keys:
         labeled_records = {str(i): r for i, r in enumerate(pool.labeled_records())}
         labeled = scorer.score(labeled_records, batch_size, progress).embeddings if labeled_records else None
     chosen = select(strategy, budget, uncertainty, margins=top2_margin(scores.disaster_probs),

@@ -1,1 +1,8 @@
-"""Data: record type, readers for real formats, synthetic scenes, tf.data pipeline."""
+"""Data: everything between files on disk and the model's input batches.
+
+records (the one record type), formats (readers of real label formats),
+sources (a sources.yaml combining them), synthetic (the built-in data set),
+manifests (a site's share of the data), splits (building split folders,
+`python -m src.data.splits`), datasets (a run's train/val/test lists),
+validate (`python -m src.data.validate`), pipeline (the tf.data pipeline).
+"""

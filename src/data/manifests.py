@@ -3,7 +3,7 @@
 A site's data folder (what plan/data.yaml maps a collaborator to) holds:
   site.yaml     where the images are: `data_root` (a YOLO-layout folder, the
                 built-in synthetic set) or `sources` (a sources.yaml combining
-                real formats, see src/data/sources.py); relative to the folder or absolute
+                real formats, see src/data/sources/); relative to the folder or absolute
   manifest.tsv  image<TAB>split<TAB>boxes<TAB>class
                 split: train | val | pool (pool = held by the site, not yet
                 labeled: the active-learning pool); boxes/class: 0/1, which
@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from src.data.readers import (DataError, ErrorReport, load_yolo_dataset, read_text_file, relative_key,
+from src.data.formats import (DataError, ErrorReport, load_yolo_dataset, read_text_file, relative_key,
                               split_row)
 
 log = logging.getLogger(__name__)
@@ -91,16 +89,6 @@ def _manifest_rows(path: Path) -> list[tuple[int, tuple[str, str, bool, bool]]]:
 def read_manifest(path: Path) -> list[tuple[str, str, bool, bool]]:
     """Rows of a manifest; a malformed row is a DataError naming file and line."""
     return [row for _, row in _manifest_rows(path)]
-
-
-def relative_path(target, start) -> str:
-    """target relative to start, so a split folder moved with its data still resolves;
-    absolute when the two share no root."""
-    target, start = Path(target).resolve(), Path(start).resolve()
-    try:
-        return os.path.relpath(target, start)
-    except ValueError:
-        return str(target)
 
 
 def _resolve(folder: Path, value: str) -> Path:
@@ -187,42 +175,3 @@ def load_test_split(split_dir, victim_classes, disaster_classes, default_data_ro
         log.warning("%s: %d of %d test image(s) skipped (%s)", listing, report.skipped, len(keys),
                     report.reason_counts())
     return [by_key[k] for k in keys if k in by_key]
-
-
-def dirichlet_partition(labels: np.ndarray, num_sites: int, alpha: float, seed: int,
-                        rounding: str = "floor") -> list[np.ndarray]:
-    """Indices per site; each class is spread over sites by Dirichlet(alpha) shares.
-
-    Small alpha = strongly skewed (non-IID) class mixes. Every site gets at
-    least one image of the data (re-drawn otherwise). rounding="floor" (how the
-    committed default split was made) rounds every cut down, which hands the
-    last site the remainders: with a handful of images per class the last site
-    gets nearly all. "nearest" has no such bias (the split builder uses it).
-    """
-    if rounding not in ("floor", "nearest"):
-        raise ValueError(f"rounding must be 'floor' or 'nearest', got {rounding!r}")
-    to_int = np.floor if rounding == "floor" else np.round
-    rng = np.random.default_rng(seed)
-    for _ in range(100):
-        parts = [[] for _ in range(num_sites)]
-        for cls in np.unique(labels):
-            idx = rng.permutation(np.flatnonzero(labels == cls))
-            shares = rng.dirichlet([alpha] * num_sites)
-            cuts = to_int(np.cumsum(shares)[:-1] * len(idx)).astype(int)
-            for site, chunk in enumerate(np.split(idx, cuts)):
-                parts[site].extend(chunk.tolist())
-        if all(len(p) > 0 for p in parts):
-            return [np.array(sorted(p)) for p in parts]
-    raise ValueError(f"could not give every one of {num_sites} sites data with alpha={alpha}")
-
-
-def active_learning_seed(keys: list, fraction: float, rng: np.random.Generator) -> set:
-    """The keys of a site's training images that start labeled (the active-learning
-    seed set): `fraction` of them, at least one, drawn by `rng`; all at fraction 1.
-    The rest become its `pool` rows."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"seed fraction must be in (0, 1], got {fraction}")
-    if fraction == 1 or not keys:
-        return set(keys)
-    count = max(1, int(round(fraction * len(keys))))
-    return set(rng.choice(keys, size=count, replace=False).tolist())

@@ -4,7 +4,7 @@ Boxes travel padded to `max_boxes` with class -1 as padding (keras-cv's dense
 box format), so every batch has static shapes and the label encoder is
 vectorised. Augmentation uses keras-cv layers that move boxes with pixels.
 
-Images are checked when records are loaded (``readers.check_image``: size
+Images are checked when records are loaded (``formats.check_image``: size
 limit, truncation, format), so a bad file normally never gets here. One that
 still fails to read or decode (deleted or replaced since, or corrupt in a way
 only a full decode finds) drops out of the stream instead of ending training
@@ -39,6 +39,14 @@ class PipelineOptions:
     color_jitter: float = 0.2
     scale_jitter: tuple = (0.75, 1.25)
     seed: int = 0
+
+
+def pipeline_options(cfg: dict) -> PipelineOptions:
+    """PipelineOptions from the settings' `pipeline` section, seeded by the run seed."""
+    p = dict(cfg.get("pipeline", {}))
+    if p.get("scale_jitter"):
+        p["scale_jitter"] = tuple(p["scale_jitter"])
+    return PipelineOptions(seed=cfg["seed"], **p)
 
 
 def records_to_arrays(records: list[Record], max_boxes: int) -> dict:
@@ -192,13 +200,10 @@ def _without_autotune_model(ds: tf.data.Dataset) -> tf.data.Dataset:
 
     Destroying an iterator waits for that thread, which sleeps between
     optimizations for a period that doubles up to a minute, and the wake-up
-    is not always prompt: here the end of an epoch then hung 20-37 s with
-    the CPU idle, every other epoch or so (site3 of the default federation,
-    standalone: 44.7 s epochs, one of four took 82.4 s, 36.9 s of it in the
-    iterator's destructor; with the model off, 4 epochs of 44.6-50.4 s and
-    0.01 s destructors at the same throughput). It was the ~95 s / ~150 s
-    round alternation of the federation. AUTOTUNE parallelism and prefetch
-    keep their defaults without the model."""
+    is not always prompt: the end of an epoch can then hang for tens of
+    seconds with the CPU idle, and a federation's rounds alternate between
+    short and long. AUTOTUNE parallelism and prefetch keep their defaults
+    without the model."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)

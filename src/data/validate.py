@@ -2,7 +2,7 @@
 
 Why: a bad file found during a federated round costs the round; found here
 it costs a minute, with the file and line named. SPEC is a sources.yaml
-(see ``sources.py``) or a folder in the built-in YOLO layout (images/,
+(see ``src.data.sources``) or a folder in the built-in YOLO layout (images/,
 labels/, classes.tsv). Everything is read as training would read it (no
 model, no TensorFlow); the output is one row per source (images, with
 boxes, boxes, crowd regions, with class, class histogram) and the problem
@@ -19,9 +19,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from src.data.readers import DataError
+from src.data.formats import DataError
 from src.data.sources import load_sources
-from src.data.synthetic import DEFAULT_CONFIG, default_class_names
+from src.settings import DEFAULT_CONFIG, load_config
 
 COLUMNS = ("source", "images", "with boxes", "boxes", "crowd regions", "with class", "class histogram")
 
@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
-        disaster, victim = default_class_names(args.config)
+        classes = load_config(args.config)["classes"]
+        disaster, victim = tuple(classes["disaster"]), tuple(classes["victim"])
         spec = yolo_folder_spec(args.spec) if args.spec.is_dir() else args.spec
         per_source, report = load_sources(spec, victim, disaster, on_error=args.on_error,
                                           full_decode=args.full_decode)

@@ -26,8 +26,8 @@ half-processed round); here uploads take `self.lock` too, so a late timer
 finds the round already closed and does nothing.
 
 Tensor store: OpenFL's pandas TensorDB is replaced by the dict-keyed one of
-src/federated/tensor_db.py (the same interface; a round end no longer spends
-seconds filtering a DataFrame per tensor).
+src/federated/tensor_db.py (the same interface, without OpenFL's DataFrame filter
+per tensor, which costs seconds at every round end).
 
 Event log (`event_log`, JSON lines): round starts, when each site got its
 tasks and how long it waited for work that was ready (idle_s), every metric

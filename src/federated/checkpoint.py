@@ -28,7 +28,7 @@ def load_trained_model(path: Path, cfg: dict):
     """A Keras model from a `.keras` file or an OpenFL `.pbuf` state (architecture from cfg)."""
     import keras
 
-    from src.config import model_config
+    from src.settings import model_config
     from src.model import build_model
 
     path = Path(path)

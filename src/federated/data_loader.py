@@ -11,9 +11,10 @@ from dataclasses import replace
 
 from openfl.federated.data.loader_keras import KerasDataLoader
 
-from src.config import load_config, pipeline_options
+from src.data.pipeline import pipeline_options
 from src.data.manifests import load_site
 from src.data.pipeline import training_dataset, validation_dataset
+from src.settings import resolve
 from src.task_groups import TASK_VOTE_NAMES
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 def repeat_floors(setting) -> dict:
     """repeat_to_batches as {label kind: batches}: a number applies to every kind; a
     mapping names kinds ({boxes: 150}: only sites with box labels repeat). Why by
-    kind: the measured gap was the detector's local steps; a classification-only
-    site repeating its images only lengthens the round it bounds."""
+    kind: the detector is the part that lacks local steps at a small site; a
+    classification-only site repeating its images only lengthens the round."""
     if not setting:
         return {}
     floors = dict(setting) if isinstance(setting, dict) else dict.fromkeys(TASK_VOTE_NAMES, setting)
@@ -38,16 +39,18 @@ def repeat_floors(setting) -> dict:
 
 
 class SiteDataLoader(KerasDataLoader):
-    def __init__(self, data_path=None, batch_size: int = 16, config: str | None = None,
+    def __init__(self, data_path=None, config: str | None = None, overrides: dict | None = None,
                  on_error: str = "raise", min_batches_per_epoch: int | None = None,
                  min_batch_size: int = 4, repeat_to_batches: int | dict | None = None, **kwargs):
-        """min_batches_per_epoch (None = off): a site whose epoch would have fewer
+        """config + overrides: the settings (src/settings.py), the same object the task
+        runner resolves from the same plan values; the batch size is pipeline.batch_size.
+        min_batches_per_epoch (None = off): a site whose epoch would have fewer
         batches trains with smaller batches, down to min_batch_size (see train_batch_size).
         repeat_to_batches (None = off): a site whose epoch still has fewer batches repeats
         its images (reshuffled, new augmentations) up to that many (train_batches_per_epoch);
         a mapping by label kind ({boxes: 150}) applies only to sites holding that kind."""
-        super().__init__(batch_size, **kwargs)
-        self.cfg = load_config(config)
+        self.cfg = resolve(config, overrides)
+        super().__init__(int(self.cfg["pipeline"]["batch_size"]), **kwargs)
         self.model_config = None
         self.train_records, self.val_records = [], []
         self.min_batches_per_epoch = int(min_batches_per_epoch) if min_batches_per_epoch else None

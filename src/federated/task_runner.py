@@ -26,7 +26,8 @@ from openfl.utilities import Metric, TensorKey, change_tags
 
 from src.active_learning.site_labeling import LabelingSettings, SiteLabeling
 from src.atomic_files import save_model_atomically
-from src.config import load_config, model_config, train_options
+from src.settings import model_config, resolve
+from src.training import train_options
 from src.evaluation import Predictor, score_predictions
 from src.federated.checkpoint import assign_weights
 from src.model import build_model
@@ -54,22 +55,26 @@ def validation_score(result: dict) -> float:
 
 
 class MultiTaskRunner(KerasTaskRunner):
-    def __init__(self, data_loader=None, config: str | None = None, rounds: int = 1,
-                 epochs_per_round: int = 1, overrides: dict | None = None,
-                 backbone_mode: str = "joint", backbone_checkpoint: str | None = None,
-                 backbone_init: str = "scratch", exchange: str = "decoupled",
-                 active_learning: dict | None = None, **kwargs):
-        """`overrides` are config keys (`training.learning_rate: 0.002`) set in the plan.
+    def __init__(self, data_loader=None, config: str | None = None, overrides: dict | None = None,
+                 rounds: int = 1, backbone_mode: str = "joint", backbone_init: str = "checkpoint",
+                 exchange: str = "decoupled", active_learning: dict | None = None, **kwargs):
+        """config + overrides: the settings (src/settings.py); the plan gives the data loader
+        the same two values, so both hold one settings object.
 
         backbone_mode joint|frozen and exchange decoupled|full: see src/task_groups.py.
-        backbone_checkpoint: the pretrained backbone (.npz) that `frozen` starts from, and
-        `joint` too with backbone_init: checkpoint (scratch: random initialization).
+        The pretrained backbone (.npz, settings pretrain.checkpoint) is where `frozen`
+        starts, and `joint` too with backbone_init: checkpoint (scratch: random init).
+        rounds: the federation's training rounds (the learning-rate schedule's length).
         active_learning: label-step settings (src/active_learning/site_labeling.py); the
         site then trains on its labeled set only, which grows every query_every rounds
         (an epoch as many batches as all its training images would give, unless
         epoch_images: labeled).
         """
-        cfg = load_config(config, [f"{k}={v}" for k, v in (overrides or {}).items()])
+        cfg = resolve(config, overrides)
+        if data_loader is not None and data_loader.cfg is not cfg:
+            raise ValueError("the data loader and the task runner were given different settings: the plan "
+                             "must give data_loader.settings and task_runner.settings the same `config` and "
+                             "`overrides` (plan/plan.yaml writes them once, as *config and *overrides)")
         self.cfg = cfg
         self.model_config = model_config(cfg)
         if data_loader is not None:
@@ -78,10 +83,11 @@ class MultiTaskRunner(KerasTaskRunner):
         keras.utils.set_random_seed(cfg["seed"])
         self.model = build_model(self.model_config)
         if starts_from_checkpoint(backbone_mode, backbone_init):
-            if not backbone_checkpoint:
+            checkpoint = cfg.get("pretrain", {}).get("checkpoint")
+            if not checkpoint:
                 raise ValueError(f"backbone_mode {backbone_mode} with backbone_init {backbone_init} "
-                                 "needs task_runner.settings.backbone_checkpoint")
-            load_group_weights(self.model, backbone_checkpoint)
+                                 "needs the setting pretrain.checkpoint (a backbone .npz)")
+            load_group_weights(self.model, checkpoint)
         self.labeling, self.labeling_metrics = None, {}
         if active_learning is not None and data_loader is not None and data_loader.site_folder:
             self.labeling = SiteLabeling(LabelingSettings.from_plan(active_learning), data_loader.site,
@@ -97,7 +103,7 @@ class MultiTaskRunner(KerasTaskRunner):
                              "images has a label this federation trains")
         self.backbone_mode, self.exchange = backbone_mode, exchange
         self.rounds = int(rounds)
-        self.epochs_per_round = int(epochs_per_round)
+        self.epochs_per_round = None  # the train task's `epochs`, known at its first call
         self.trainer = None
         self.predictor = Predictor(self.model, self.model_config, **cfg.get("evaluation", {}))
         self.initialize_tensorkeys_for_functions()
@@ -138,14 +144,17 @@ class MultiTaskRunner(KerasTaskRunner):
                                                  self.exchange)
         log.info("active learning, round %d: %s", round_num, self.labeling_metrics)
 
-    def train_task(self, col_name, round_num, input_tensor_dict, metrics, epochs=1, batch_size=1,
+    def train_task(self, col_name, round_num, input_tensor_dict, metrics, epochs=1, batch_size=None,
                    **kwargs):
         """The stock task, then the upload cut down to the groups this site trained,
         plus one `samples_<group>` metric per group (0 = not trained here) and, with
         active learning, `al_<count>` metrics (labeled, pool, pending, mean_uncertainty
         and `al_chosen_class_<i>`: the predicted disaster classes of the chosen batch)."""
+        if self.epochs_per_round is None:
+            self.epochs_per_round = int(epochs)
+        # batch_size: the data loader's (settings pipeline.batch_size, adjusted per site)
         global_out, local_out = super().train_task(col_name, round_num, input_tensor_dict, metrics,
-                                                   epochs=epochs, batch_size=batch_size, **kwargs)
+                                                   epochs=epochs, batch_size=None, **kwargs)
         reached = self._trainer().reached  # weights this site's losses reach (task_groups)
         upload = {k: v for k, v in global_out.items() if "metric" in k.tags or (
             task_group_of(k.tensor_name) in self.group_samples and k.tensor_name in reached)}

@@ -1,0 +1,1 @@
+"""Command-line entry points: argument parsing over the core; nothing imports them."""

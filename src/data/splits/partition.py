@@ -1,0 +1,58 @@
+"""Dealing a split's images out to sites, and which of a site's images start labeled.
+
+Both split builders (the built-in data's and user sources') use these, so a
+site's share and its active-learning seed set come out of one seeded path.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def dirichlet_partition(labels: np.ndarray, num_sites: int, alpha: float, seed: int,
+                        rounding: str = "floor") -> list[np.ndarray]:
+    """Indices per site; each class is spread over sites by Dirichlet(alpha) shares.
+
+    Small alpha = strongly skewed (non-IID) class mixes. Every site gets at
+    least one image of the data (re-drawn otherwise). rounding="floor" (how the
+    committed default split is made) rounds every cut down, which hands the
+    last site the remainders: with a handful of images per class the last site
+    gets nearly all. "nearest" has no such bias (the sources split builder uses it).
+    """
+    if rounding not in ("floor", "nearest"):
+        raise ValueError(f"rounding must be 'floor' or 'nearest', got {rounding!r}")
+    to_int = np.floor if rounding == "floor" else np.round
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        parts = [[] for _ in range(num_sites)]
+        for cls in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == cls))
+            shares = rng.dirichlet([alpha] * num_sites)
+            cuts = to_int(np.cumsum(shares)[:-1] * len(idx)).astype(int)
+            for site, chunk in enumerate(np.split(idx, cuts)):
+                parts[site].extend(chunk.tolist())
+        if all(len(p) > 0 for p in parts):
+            return [np.array(sorted(p)) for p in parts]
+    raise ValueError(f"could not give every one of {num_sites} sites data with alpha={alpha}")
+
+
+def active_learning_seed(keys: list, fraction: float, rng: np.random.Generator) -> set:
+    """The keys of a site's training images that start labeled (the active-learning
+    seed set): `fraction` of them, at least one, drawn by `rng`; all at fraction 1.
+    The rest become its `pool` rows."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"seed fraction must be in (0, 1], got {fraction}")
+    if fraction == 1 or not keys:
+        return set(keys)
+    count = max(1, int(round(fraction * len(keys))))
+    return set(rng.choice(keys, size=count, replace=False).tolist())
+
+
+def manifest_rows(keys: list, split: str, labels: Sequence[int], seed_fraction: float,
+                  rng: np.random.Generator) -> list[tuple]:
+    """A site's manifest rows for its share `keys` of `split` (train or val):
+    (key, split, boxes, class). Training images outside the active-learning seed
+    set go to the site's `pool`; labels: the (boxes, class) flags the site holds."""
+    labeled = active_learning_seed(keys, seed_fraction, rng) if split == "train" else set(keys)
+    return [(k, split if k in labeled else "pool", *labels) for k in keys]

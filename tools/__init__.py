@@ -1,0 +1,1 @@
+"""Command-line tools that operate on models and data sets; they import from `src`, nothing in `src` imports them."""

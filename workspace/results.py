@@ -1,0 +1,230 @@
+"""`make results`: the Markdown pages of docs/results/, generated from the runs' JSON.
+
+python -m workspace.results [--simulate workspace/runs/latest/metrics.json]
+    [--bench bench/results.json] [--al workspace/runs/al/report.json ...] [--out docs/results]
+
+Every number on a page is copied from one JSON file, beside where it comes from
+(date, commit, command, machine: the file's `run` block, src/run_record.py), so
+a page can always be regenerated and never drifts from its measurement. Pages:
+simulate.md (`make simulate`'s metrics.json), bench.md (`make bench`), and one page
+per active-learning experiment (`make al-experiment`'s report.json: active_learning.md
+for workspace/runs/al, active_learning_<name>.md for workspace/runs/al-<name>). A page
+whose JSON is missing is not written; the output says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SIMULATE = REPO / "workspace" / "runs" / "latest" / "metrics.json"
+DEFAULT_BENCH = REPO / "bench" / "results.json"
+DEFAULT_OUT = REPO / "docs" / "results"
+README = REPO / "README.md"
+# the README's one table of current results sits between these lines
+README_START, README_END = "<!-- results:simulate (make results) -->", "<!-- /results:simulate -->"
+MACHINE_FIELDS = {"cpus": "{} CPUs", "memory_gib": "{} GiB memory"}  # the others read "name value"
+
+
+# ---- pages ------------------------------------------------------------------------------------
+def simulate_page(metrics: dict) -> list[str]:
+    """`make simulate`'s run: setup, test scores, validation round by round, time, traffic."""
+    sites = metrics.get("sites", [])
+    rounds = metrics.get("rounds", [])
+    trained = [r for r in rounds if not r.get("validation_only")]
+    al = metrics.get("active_learning")
+    model = metrics.get("model", {})
+    setup = [("sites", f"{', '.join(sites)} (seed {metrics.get('seed')})"),
+             ("rounds", f"{len(trained)} training round{'' if len(trained) == 1 else 's'}"
+                        + (" + 1 validation-only round" if len(rounds) > len(trained) else "")),
+             ("exchange", metrics.get("exchange")), ("backbone", metrics.get("backbone_mode")),
+             ("active learning", "off" if not al else f"{al.get('strategy')} up to {al.get('final_fraction')} "
+                                                      f"of the training images, {al.get('oracle')} oracle"),
+             ("model", f"{model.get('variant', '')} {model.get('input_size', '')} px".strip())]
+    lines = ["# `make simulate`: one federation on this machine", "", *run_table(metrics.get("run")),
+             "", "## Setup", "", *table(["", ""], setup)]
+
+    tests = [("initial (before round 1)", metrics.get("initial", {}).get("test")),
+             (f"best (the aggregate of round {metrics.get('final', {}).get('best_round')}, chosen by validation)",
+              metrics.get("final", {}).get("test")),
+             ("last aggregate", metrics.get("last_aggregate", {}).get("test"))]
+    central = metrics.get("central_reference")
+    if central:
+        tests.append((f"centralized reference ({central.get('epochs')} epochs)", central.get("test")))
+    keys = ["map50", "map50_95", "accuracy", "macro_f1", "loss"]
+    present = [k for k in keys if any(t and k in t for _, t in tests)]
+    names = {"map50": "mAP@0.5", "map50_95": "mAP@0.5:0.95", "accuracy": "accuracy", "macro_f1": "macro-F1",
+             "loss": "loss"}
+    lines += ["", "## Test split (held out)", "",
+              *table(["model", *(names[k] for k in present)],
+                     [[name, *(num((t or {}).get(k)) for k in present)] for name, t in tests if t])]
+
+    lines += ["", "## Validation, round by round", "",
+              "Each site scores the global model a round starts with on its validation split.", "",
+              *table(["round", "score", *(f"{s} {m}" for s in sites for m in ("mAP@0.5", "accuracy")), "wall s"],
+                     [["final validation" if r.get("validation_only") else r["round"] + 1, num(r.get("score")),
+                       *(num(r.get("sites", {}).get(s, {}).get(k)) for s in sites for k in ("map50", "accuracy")),
+                       num(r.get("wall_s"), 0)] for r in rounds])]
+
+    lines += ["", "## Time", "",
+              *table(["whole run s", "federation s", "median idle s per round"],
+                     [[num(metrics.get("wall_s"), 0), num(metrics.get("federation_s"), 0),
+                       num(metrics.get("median_idle_s"), 2)]])]
+
+    traffic = metrics.get("traffic", {})
+    lines += ["", "## Traffic per site, mean per round", "",
+              f"Full model on the wire: {count(metrics.get('model_bytes'))} bytes.", "",
+              *table(["site", "upload bytes", "share of the model", "download bytes", "upload bytes by group"],
+                     [[site, count(t.get("upload_bytes_per_round")), percent(t.get("upload_fraction_of_model")),
+                       count(t.get("download_bytes_per_round")),
+                       ", ".join(f"{g} {count(b)}" for g, b in t.get("upload_bytes_by_group", {}).items())]
+                      for site, t in traffic.items()])]
+    if al and trained:
+        last = trained[-1].get("sites", {})
+        lines += ["", "## Labeled at the end", "",
+                  *table(["site", "labeled", "pool"],
+                         [[s, num(m.get("al_labeled"), 0), num(m.get("al_pool"), 0)]
+                          for s, m in last.items() if "al_labeled" in m])]
+    return lines
+
+
+def readme_rows(metrics: dict) -> list[str]:
+    """The README's current-results table: the latest `make simulate` run in one row."""
+    run, final = metrics.get("run") or {}, metrics.get("final", {})
+    test = final.get("test") or {}
+    traffic = metrics.get("traffic", {}).values()
+    uploads = [t.get("upload_bytes_per_round") for t in traffic if t.get("upload_bytes_per_round") is not None]
+    row = [f"`{run.get('command', 'make simulate')}` ({(run.get('date') or '')[:10]}, "
+           f"`{(run.get('commit') or 'commit not recorded')[:10]}`)",
+           num(test.get("map50")), num(test.get("map50_95")), num(test.get("accuracy")), num(test.get("macro_f1")),
+           f"{sum(uploads) / len(uploads) / 1e6:.2f} MB" if uploads else "n/a", f"{num(metrics.get('wall_s'), 0)} s"]
+    return table(["run", "victim mAP@0.5", "mAP@0.5:0.95", "disaster accuracy", "macro-F1",
+                  "mean upload per site and round", "wall time"], [row])
+
+
+def update_readme(readme: Path, metrics: dict) -> bool:
+    """Replace the lines between the README's result markers; False when it has none."""
+    lines = readme.read_text().splitlines()
+    if README_START not in lines or README_END not in lines:
+        print(f"skipped {shown(readme)}: no {README_START} ... {README_END} block")
+        return False
+    start, end = lines.index(README_START), lines.index(README_END)
+    readme.write_text("\n".join([*lines[:start + 1], *readme_rows(metrics), *lines[end:]]) + "\n")
+    print(f"wrote the results table of {shown(readme)}")
+    return True
+
+
+def bench_page(bench: dict) -> list[str]:
+    """`make bench`: training and inference speed per model variant."""
+    run = bench.get("run") or {"date": bench.get("timestamp"), "machine": bench.get("machine")}
+    rows = [[name, v.get("input_size"), count(v.get("parameters")), v.get("train_batch"),
+             num(v.get("train_images_per_s"), 2), v.get("infer_batch"), num(v.get("inference_images_per_s"), 2)]
+            for name, v in bench.get("variants", {}).items()]
+    return ["# `make bench`: training and inference speed", "", *run_table(run), "",
+            f"Median of {bench.get('repeats')} repeats.", "",
+            *table(["variant", "input px", "parameters", "train batch", "train images/s", "inference batch",
+                    "inference images/s"], rows)]
+
+
+def active_learning_page(report: dict) -> list[str]:
+    """`make al-experiment`: each strategy at the same labeling budget vs every label."""
+    from workspace.al_experiment.report import markdown
+
+    title, body = markdown(report)
+    return [f"# `make al-experiment`: {title}", "", *run_table(report.get("run")), "", "## Results", "", *body]
+
+
+# ---- Markdown pieces --------------------------------------------------------------------------
+def run_table(run: dict | None) -> list[str]:
+    """Where the numbers come from: date, commit, command, machine."""
+    run = run or {}
+    machine = run.get("machine") or {}
+    described = ", ".join(MACHINE_FIELDS.get(k, k + " {}").format(v) for k, v in machine.items() if v is not None)
+    rows = [("date", run.get("date")), ("commit", run.get("commit") and f"`{run['commit']}`"),
+            ("command", run.get("command") and f"`{run['command']}`"), ("machine", described or None)]
+    if run.get("python_command"):
+        rows.insert(3, ("runs", f"`{run['python_command']}`"))
+    return table(["run", ""], [(k, v if v else "not recorded") for k, v in rows])
+
+
+def table(headers: list, rows: list) -> list[str]:
+    cells = lambda values: "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"  # noqa: E731
+    return [cells(headers), "|" + "---|" * len(headers), *(cells(r) for r in rows)]
+
+
+def num(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def count(value) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+# ---- generation -------------------------------------------------------------------------------
+def write_page(source: Path, target: Path, render: Callable[[dict], list[str]]) -> bool:
+    """`target` from the JSON at `source` (followed through links, so the page names the run
+    itself); False, and nothing written, when `source` is missing."""
+    if not source.exists():
+        print(f"skipped {shown(target)}: {shown(source)} not found")
+        return False
+    source = source.resolve()
+    lines = render(json.loads(source.read_text()))
+    note = f"Generated by `make results` from {shown(source)}; do not edit by hand."
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join([note, "", *lines]) + "\n")
+    print(f"wrote {shown(target)} from {shown(source)}")
+    return True
+
+
+def experiment_reports() -> list[Path]:
+    """report.json of each shipped experiment config (configs/al_experiment*.yaml, its `out:`)."""
+    from workspace.al_experiment.experiment import DEFAULT_OUT as AL_OUT, read_experiment_file
+
+    configs = sorted((REPO / "configs").glob("al_experiment*.yaml"))
+    outs = [REPO / read_experiment_file(p).get("out", AL_OUT) for p in configs]
+    return [out / "report.json" for out in dict.fromkeys(outs)]
+
+
+def active_learning_page_name(report_path: Path) -> str:
+    """active_learning.md for an experiment in .../al/, active_learning_<name>.md in .../al-<name>/."""
+    folder = report_path.parent.name
+    suffix = folder[3:] if folder.startswith("al-") else "" if folder == "al" else folder
+    return f"active_learning{'_' + suffix.replace('-', '_') if suffix else ''}.md"
+
+
+def shown(path: Path) -> str:
+    path = Path(path).absolute()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m workspace.results", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--simulate", type=Path, default=DEFAULT_SIMULATE, help="a `make simulate` run's metrics.json")
+    p.add_argument("--bench", type=Path, default=DEFAULT_BENCH, help="`make bench`'s results.json")
+    p.add_argument("--al", type=Path, action="append", default=None, metavar="REPORT_JSON",
+                   help="a `make al-experiment` report.json (default: those of configs/al_experiment*.yaml)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the pages go")
+    p.add_argument("--readme", default=str(README),
+                   help="the README whose results table follows the simulate run ('' = leave it)")
+    args = p.parse_args(argv)
+    if write_page(args.simulate, args.out / "simulate.md", simulate_page) and args.readme:
+        update_readme(Path(args.readme), json.loads(args.simulate.read_text()))
+    write_page(args.bench, args.out / "bench.md", bench_page)
+    for report in args.al or experiment_reports():
+        write_page(report, args.out / active_learning_page_name(report), active_learning_page)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
