@@ -84,13 +84,17 @@ def _coco_annotation(ann_id: int, image_id: int, category_id: int, box, is_crowd
 
 
 def write_c2a_coco(folder, num_images: int = 20, seed: int = 0, class_folders: bool = True,
-                   json_name: str = "annotations.json", prefix: str = "c2a") -> FixtureSource:
+                   json_name: str = "annotations.json", prefix: str = "c2a",
+                   names_under_images: bool = False) -> FixtureSource:
     """Images plus a COCO instances json with pose categories.
 
     class_folders: images go to ``<class>/`` (AIDER-style, so the same root
-    also works as a class-folder source), else all in ``images/``. Image 0
-    has no annotations (annotated, no victims); the first image with two or
-    more victims has its last two merged into one iscrowd=1 region.
+    also works as a class-folder source), else all in ``images/``.
+    names_under_images: the C2A layout, ``annotations.json`` next to
+    ``images/`` with file names relative to ``images/`` (keys stay relative
+    to the root). Image 0 has no annotations (annotated, no victims); the
+    first image with two or more victims has its last two merged into one
+    iscrowd=1 region.
     """
     folder = Path(folder)
     categories = [{"id": i + 1, "name": pose, "supercategory": "person"} for i, pose in enumerate(POSES)]
@@ -99,7 +103,7 @@ def write_c2a_coco(folder, num_images: int = 20, seed: int = 0, class_folders: b
     crowd_done = False
     for i in range(num_images):
         image, boxes, disaster = _scene(seed, i, empty=i == 0)
-        key = f"{disaster if class_folders else 'images'}/{prefix}_{i:03d}.jpg"
+        key = f"{disaster if class_folders and not names_under_images else 'images'}/{prefix}_{i:03d}.jpg"
         _save(image, folder / key)
         crowd = np.zeros((0, 4), np.float32)
         if not crowd_done and len(boxes) >= 2:
@@ -107,7 +111,8 @@ def write_c2a_coco(folder, num_images: int = 20, seed: int = 0, class_folders: b
             boxes, crowd_done = boxes[:-2], True
         poses = [pose_of(b, i + j) for j, b in enumerate(boxes)]
         fixture = FixtureImage(key, disaster, image.size, boxes, crowd, poses)
-        images.append({"id": i + 1, "file_name": key, "width": image.size[0], "height": image.size[1]})
+        file_name = key.removeprefix("images/") if names_under_images else key
+        images.append({"id": i + 1, "file_name": file_name, "width": image.size[0], "height": image.size[1]})
         labelled = [(b, p, 0) for b, p in zip(boxes, fixture.poses)] + [(b, "lying", 1) for b in crowd]
         for box, pose, is_crowd in labelled:
             annotations.append(_coco_annotation(len(annotations) + 1, i + 1, cat_id[pose], box, is_crowd))
@@ -196,6 +201,59 @@ def write_sources_spec(folder, coco_images: int = 50, tsv_images: int = 15, seed
     path = folder / "sources.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+CRISIS_NAMES = {"collapsed_building": "earthquake", "flooded_areas": "flood", "normal": "not_disaster",
+                "traffic_incident": "other_disaster"}  # CrisisIBD disaster types; fire is fire
+
+
+def write_c2a_aider_crisis(folder, c2a_images: int = 40, aider_images: int = 30, copies: int = 15,
+                           crisis_images: int = 25) -> tuple[Path, dict]:
+    """The data guide's worked example (docs/data.md): three public sets in their own layouts.
+
+    ``c2a/``: annotations.json + images/ (file names relative to images/, five pose
+    categories); ``aider/``: class folders, holding its own pictures and byte copies of
+    the first `copies` C2A pictures under other names (C2A is built on AIDER
+    backgrounds, and users keep both); ``crisis/``: a CrisisIBD-style disaster-types
+    table with its own class names. Returns the sources.yaml path and
+    {aider key of a copy: c2a key of the original}.
+    """
+    folder = Path(folder)
+    c2a = write_c2a_coco(folder / "c2a", c2a_images, seed=10, names_under_images=True)
+    write_aider_folders(folder / "aider", aider_images, seed=11)
+    same = {}
+    for i, image in enumerate(c2a.images[:copies]):
+        copy = f"{image.disaster}/aider_{500 + i:03d}.jpg"
+        (folder / "aider" / copy).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "aider" / copy).write_bytes((c2a.root / image.key).read_bytes())
+        same[f"aider/{copy}"] = f"c2a/{image.key}"
+    write_tsv_source(folder / "crisis", crisis_images, seed=12, file_name="disaster_types.tsv",
+                     image_column="image_path", class_column="class_label", class_names=CRISIS_NAMES)
+    path = folder / "sources.yaml"
+    path.write_text(C2A_AIDER_CRISIS_SPEC)
+    return path, same
+
+
+C2A_AIDER_CRISIS_SPEC = """\
+classes:
+  victim: [person]
+  disaster: [collapsed_building, fire, flooded_areas, traffic_incident, normal]
+class_map:
+  victim: {lying: person, sitting: person, standing: person, bending: person, kneeling: person}
+sources:
+  - name: c2a                 # annotations.json + images/: file names relative to images/
+    root: c2a
+    boxes: {format: coco, file: annotations.json, images: images}
+  - name: aider               # aider/<class>/*.jpg
+    root: aider
+    classes: {format: folders}
+  - name: crisis              # a CrisisIBD disaster-types table, its own class names
+    root: crisis
+    classes: {format: tsv, file: disaster_types.tsv, image_column: image_path,
+              class_column: class_label, drop_unmapped: true}
+    class_map:
+      disaster: {earthquake: collapsed_building, flood: flooded_areas, not_disaster: normal}
+"""
 
 
 # --------------------------------------------------------------------------- odd image files

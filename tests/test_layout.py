@@ -52,12 +52,44 @@ def test_the_adapters_import_no_orchestration():
 
 @pytest.mark.parametrize("code", [
     "import src.settings as s; cfg = s.load_config(); s.model_config(cfg)",
-    "import src.data.splits, src.data.validate, src.data.sources, src.data.manifests",
+    "import src.data.splits, src.data.validate, src.data.sources, src.data.manifests, src.data.synthetic, "
+    "src.data.duplicates, src.data.datasets",
 ])
 def test_settings_and_data_tools_load_without_tensorflow(code):
     result = subprocess.run([sys.executable, "-c", BLOCK_TENSORFLOW + code], cwd=REPO,
                             capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def run_without_tensorflow(module: str, *args, cwd: Path) -> subprocess.CompletedProcess:
+    code = BLOCK_TENSORFLOW + f"import runpy\nsys.argv = {[module, *map(str, args)]!r}\n" \
+                              f"runpy.run_module({module!r}, run_name='__main__')\n"
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=300)
+
+
+def test_every_data_tool_runs_without_tensorflow(tmp_path):
+    """Not just imports: each data command line does its whole job with TensorFlow blocked
+    (the synthetic generator, validate, the split builder on the built-in data and on sources)."""
+    import yaml
+
+    from tests.real_formats import write_c2a_aider_crisis
+
+    spec, _ = write_c2a_aider_crisis(tmp_path / "real", c2a_images=12, aider_images=10, copies=4, crisis_images=10)
+    config = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    config["data"].update(root=str(tmp_path / "synthetic"), test_fraction=0.25, val_fraction=0.25)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    runs = [("src.data.synthetic", "--out", tmp_path / "synthetic", "--num-images", 40, "--workers", 1,
+             "--min-size", 64, "--max-size", 64),
+            ("src.data.validate", spec),
+            ("src.data.validate", tmp_path / "synthetic"),
+            ("src.data.splits", "--config", tmp_path / "config.yaml", "--out", tmp_path / "builtin", "--sites", 2,
+             "--alpha", 100),
+            ("src.data.splits", "--sources", spec, "--out", tmp_path / "split", "--sites", 2, "--strategy", "iid",
+             "--val-fraction", 0.2)]
+    for module, *args in runs:
+        result = run_without_tensorflow(module, *args, cwd=tmp_path)
+        assert result.returncode == 0, f"{module}: {result.stderr[-2000:]}"
 
 
 def test_no_source_file_is_over_the_limit():

@@ -132,6 +132,39 @@ def test_coco_crowd_regions_and_images_without_annotations(combined):
     assert not any(np.allclose(b, cx) for b in crowded[0].boxes)  # never a training box
 
 
+@pytest.mark.parametrize("images", ["images", "images/", "./images"])
+def test_coco_file_names_relative_to_an_image_folder_the_c2a_layout(tmp_path, images):
+    """C2A: annotations.json next to images/, file names relative to images/. Keys stay relative to
+    the root (c2a/images/c2a_000.jpg), where the source's other label specs meet them."""
+    truth = write_c2a_coco(tmp_path / "c2a", 6, seed=5, names_under_images=True)
+    assert json.loads(truth.label_file.read_text())["images"][0]["file_name"] == "c2a_000.jpg"
+    spec = spec_of({"name": "c2a", "root": "c2a",
+                    "boxes": {"format": "coco", "file": "annotations.json", "images": images}})
+    records, report = load(spec, tmp_path)
+    assert report.clean
+    expected = truth.by_key()
+    assert [r.key for r in records["c2a"]] == [f"c2a/{key}" for key in sorted(expected)]
+    for r in records["c2a"]:
+        want = expected[split_record_key(r.key)[1]]
+        np.testing.assert_allclose(r.boxes, want.boxes.reshape(-1, 4), atol=0.02)
+        np.testing.assert_allclose(r.crowd_boxes, want.crowd.reshape(-1, 4), atol=0.02)
+    only, _ = load(spec, tmp_path, only=["c2a/images/c2a_003.jpg"])  # as a site reads it
+    assert [r.key for r in only["c2a"]] == ["c2a/images/c2a_003.jpg"] and only["c2a"][0].has_boxes
+
+
+@pytest.mark.parametrize("images, fragment", [
+    ("../elsewhere", "sources[0].boxes.images: image path '../elsewhere' must be relative"),
+    ("/abs", "sources[0].boxes.images: image path '/abs' must be relative"),
+    ("pictures", "sources[0].boxes.images: "),
+    (3, "sources[0].boxes.images: must be a string"),
+])
+def test_coco_image_folder_errors_name_the_field(tmp_path, images, fragment):
+    write_c2a_coco(tmp_path / "c2a", 2, seed=5, names_under_images=True)
+    spec = spec_of({"name": "c2a", "root": "c2a",
+                    "boxes": {"format": "coco", "file": "annotations.json", "images": images}})
+    assert fragment in load_error(spec, tmp_path)
+
+
 def test_keys_round_trip_and_manifest_helper(combined):
     assert record_key("c2a", "fire/img1.jpg") == "c2a/fire/img1.jpg"
     assert split_record_key("c2a/fire/img1.jpg") == ("c2a", "fire/img1.jpg")
@@ -221,7 +254,9 @@ def test_spec_errors_name_the_field(tmp_path, change, fragment):
 def test_spec_file_not_yaml_or_missing(tmp_path):
     bad = tmp_path / "sources.yaml"
     bad.write_text("sources:\n  - name: a\n    root: [unclosed\n")
-    assert "sources.yaml: not valid YAML" in load_error(bad, None) and "line 3" in load_error(bad, None)
+    message = load_error(bad, None)
+    assert "sources.yaml: line 4: not valid YAML (" in message and "at line 3)" in message
+    assert "\n" not in message
     assert "file not found" in load_error(tmp_path / "missing.yaml", None)
     with pytest.raises(ValueError, match="on_error"):
         load(spec_of(good_source(tmp_path)), tmp_path, on_error="ignore")
@@ -563,7 +598,7 @@ def test_only_keys_naming_no_image_are_counted(combined):
     assert "m.tsv: line 3: image c2a/not/there.jpg not found: source 'c2a'" in report.summary()
 
 
-def test_skip_mode_counts_everything_and_logs_a_summary(tmp_path, caplog):
+def test_skip_mode_counts_everything_in_the_report(tmp_path):
     write_c2a_coco(tmp_path / "c", 6, seed=6)
     data = json.loads((tmp_path / "c" / "annotations.json").read_text())
     data["annotations"].append({"id": 999, "image_id": 4242, "category_id": 1, "bbox": [1, 1, 2, 2]})
@@ -573,10 +608,9 @@ def test_skip_mode_counts_everything_and_logs_a_summary(tmp_path, caplog):
     write_odd_image(tmp_path / "c" / data["images"][2]["file_name"], "exif_rotated")
     spec = spec_of({"name": "c", "root": "c", "boxes": {"format": "coco", "file": "annotations.json"},
                     "classes": {"format": "folders"}})
-    with caplog.at_level(logging.WARNING):
-        records, report = load(spec, tmp_path, on_error="skip")
+    records, report = load(spec, tmp_path, on_error="skip")
     assert len(records["c"]) == 4 and report.skipped == 2 and len(report.messages) == 3
-    assert "2 image(s) skipped, 3 problem(s)" in caplog.text and "unknown image_id 4242" in caplog.text
+    assert "2 image(s) skipped, 3 problem(s)" in report.summary() and "unknown image_id 4242" in report.summary()
 
 
 # --------------------------------------------------------------------------- the validate CLI

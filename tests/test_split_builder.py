@@ -31,8 +31,9 @@ def all_rows(out: Path) -> dict:
 
 def test_dirichlet_split_partitions_every_image_once_and_reads_back(spec, per_source, tmp_path):
     out = tmp_path / "real"
-    summary = build_split(per_source, out, spec, num_sites=3, strategy="dirichlet:0.5", seed=0,
-                          class_names=DISASTER)
+    summary, merges = build_split(per_source, out, spec, num_sites=3, strategy="dirichlet:0.5", seed=0,
+                                  class_names=DISASTER)
+    assert merges.pictures == 0
     assert [s["site"] for s in summary] == ["site1", "site2", "site3"]
     keys = [row[0] for rows in all_rows(out).values() for row in rows]
     test = (out / "test.tsv").read_text().split()[1:]
@@ -54,7 +55,7 @@ def test_split_is_reproducible_from_its_seed(spec, per_source, tmp_path):
 
 
 def test_by_source_gives_each_source_its_own_site(spec, per_source, tmp_path):
-    summary = build_split(per_source, tmp_path / "s", spec, strategy="by-source")
+    summary, _ = build_split(per_source, tmp_path / "s", spec, strategy="by-source")
     assert [s["site"] for s in summary] == ["c2a", "crisis"]
     crisis = {s["site"]: s for s in summary}["crisis"]
     assert crisis["labels"]["boxes"] == 0 and crisis["labels"]["class"] == crisis["train"]
@@ -69,7 +70,7 @@ def test_task_disjoint_sites_hold_one_task_each(spec, per_source, tmp_path):
 
 
 def test_seed_fraction_leaves_the_rest_in_the_active_learning_pool(spec, per_source, tmp_path):
-    summary = build_split(per_source, tmp_path / "p", spec, num_sites=2, strategy="iid", seed_fraction=0.3)
+    summary, _ = build_split(per_source, tmp_path / "p", spec, num_sites=2, strategy="iid", seed_fraction=0.3)
     for s in summary:
         assert s["pool"] > s["train"] > 0
     site = load_site(tmp_path / "p" / "site1", VICTIM, DISASTER)

@@ -3,7 +3,7 @@
 The centralized trainer and the deployment tools (calibration, reports) read
 data the same way through here: the built-in data set (generated when absent)
 cut by ``stratified_split``, or with a split folder the union of what its
-sites hold plus its test.tsv.
+sites hold (the sites its split.yaml lists) plus its test.tsv.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from src.data.formats import load_yolo_dataset
-from src.data.manifests import load_site, load_test_split
+from src.data.manifests import load_site, load_test_split, split_sites
 from src.data.splits.stratified import stratified_split
 from src.data.synthetic import generate_from_config, scene_groups
 
@@ -36,13 +36,11 @@ def load_data(cfg: dict, split_dir: Path | None = None) -> dict:
 
 
 def load_split_union(cfg: dict, split_dir: Path) -> dict:
-    """train/val: the union of a split's sites (labels as the sites hold them); test: test.tsv."""
+    """train/val: the union of a split's sites (those its split.yaml lists, labels as the sites
+    hold them); test: test.tsv."""
     victim, disaster = cfg["classes"]["victim"], cfg["classes"]["disaster"]
     on_error = cfg["data"].get("on_error", "raise")
-    folders = sorted(p for p in split_dir.iterdir() if (p / "site.yaml").exists())
-    if not folders:
-        raise FileNotFoundError(f"{split_dir}: no site folders (site.yaml + manifest.tsv)")
-    sites = [load_site(f, victim, disaster, on_error=on_error) for f in folders]
+    sites = [load_site(split_dir / name, victim, disaster, on_error=on_error) for name in split_sites(split_dir)]
     for s in sites:
         log.info("site %s: %d train images, %d with boxes, %d with a disaster label", s.name,
                  len(s.train), sum(r.has_boxes for r in s.train), sum(r.has_class for r in s.train))

@@ -8,8 +8,15 @@ A site's data folder (what plan/data.yaml maps a collaborator to) holds:
                 split: train | val | pool (pool = held by the site, not yet
                 labeled: the active-learning pool); boxes/class: 0/1, which
                 labels the site holds for that image
+  merged.tsv    (optional) image<TAB>same_picture: other keys of the same
+                picture (another source's copy, see src/data/duplicates.py)
+                whose labels merge into the image's record
 The images stay where they are; the manifest only names them, so the default
 split is a few KB in git and the images are regenerated from the seed.
+
+A split folder holds one such folder per site, test.tsv (the global test
+split, with its own merged.tsv) and split.yaml, whose ``sites`` list is the
+split: readers take the sites from it, never from whatever folders exist.
 
 A manifest is the federation's own configuration (the split builder writes
 it), not third-party data: a malformed row, including an image path that is
@@ -26,12 +33,15 @@ from pathlib import Path
 
 import yaml
 
+from src.data.duplicates import merge_copies
 from src.data.formats import (DataError, ErrorReport, load_yolo_dataset, read_text_file, relative_key,
-                              split_row)
+                              split_row, yaml_error)
 
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("image", "split", "boxes", "class")
+MERGED_COLUMNS = ("image", "same_picture")
+MERGED_FILE = "merged.tsv"
 SPLITS = ("train", "val", "pool")
 
 
@@ -54,17 +64,81 @@ class SiteData:
         return any(r.has_class for r in self.train)
 
 
+def _write_tsv(path: Path, header: tuple, rows) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+
 def write_site(folder: Path, name: str, data_root: str | None, rows: list[tuple[str, str, int, int]],
-               sources: str | None = None):
-    """Write site.yaml + manifest.tsv. data_root / sources: absolute, or relative to the site folder."""
+               sources: str | None = None, same_picture: dict[str, list[str]] | None = None):
+    """Write site.yaml + manifest.tsv (+ merged.tsv for the images with copies in `same_picture`).
+    data_root / sources: absolute, or relative to the site folder."""
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"site": name, "sources": str(sources)} if sources else \
         {"site": name, "data_root": str(data_root), "format": "yolo"}
     (folder / "site.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-    with open(folder / "manifest.tsv", "w", newline="") as f:
-        w = csv.writer(f, delimiter="\t", lineterminator="\n")
-        w.writerow(MANIFEST_COLUMNS)
-        w.writerows(rows)
+    _write_tsv(folder / "manifest.tsv", MANIFEST_COLUMNS, rows)
+    write_merged(folder, [row[0] for row in rows], same_picture)
+
+
+def write_merged(folder: Path, keys, same_picture: dict[str, list[str]] | None) -> None:
+    """folder/merged.tsv: the other copies of those of `keys` that have some; no file when none has."""
+    rows = [(key, other) for key in sorted(keys) for other in (same_picture or {}).get(key, ())]
+    if rows:
+        _write_tsv(folder / MERGED_FILE, MERGED_COLUMNS, rows)
+
+
+def read_merged(folder: Path) -> dict[str, list[tuple[str, str]]]:
+    """{image key: [(key of another copy, where it is listed)]} from folder/merged.tsv ({} without one).
+    Like a manifest, a malformed row raises."""
+    path = Path(folder) / MERGED_FILE
+    if not path.exists():
+        return {}
+    lines = read_text_file(path).splitlines()
+    header = tuple(split_row(lines[0], "\t", f"{path}: line 1")) if lines else None
+    if header != MERGED_COLUMNS:
+        raise DataError(f"{path}: line 1: header must be {'<TAB>'.join(MERGED_COLUMNS)}, got {header}")
+    out = {}
+    for line, text in enumerate(lines[1:], start=2):
+        where = f"{path}: line {line}"
+        row = split_row(text, "\t", where)
+        if not row:
+            continue
+        if len(row) != 2:
+            raise DataError(f"{where}: expected image, same_picture; got {row}")
+        out.setdefault(relative_key(row[0], where), []).append((relative_key(row[1], where), where))
+    return out
+
+
+def split_sites(split_dir: Path) -> list[str]:
+    """The site folders of a split, as its split.yaml lists them (``sites``), in that order.
+
+    A folder that split.yaml does not list is not part of the split (left by another
+    build under the same name, say), so nothing reads it."""
+    split_dir = Path(split_dir)
+    meta_file = split_dir / "split.yaml"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{meta_file}: missing; {split_dir} is not a split folder "
+                                "(build one with `python -m src.data.splits`)")
+    try:
+        meta = yaml.safe_load(read_text_file(meta_file))
+    except yaml.YAMLError as e:
+        raise yaml_error(str(meta_file), e) from e
+    entries = meta.get("sites") if isinstance(meta, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"{meta_file}: sites: must be a non-empty list of the split's sites")
+    names = []
+    for i, entry in enumerate(entries):
+        name = entry.get("site") if isinstance(entry, dict) else entry
+        where = f"{meta_file}: sites[{i}]"
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise DataError(f"{where}: needs a site folder name, got {entry!r}")
+        if not (split_dir / name / "site.yaml").is_file():
+            raise FileNotFoundError(f"{where}: site {name!r} has no {split_dir / name / 'site.yaml'}")
+        names.append(name)
+    return names
 
 
 def _manifest_rows(path: Path) -> list[tuple[int, tuple[str, str, bool, bool]]]:
@@ -96,10 +170,9 @@ def _resolve(folder: Path, value: str) -> Path:
     return path if path.is_absolute() else folder / path
 
 
-def load_records(folder: Path, meta: dict, keys: dict[str, str], victim_classes, disaster_classes,
-                 on_error: str = "raise") -> tuple[dict, ErrorReport]:
-    """{image key: Record} for the keys a manifest names, from `data_root` or `sources`,
-    and what was left out. keys: image key -> where it is listed, for messages."""
+def _read_keys(folder: Path, meta: dict, keys: dict[str, str], victim_classes, disaster_classes,
+               on_error: str) -> tuple[dict, ErrorReport]:
+    """{image key: Record} for `keys` from `data_root` or `sources`, and what was left out."""
     where = folder / "site.yaml"
     if meta.get("sources"):
         from src.data.sources import load_sources
@@ -108,6 +181,8 @@ def load_records(folder: Path, meta: dict, keys: dict[str, str], victim_classes,
         if not spec.exists():
             raise FileNotFoundError(f"{where}: sources file {spec} not found")
         per_source, report = load_sources(spec, victim_classes, disaster_classes, on_error=on_error, only=keys)
+        if report.messages or report.notes or report.warnings:
+            log.warning("%s: %s", spec, report.summary())
         return {r.key: r for records in per_source.values() for r in records}, report
     root = _resolve(folder, meta.get("data_root", ""))
     if not (root / "images").is_dir():
@@ -115,6 +190,20 @@ def load_records(folder: Path, meta: dict, keys: dict[str, str], victim_classes,
                                 "(generate the synthetic data with `make data`)")
     records, report = load_yolo_dataset(root, victim_classes, disaster_classes, on_error=on_error, only=keys)
     return {Path(r.image_path).relative_to(root).as_posix(): r for r in records}, report
+
+
+def load_records(folder: Path, meta: dict, keys: dict[str, str], victim_classes, disaster_classes,
+                 on_error: str = "raise") -> tuple[dict, ErrorReport]:
+    """{image key: Record} for the keys a manifest names, from `data_root` or `sources`,
+    and what was left out. keys: image key -> where it is listed, for messages.
+    An image with other copies in the folder's merged.tsv gets their labels merged in."""
+    copies = {key: others for key, others in read_merged(folder).items() if key in keys}
+    wanted = {**keys, **{other: where for others in copies.values() for other, where in others}}
+    by_key, report = _read_keys(folder, meta, wanted, victim_classes, disaster_classes, on_error)
+    for key, others in copies.items():
+        if key in by_key:
+            by_key[key] = merge_copies([by_key[key]] + [by_key[o] for o, _ in others if o in by_key])[0]
+    return {key: record for key, record in by_key.items() if key in keys}, report
 
 
 def load_site(folder, victim_classes, disaster_classes, on_error: str = "raise") -> SiteData:

@@ -5,11 +5,13 @@ it costs a minute, with the file and line named. SPEC is a sources.yaml
 (see ``src.data.sources``) or a folder in the built-in YOLO layout (images/,
 labels/, classes.tsv). Everything is read as training would read it (no
 model, no TensorFlow); the output is one row per source (images, with
-boxes, boxes, crowd regions, with class, class histogram) and the problem
-summary.
+boxes, boxes, crowd regions, with class, class histogram), the pictures found
+in two or more places (same file content: the split builder merges them, see
+``src.data.duplicates``), and the problem summary with its warnings.
 
-Exit code: 0 clean, 1 problems found (``--on-error skip``, the default),
-2 a problem stopped the check (``--on-error raise``, or a broken spec).
+Exit code: 0 clean (warnings and merged copies included), 1 problems found
+(``--on-error skip``, the default), 2 a problem stopped the check
+(``--on-error raise``, or a broken spec), with one ``error:`` line.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from src.data.formats import DataError
+from src.data.duplicates import merge_duplicates
 from src.data.sources import load_sources
 from src.settings import DEFAULT_CONFIG, load_config
 
@@ -72,17 +74,20 @@ def main(argv=None) -> int:
     p.add_argument("--on-error", choices=("skip", "raise"), default="skip")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="where the model's class lists are")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         classes = load_config(args.config)["classes"]
         disaster, victim = tuple(classes["disaster"]), tuple(classes["victim"])
         spec = yolo_folder_spec(args.spec) if args.spec.is_dir() else args.spec
         per_source, report = load_sources(spec, victim, disaster, on_error=args.on_error,
                                           full_decode=args.full_decode)
-    except (DataError, OSError) as err:
+        _, merges = merge_duplicates(per_source, disaster)
+    except (ValueError, OSError) as err:  # DataError, a missing file, a bad setting
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(source_rows(per_source, disaster)))
+    print()
+    print("\n".join(merges.lines(images=sum(len(records) for records in per_source.values()))))
     print()
     print(report.summary(max_messages=50))
     return 0 if report.clean else 1

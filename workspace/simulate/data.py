@@ -29,6 +29,7 @@ def provide_split(run_dir: Path, split: Path | None, sites: int, seed: int, alph
     if split is not None:
         if not split.is_dir():
             raise RunFailed(f"--split {split}: no such folder")
+        split_sites(split)  # the split's own site list (split.yaml), or a clear refusal
         if seed_fraction is not None and not split_has_pool(split):
             raise RunFailed(f"--split {split}: no site has unlabeled `pool` rows for --active-learning; "
                             "build one with `python -m src.data.splits --seed-fraction 0.1`")

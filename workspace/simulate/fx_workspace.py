@@ -49,12 +49,12 @@ def prepare_workspace(ws: Path, plan: dict, split_dir: Path) -> None:
 
 
 def copy_split(split_dir: Path, target: Path):
-    """Copy a split folder into the workspace; its data paths (relative to where the
-    split was written) become absolute, so they stay valid in the copy."""
-    shutil.copytree(split_dir, target)
-    for meta_file in [target / "split.yaml", *target.glob("*/site.yaml")]:
-        if not meta_file.exists():
-            continue
+    """Copy a split folder (its split.yaml's sites only) into the workspace; its data paths
+    (relative to where the split was written) become absolute, so they stay valid in the copy."""
+    sites = split_sites(split_dir)
+    shutil.copytree(split_dir, target, ignore=lambda folder, names: [
+        n for n in names if Path(folder) == split_dir and (split_dir / n).is_dir() and n not in sites])
+    for meta_file in [target / "split.yaml", *(target / site / "site.yaml" for site in sites)]:
         meta = yaml.safe_load(meta_file.read_text()) or {}
         original = split_dir / meta_file.relative_to(target).parent
         for key in ("sources", "data_root"):
@@ -64,11 +64,13 @@ def copy_split(split_dir: Path, target: Path):
 
 
 def split_sites(split_dir: Path) -> list[str]:
-    """Site folders of a split (those holding a site.yaml), in name order."""
-    sites = sorted(p.name for p in split_dir.iterdir() if (p / "site.yaml").exists())
-    if not sites:
-        raise RunFailed(f"{split_dir}: no site folders (site*/site.yaml); build one with src.data.splits")
-    return sites
+    """The sites of a split, as its split.yaml lists them (not whatever folders exist)."""
+    from src.data.manifests import split_sites as listed_sites
+
+    try:
+        return listed_sites(split_dir)
+    except (ValueError, OSError) as err:
+        raise RunFailed(str(err)) from err
 
 
 def certify(ws: Path, sites: list[str], split_name: str, setup_log: Path, env):

@@ -26,7 +26,7 @@ manifest row (see ``src.data.manifests``).
 from src.data.formats.class_folders import ClassFolders, read_class_folders, scan_class_folders
 from src.data.formats.coco import CocoFile, CocoImage, bbox_to_xyxy, read_coco
 from src.data.formats.errors import (BAD_LABEL, BAD_NAME, MISSING, OUTSIDE, TOO_LARGE, UNREADABLE, UNSUPPORTED,
-                                     DataError, ErrorReport)
+                                     DataError, ErrorReport, yaml_error)
 from src.data.formats.images import check_image, image_size
 from src.data.formats.labels import COORD_TOLERANCE, class_lookup, clip_box, read_lines, read_text_file, split_row
 from src.data.formats.paths import (IMAGE_SUFFIXES, display_path, inside_folder, list_images, listing_of,

@@ -40,12 +40,16 @@ class ErrorReport:
     whether a site lost images to corrupt files, bad labels or something else.
     notes: things left out on purpose (``drop_unmapped``), counted so that a
     typo in a class map cannot hide, but not problems.
+    warnings: things that are not wrong in themselves but usually mean a
+    mistake (two label specs of a source that share no image); nothing is
+    left out for them, and they are no problems.
     """
 
     skipped: int = 0
     messages: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     reasons: Counter = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, problem: DataError | str, skipped_image: bool | int = True) -> None:
         """One problem; skipped_image: True (one image), False, or a number of images."""
@@ -55,6 +59,9 @@ class ErrorReport:
 
     def note(self, message: str) -> None:
         self.notes.append(message)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
 
     @property
     def clean(self) -> bool:
@@ -73,5 +80,17 @@ class ErrorReport:
             lines += [f"  {m}" for m in self.messages[:max_messages]]
             if len(self.messages) > max_messages:
                 lines.append(f"  ... and {len(self.messages) - max_messages} more")
+        lines += [f"  warning: {m}" for m in self.warnings]
         lines += [f"  note: {m}" for m in self.notes]
         return "\n".join(lines)
+
+
+def yaml_error(where: str, err: Exception) -> DataError:
+    """A YAML parse error as one line naming the file and line (PyYAML's own spans several)."""
+    mark = getattr(err, "problem_mark", None)
+    line = f": line {mark.line + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context_mark is not None:
+        problem += f"; {context} at line {context_mark.line + 1}"
+    return DataError(f"{where}{line}: not valid YAML ({problem})")

@@ -82,18 +82,36 @@ def _orphan_labels(root: Path) -> list[DataError]:
 
 
 class CocoBoxes:
-    """A COCO json; its images are the file names it lists."""
+    """A COCO json; its images are the file names it lists, relative to the source root or,
+    with ``images: DIR`` (C2A: annotations.json next to images/), to root/DIR. Keys stay
+    relative to the root, so other label specs of the source meet them there."""
 
     def __init__(self, source: SourceSpec, victims: Sequence[str]):
         spec = source.boxes
+        self.root = source.root
+        self.prefix = f"{spec['images']}/" if spec.get("images") else ""
+        self.folders = None  # the root's subfolders, for missing_hint
         self.coco = read_coco(source.root / spec["file"], victims, source.victim_map, spec["drop_unmapped"])
-        self.listing = Listing(images=dict(self.coco.listed_at), bad=dict(self.coco.bad_images),
+        self.listing = Listing(images={self.prefix + k: where for k, where in self.coco.listed_at.items()},
+                                bad={self.prefix + k: err for k, err in self.coco.bad_images.items()},
                                 problems=list(self.coco.problems), dropped=self.coco.dropped)
 
     def labels(self, key: str, width: int, height: int):
-        image = self.coco.images[key]
+        image = self.coco.images[key[len(self.prefix):]]
         image.check_size(width, height)
         return image.arrays()
+
+    def missing_hint(self, key: str) -> str:
+        """For a listed file that is not there: the subfolder it is in, when the json's file
+        names are relative to one (the C2A layout) and ``images`` does not say so."""
+        if self.folders is None:  # listed once: a wrong setting makes every image missing
+            self.folders = sorted(folder.name for folder in self.root.iterdir() if folder.is_dir())
+        relative = key[len(self.prefix):]
+        found = [name for name in self.folders if (self.root / name / relative).is_file()]
+        if not found:
+            return ""
+        return (f"; it is at {found[0]}/{relative}: the json's file names are relative to that folder, "
+                f"say so with 'images: {found[0]}' in this source's boxes")
 
 
 def folder_classes(source: SourceSpec, disasters: Sequence[str]) -> tuple[Listing, dict[str, int]]:

@@ -7,7 +7,6 @@ images concerned out and counts them. ``only`` reads just the listed keys
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
@@ -16,8 +15,6 @@ from src.data.records import Record
 from src.data.sources.keys import SourceRecord, record_key
 from src.data.sources.listings import NO_BOXES, NO_CLASSES, CocoBoxes, YoloBoxes, folder_classes, table_classes
 from src.data.sources.spec import SourceSpec, Spec, read_spec
-
-log = logging.getLogger(__name__)
 
 
 def _check_listed_image(path: Path, root: Path, listed_at: str, full_decode: bool) -> tuple[int, int]:
@@ -28,8 +25,8 @@ def _check_listed_image(path: Path, root: Path, listed_at: str, full_decode: boo
 
 
 def _load_source(source: SourceSpec, spec: Spec, handle, only: Mapping[str, str] | None,
-                 full_decode: bool) -> tuple[list[SourceRecord], list[str]]:
-    """Records of one source (sorted by key) and notes on what was dropped on purpose.
+                 full_decode: bool) -> tuple[list[SourceRecord], list[str], list[str]]:
+    """Records of one source (sorted by key), notes on what was dropped on purpose, warnings.
 
     handle(error, images) raises or records each problem; only: path relative
     to the root -> where it is listed ('' if nowhere in particular).
@@ -54,10 +51,12 @@ def _load_source(source: SourceSpec, spec: Spec, handle, only: Mapping[str, str]
             handle(missing_image(record_key(source.name, relative), only[relative],
                                  f": source {source.name!r} ({source.root}) has no such image"), 1)
         keys = [k for k in keys if k in only]
+    warnings = []
     if len(listings) == 2 and listings[0].images and listings[1].images \
             and not listings[0].images.keys() & listings[1].images.keys():
-        log.warning("%s: no image has both boxes and a class: do the paths of the two label specs "
-                    "differ? e.g. %s vs %s", source.where, min(listings[0].images), min(listings[1].images))
+        warnings.append(f"{source.where} ({source.name}): no image has both boxes and a class: do the paths "
+                        f"of the two label specs differ? e.g. {min(listings[0].images)} vs "
+                        f"{min(listings[1].images)}")
     records = []
     for key in keys:
         try:
@@ -66,7 +65,12 @@ def _load_source(source: SourceSpec, spec: Spec, handle, only: Mapping[str, str]
                 raise err
             path = source.root / key
             listed_at = next((listing.images[key] for listing in listings if listing.images.get(key)), "")
-            width, height = _check_listed_image(path, source.root, listed_at, full_decode)
+            try:
+                width, height = _check_listed_image(path, source.root, listed_at, full_decode)
+            except DataError as err:
+                if err.reason == MISSING and isinstance(boxes, CocoBoxes) and key in boxes.listing.images:
+                    raise DataError(f"{err}{boxes.missing_hint(key)}", MISSING) from err
+                raise
             labels = boxes.labels(key, width, height) if boxes and key in boxes.listing.images else None
             box, cls, crowd, crowd_cls = labels if labels is not None else (NO_BOXES, NO_CLASSES) * 2
             records.append(SourceRecord(
@@ -79,7 +83,7 @@ def _load_source(source: SourceSpec, spec: Spec, handle, only: Mapping[str, str]
     notes = [f"{source.where} ({source.name}): left out (drop_unmapped): "
              + ", ".join(f"{n} x {name!r}" for name, n in sorted(listing.dropped.items()))
              for listing in listings if listing.dropped]
-    return records, notes
+    return records, notes, warnings
 
 
 def load_sources(
@@ -94,7 +98,8 @@ def load_sources(
     """Read every source of a spec: {source name: records sorted by key}, ErrorReport.
 
     on_error='raise' stops at the first data problem; 'skip' leaves out the
-    images concerned, counts them in the report and logs its summary.
+    images concerned and counts them in the report. The report is the caller's
+    to show (``ErrorReport.summary``), once: a site logs it, the tools print it.
     only: record keys to read; other images are not opened, sources with no
     key in it are not read at all, and problems tied to no listed image are
     left to whoever reads everything (``python -m src.data.validate``). A key
@@ -128,9 +133,9 @@ def load_sources(
         if wanted is not None and not wanted:
             out[source.name] = []
             continue
-        out[source.name], notes = _load_source(source, parsed, handle, wanted, full_decode)
+        out[source.name], notes, warnings = _load_source(source, parsed, handle, wanted, full_decode)
         for note in notes:
             report.note(note)
-    if report.messages or report.notes:
-        log.warning("%s: %s", spec if not isinstance(spec, Mapping) else "sources spec", report.summary())
+        for warning in warnings:
+            report.warn(warning)
     return out, report

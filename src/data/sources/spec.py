@@ -13,14 +13,14 @@ from pathlib import Path
 
 import yaml
 
-from src.data.formats import DataError, class_lookup, read_text_file
+from src.data.formats import DataError, class_lookup, read_text_file, relative_key, yaml_error
 
 SPEC_FIELDS = ("classes", "class_map", "sources")
 SOURCE_FIELDS = ("name", "root", "boxes", "classes", "class_map")
 TASKS = ("victim", "disaster")
 # format -> {field: default}; None = required
 BOX_FORMATS = {
-    "coco": {"file": None, "drop_unmapped": False},
+    "coco": {"file": None, "images": "", "drop_unmapped": False},
     "yolo": {"names": (), "drop_unmapped": False},
 }
 _TABLE_FIELDS = {"file": None, "image_column": "image", "class_column": "disaster_class",
@@ -118,9 +118,12 @@ def _label_spec(value, where: str, formats: dict[str, dict]) -> dict:
     out = {"format": fmt, **{f: value.get(f, d) for f, d in defaults.items()}}
     if not isinstance(out["drop_unmapped"], bool):
         raise DataError(f"{where}.drop_unmapped: must be true or false, got {out['drop_unmapped']!r}")
-    for name in ("file", "image_column", "class_column"):
+    for name in ("file", "images", "image_column", "class_column"):
         if name in out and not isinstance(out[name], str):
             raise DataError(f"{where}.{name}: must be a string, got {out[name]!r}")
+    if out.get("images"):  # the folder under the root that a COCO json's file names are relative to
+        folder = relative_key(out["images"], f"{where}.images")
+        out["images"] = "" if folder == "." else folder
     if "delimiter" in out and not (isinstance(out["delimiter"], str) and len(out["delimiter"]) == 1):
         raise DataError(f"{where}.delimiter: must be one character, got {out['delimiter']!r}")
     if out.get("names"):
@@ -142,6 +145,9 @@ def _source(entry, where: str, base_dir: Path, classes: dict, class_map: dict) -
     own_map = _class_map(entry.get("class_map"), f"{where}.class_map", classes)
     boxes = _label_spec(entry["boxes"], f"{where}.boxes", BOX_FORMATS) if entry.get("boxes") else None
     labels = _label_spec(entry["classes"], f"{where}.classes", CLASS_FORMATS) if entry.get("classes") else None
+    if boxes and boxes.get("images") and not (root / boxes["images"]).is_dir():
+        raise DataError(f"{where}.boxes.images: {root / boxes['images']} is not a directory (the folder "
+                        "under the root that the json's file names are relative to)")
     spec = SourceSpec(name, root, boxes, labels, {**class_map["victim"], **own_map["victim"]},
                       {**class_map["disaster"], **own_map["disaster"]}, where)
     if boxes and boxes.get("names") and not boxes["drop_unmapped"]:
@@ -168,13 +174,13 @@ def read_spec(spec: str | Path | Mapping, victim_classes: Sequence[str] | None =
         try:
             data = yaml.safe_load(read_text_file(Path(spec)))
         except yaml.YAMLError as e:
-            raise DataError(f"{where}: not valid YAML ({e})") from e
+            raise yaml_error(where, e) from e
         base = Path(base_dir) if base_dir is not None else Path(spec).parent
     data = _mapping(data, where, SPEC_FIELDS, ("sources",))
     classes = _class_lists(data, where, victim_classes, disaster_classes)
     class_map = _class_map(data.get("class_map"), f"{where}: class_map", classes)
-    if not isinstance(data["sources"], list):
-        raise DataError(f"{where}: sources: must be a list of sources")
+    if not isinstance(data["sources"], list) or not data["sources"]:
+        raise DataError(f"{where}: sources: must be a non-empty list of sources")
     sources = [_source(entry, f"{where}: sources[{i}]", base, classes, class_map)
                for i, entry in enumerate(data["sources"])]
     seen = {}

@@ -19,7 +19,7 @@ import numpy as np
 
 from src.data.formats import load_yolo_dataset
 from src.data.splits.output import write_split
-from src.data.splits.partition import dirichlet_partition, manifest_rows
+from src.data.splits.partition import SplitError, dirichlet_partition, manifest_rows
 from src.data.splits.stratified import record_groups, stratified_split
 from src.data.synthetic import scene_groups
 
@@ -32,7 +32,7 @@ def site_labels(num_sites: int, labels=DEFAULT_LABELS) -> list[str]:
     labels = list(labels)
     unknown = [x for x in labels if x not in LABEL_SETS]
     if unknown or not labels:
-        raise ValueError(f"labels must be from {sorted(LABEL_SETS)}, got {labels}")
+        raise SplitError(f"--labels must be from {sorted(LABEL_SETS)}, got {labels}")
     return [labels[i % len(labels)] for i in range(num_sites)]
 
 
@@ -53,22 +53,31 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
     The partition does not depend on seed_fraction: the same seed gives the same
     sites with all (1.0) or part of their training images labeled."""
     root = Path(cfg["data"]["root"])
+    if num_sites < 1 or not alpha > 0 or not 0 < seed_fraction <= 1:
+        raise SplitError(f"need --sites >= 1, --alpha > 0 and --seed-fraction in (0, 1]; got {num_sites}, "
+                         f"{alpha} and {seed_fraction}")
+    names = [f"site{i + 1}" for i in range(num_sites)]
+    label_sets = dict(zip(names, site_labels(num_sites, labels)))
+    if not (root / "images").is_dir():
+        raise SplitError(f"{root}: the built-in data set is not there (no images/ folder); generate it with "
+                         f"`make data` or `python -m src.data.synthetic --out {root}`")
     records, _ = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"])
     scenes = scene_groups(root, [r.image_path for r in records])
     scene_of = None if scenes is None else dict(zip((r.image_path for r in records), scenes))
     splits = stratified_split(records, cfg["data"]["test_fraction"], cfg["data"]["val_fraction"],
                               cfg["seed"], scenes)
     rel = lambda r: Path(r.image_path).relative_to(root).as_posix()  # noqa: E731
-    names = [f"site{i + 1}" for i in range(num_sites)]
-    label_sets = dict(zip(names, site_labels(num_sites, labels)))
     rows = {n: [] for n in names}
     seed_rng = np.random.default_rng([seed, 7])
     for split in ("train", "val"):
-        parts = _partition_scenes(splits[split], scene_of, num_sites, alpha, seed + (split == "val"))
+        try:
+            parts = _partition_scenes(splits[split], scene_of, num_sites, alpha, seed + (split == "val"))
+        except SplitError as err:
+            raise SplitError(f"{split} split ({len(splits[split])} images of {root}): {err}"
+                             + ("; or a larger data.val_fraction" if split == "val" else "")) from err
         for name, idx in zip(names, parts):
             keys = [rel(splits[split][i]) for i in idx]
             rows[name] += manifest_rows(keys, split, LABEL_SETS[label_sets[name]], seed_fraction, seed_rng)
-    write_split(out_dir, rows, [rel(r) for r in splits["test"]], data_root=root)
     class_names = cfg["classes"]["disaster"]
     by_path = {rel(r): r for r in records}
     summary = []
@@ -80,6 +89,10 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
                         "pool": sum(s == "pool" for _, s, *_ in rows[name]),
                         "val": sum(s == "val" for _, s, *_ in rows[name]),
                         "classes": {c: hist.get(c, 0) for c in class_names}})
+    settings = {"alpha": alpha, "seed": seed, "labels": list(labels), "seed_fraction": seed_fraction,
+                "test_fraction": cfg["data"]["test_fraction"], "val_fraction": cfg["data"]["val_fraction"],
+                "test_images": len(splits["test"])}
+    write_split(out_dir, rows, [rel(r) for r in splits["test"]], summary, settings, data_root=root)
     return summary
 
 

@@ -10,9 +10,12 @@ python -m src.data.splits --sources data/real/sources.yaml --name real \\
   user data: one or more sources in their own formats (see src/data/sources/);
   see src/data/splits/user_sources.py
 
-Either way the folder holds test.tsv (the global test split, at no site) and one
-folder per site (site.yaml + manifest.tsv) naming its train and val images and,
-with --seed-fraction < 1, its active-learning pool.
+Either way the folder holds test.tsv (the global test split, at no site),
+split.yaml (its settings and the list of its sites) and one folder per site
+(site.yaml + manifest.tsv) naming its train and val images and, with
+--seed-fraction < 1, its active-learning pool. Building into an existing split
+replaces it whole. A split that cannot be made ends with one `error:` line and
+exit code 2.
 """
 from __future__ import annotations
 
@@ -21,10 +24,11 @@ import logging
 import sys
 from pathlib import Path
 
-from src.data.formats import DataError
 from src.data.sources import load_sources
 from src.data.splits.builtin_data import DEFAULT_LABELS, build_site_splits, format_summary
-from src.data.splits.user_sources import PARTITION_STRATEGIES, SplitError, build_split, format_table
+from src.data.splits.output import check_replaceable
+from src.data.splits.user_sources import (DEFAULT_SITES, PARTITION_STRATEGIES, build_split, check_settings,
+                                          format_table)
 from src.settings import load_config
 
 BUILTIN_ONLY = {"alpha": 0.5, "labels": ",".join(DEFAULT_LABELS)}
@@ -38,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="writes data_splits/<name>/ (or --out); default 'default' for the "
                                   "built-in data, required with --sources")
     p.add_argument("--out", type=Path, help="output folder (default data_splits/<name>)")
-    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--sites", type=int, help="number of sites (default 3; by-source: one per source)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seed-fraction", type=float, default=1.0,
                    help="fraction of each site's training images that start labeled; the rest "
@@ -70,30 +74,37 @@ def _fill_mode_defaults(p: argparse.ArgumentParser, args: argparse.Namespace) ->
             setattr(args, name, default)
     if args.sources and not args.name and not args.out:
         p.error("--name (or --out) is required with --sources")
+    if not args.sources and args.sites is None:
+        args.sites = DEFAULT_SITES
 
 
 def main(argv=None) -> int:
+    """Exit 0 with the split written; 2 with one `error:` line when it cannot be made."""
     p = _parser()
     args = p.parse_args(argv)
     _fill_mode_defaults(p, args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_config(args.config)
     out = args.out or Path("data_splits") / (args.name or "default")
     try:
+        cfg = load_config(args.config)
         if args.sources is None:
             summary = build_site_splits(cfg, out, args.sites, args.alpha, args.seed, args.labels.split(","),
                                         args.seed_fraction)
             print(format_summary(summary))
+            print(f"wrote {out}/ ({', '.join(s['site'] for s in summary)}, test.tsv, split.yaml)")
             return 0
+        check_settings(args.strategy, args.sites, args.test_fraction, args.val_fraction, args.seed_fraction)
+        check_replaceable(out)
         per_source, report = load_sources(args.sources, cfg["classes"]["victim"], cfg["classes"]["disaster"],
                                           on_error=args.on_error)
-        if report.messages:
+        if not report.clean or report.warnings or report.notes:
             print(report.summary(), file=sys.stderr)
-        summary = build_split(per_source, out, args.sources, args.sites, args.strategy, args.test_fraction,
-                              args.val_fraction, args.seed_fraction, args.seed, cfg["classes"]["disaster"])
-    except (SplitError, DataError, FileNotFoundError) as err:
+        summary, merges = build_split(per_source, out, args.sources, args.sites, args.strategy, args.test_fraction,
+                                      args.val_fraction, args.seed_fraction, args.seed, cfg["classes"]["disaster"])
+    except (ValueError, OSError) as err:  # SplitError, DataError, a missing file, a bad setting
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(summary))
+    print("\n".join(merges.lines(images=sum(len(records) for records in per_source.values()))))
     print(f"wrote {out}/ ({', '.join(s['site'] for s in summary)}, test.tsv, split.yaml)")
     return 0

@@ -10,6 +10,10 @@ from typing import Sequence
 import numpy as np
 
 
+class SplitError(ValueError):
+    """The requested split cannot be made from this data; the message says why and what to change."""
+
+
 def dirichlet_partition(labels: np.ndarray, num_sites: int, alpha: float, seed: int,
                         rounding: str = "floor") -> list[np.ndarray]:
     """Indices per site; each class is spread over sites by Dirichlet(alpha) shares.
@@ -20,6 +24,11 @@ def dirichlet_partition(labels: np.ndarray, num_sites: int, alpha: float, seed: 
     last site the remainders: with a handful of images per class the last site
     gets nearly all. "nearest" has no such bias (the sources split builder uses it).
     """
+    if num_sites < 1 or not alpha > 0:
+        raise SplitError(f"a Dirichlet split needs at least one site and alpha > 0, got {num_sites} "
+                         f"site(s) and alpha {alpha}")
+    if len(labels) < num_sites:
+        raise SplitError(f"{len(labels)} images cannot give each of {num_sites} sites one; use fewer sites")
     if rounding not in ("floor", "nearest"):
         raise ValueError(f"rounding must be 'floor' or 'nearest', got {rounding!r}")
     to_int = np.floor if rounding == "floor" else np.round
@@ -34,7 +43,9 @@ def dirichlet_partition(labels: np.ndarray, num_sites: int, alpha: float, seed: 
                 parts[site].extend(chunk.tolist())
         if all(len(p) > 0 for p in parts):
             return [np.array(sorted(p)) for p in parts]
-    raise ValueError(f"could not give every one of {num_sites} sites data with alpha={alpha}")
+    raise SplitError(f"Dirichlet({alpha:g}) class shares left some of the {num_sites} sites without images in "
+                     f"100 draws ({len(labels)} images, {len(np.unique(labels))} classes); use fewer sites or a "
+                     "larger alpha")
 
 
 def active_learning_seed(keys: list, fraction: float, rng: np.random.Generator) -> set:
@@ -42,7 +53,7 @@ def active_learning_seed(keys: list, fraction: float, rng: np.random.Generator) 
     seed set): `fraction` of them, at least one, drawn by `rng`; all at fraction 1.
     The rest become its `pool` rows."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"seed fraction must be in (0, 1], got {fraction}")
+        raise SplitError(f"--seed-fraction must be in (0, 1], got {fraction}")
     if fraction == 1 or not keys:
         return set(keys)
     count = max(1, int(round(fraction * len(keys))))
