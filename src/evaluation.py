@@ -17,9 +17,28 @@ from src.data.pipeline import inference_dataset, inference_dataset_with_targets
 from src.data.records import Record
 from src.model.config import ModelConfig
 from src.model.decode import detect
+from src.model.det_head import ANCHORS_PER_SCALE
 from src.model.loss import MultiTaskLoss
 
 log = logging.getLogger(__name__)
+
+
+def check_model_fits(model, config: ModelConfig, source: str = "the model") -> None:
+    """Refuse a model whose input size or heads differ from what `config` describes (it was
+    trained with other settings): found here, not as a shape error deep in a batch.
+    source: how the message names the model (its file)."""
+    found = {"input size": model.inputs[0].shape[1]}
+    expected = {"input size": config.input_size}
+    outputs = model.output if isinstance(model.output, dict) else {}
+    for name, grid in zip(("det_s8", "det_s16", "det_s32"), config.grid_sizes):
+        found[name] = tuple(outputs[name].shape[1:]) if name in outputs else None
+        expected[name] = (grid, grid, ANCHORS_PER_SCALE, 5 + config.num_victim_classes)
+    found["disaster classes"] = outputs["disaster"].shape[-1] if "disaster" in outputs else None
+    expected["disaster classes"] = config.num_disaster_classes
+    differ = [f"{key} {found[key]} (settings: {expected[key]})" for key in expected if found[key] != expected[key]]
+    if differ:
+        raise ValueError(f"{source} does not fit the settings: {'; '.join(differ)}; pass the settings it "
+                         "was trained with (--config, --set model.*, the class lists)")
 
 
 class Predictor:
@@ -27,6 +46,7 @@ class Predictor:
 
     def __init__(self, model, config: ModelConfig, score_threshold: float = 0.01,
                  iou_threshold: float = 0.45, max_detections: int = 100):
+        check_model_fits(model, config)
         self.model = model
         self.config = config
 
@@ -99,7 +119,7 @@ def _class_names(names, count: int, what: str) -> list[str]:
 
 
 def score_predictions(predictions, records: list[Record], config: ModelConfig,
-                      victim_class_names=None, disaster_class_names=None) -> dict:
+                      victim_class_names=None, disaster_class_names=None, image_ids=None) -> dict:
     """Detection metrics over records with boxes, classification over records with a class.
 
     Detection is COCOeval's bbox mAP (area "all", 100 detections per image and
@@ -111,11 +131,16 @@ def score_predictions(predictions, records: list[Record], config: ModelConfig,
     matrix (rows truth, columns prediction; ``confusion_matrix_labels`` names
     them after ``disaster_class_names``, else "0", "1", ...). A prediction of
     None (the image could not be decoded) is left out of both and counted in
-    ``unreadable_images``.
+    ``unreadable_images``. ``image_ids`` (one per record, e.g. COCO image ids)
+    rank tied detection scores across images as COCOeval does on those ids;
+    without them the records' order ranks them.
     """
     victim_names = _class_names(victim_class_names, config.num_victim_classes, "victim")
     disaster_names = _class_names(disaster_class_names, config.num_disaster_classes, "disaster")
-    det = [(p, r) for p, r in zip(predictions, records) if r.has_boxes and p is not None]
+    ids = [None] * len(records) if image_ids is None else list(image_ids)
+    if len(ids) != len(records):
+        raise ValueError(f"{len(ids)} image ids for {len(records)} records")
+    det = [(p, r, i) for p, r, i in zip(predictions, records, ids) if r.has_boxes and p is not None]
     cls = [(p, r) for p, r in zip(predictions, records) if r.has_class and p is not None]
     result = {"images": len(records), "detection_images": len(det),
               "classification_images": len(cls)}
@@ -124,9 +149,10 @@ def score_predictions(predictions, records: list[Record], config: ModelConfig,
         result["unreadable_images"] = unreadable
     if det:
         ground_truth = [{"boxes": r.boxes, "classes": r.victim_classes,
-                         "crowd_boxes": r.crowd_boxes, "crowd_classes": r.crowd_classes} for _, r in det]
-        m = metrics.detection_map([p for p, _ in det], ground_truth, config.num_victim_classes,
-                                  max_detections=100)
+                         "crowd_boxes": r.crowd_boxes, "crowd_classes": r.crowd_classes} for _, r, _ in det]
+        m = metrics.detection_map([p for p, _, _ in det], ground_truth, config.num_victim_classes,
+                                  max_detections=100,
+                                  image_ids=None if image_ids is None else [i for _, _, i in det])
         ap50 = [float(x) for x in m["per_class_ap50"]]
         ap50_95 = [float(x) for x in m["per_class_ap"]]
         result.update(

@@ -24,8 +24,11 @@ crowd regions included, so numbers are comparable with published results:
 * Ignored boxes do not count as positives. A class without a single real
   box has AP NaN (COCOeval: -1) and is left out of the means.
 * Per class and IoU threshold, the kept detections of all images are ranked
-  by score with a stable sort over the concatenation in image order (COCOeval's
-  mergesort), ignored ones stay in the ranking but count for nothing;
+  by score with a stable sort over their concatenation in image order
+  (COCOeval's mergesort), ignored ones stay in the ranking but count for
+  nothing. Image order is ascending image id, as COCOeval evaluates
+  ``sorted(imgIds)``, when ids are given, else the input order: tied scores
+  in different images then rank as COCOeval ranks them;
   precision ``tp / (tp + fp + eps)`` is made monotone non-increasing from the
   right and sampled at the 101 recall points ``np.linspace(0, 1, 101)``
   (``searchsorted`` with ``side='left'``); recall points beyond the reached
@@ -178,6 +181,19 @@ def _evaluate_image(det_boxes: np.ndarray, gt_boxes: np.ndarray, crowd_boxes: np
     return matched, ignored, int(real.sum())
 
 
+def _image_order(image_ids, count: int) -> np.ndarray:
+    """Indices of the images in COCOeval's order: ascending id (input order without ids)."""
+    if image_ids is None:
+        return np.arange(count)
+    ids = np.asarray(image_ids)
+    if ids.shape != (count,):
+        raise ValueError(f"{ids.size} image ids for {count} images")
+    values, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"image ids must be distinct; given more than once: {values[counts > 1][:5].tolist()}")
+    return np.argsort(ids, kind="stable")
+
+
 def _interpolated_ap(tp: np.ndarray, fp: np.ndarray, num_gt: int) -> float:
     """101-point interpolated AP from TP / FP flags of score-ranked detections
     (both False for an ignored detection), COCOeval.accumulate's arithmetic."""
@@ -200,6 +216,7 @@ def detection_map(
     iou_thresholds: Sequence[float] | None = None,
     max_detections: int | None = None,
     area_range: tuple[float, float] = COCO_AREA_ALL,
+    image_ids: Sequence | None = None,
 ) -> dict:
     """COCO mean average precision for box detections (= COCOeval, see module doc).
 
@@ -219,6 +236,10 @@ def detection_map(
       Default COCO's "all". (COCOeval takes a ground-truth area from the
       annotation's ``area`` field, the mask area for COCO itself, so other
       ranges reproduce COCO's small/medium/large only where area = box area.)
+    image_ids: one distinct id per image (COCO ``image_id``s): images are
+      ranked in ascending id order, so detections with tied scores in
+      different images rank as in COCOeval on the same ids. None: input order
+      (what COCOeval does when the ids count 1, 2, ... in input order).
 
     Returns ``map50``, ``map50_95`` (NaN when no class has real ground truth),
     and per class (lists, NaN where the class has no real ground-truth box):
@@ -239,9 +260,9 @@ def detection_map(
     ignored = [[] for _ in range(num_classes)]
     num_gt = np.zeros(num_classes, np.int64)
     num_crowd = np.zeros(num_classes, np.int64)
-    for i, (pred, gt) in enumerate(zip(predictions, ground_truths)):
+    for i in _image_order(image_ids, len(predictions)):
         p_boxes, p_scores, p_classes, g_boxes, g_classes, c_boxes, c_classes = _image_arrays(
-            pred, gt, i, num_classes)
+            predictions[i], ground_truths[i], i, num_classes)
         for c in range(num_classes):
             crowd_c = c_boxes[c_classes == c]
             num_crowd[c] += len(crowd_c)

@@ -320,13 +320,96 @@ def test_wrong_sizes_are_rejected_naming_expected_and_actual(full_model, tmp_pat
     assert (info["header_bytes"], info["layout"], info["header"]["seen"]) == (16, "yolov3", 5)
 
 
-def test_missing_file_says_where_to_get_it(full_model, tmp_path):
+def test_missing_file_says_where_to_get_it(full_model, tmp_path, capsys):
     path = tmp_path / "nowhere" / "yolov3.weights"
     with pytest.raises(FileNotFoundError, match=r"pjreddie.com/media/files/yolov3.weights") as e:
         dw.load_darknet_weights(full_model, path)
     assert str(path) in str(e.value) and "Nothing is downloaded" in str(e.value)
-    with pytest.raises(FileNotFoundError):   # the CLI fails before building a model
-        dw.main(["--weights", str(path), "--out", str(tmp_path / "m.keras")])
+    # the CLI fails before building a model, with one error line
+    assert dw.main(["--weights", str(path), "--out", str(tmp_path / "m.keras")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and str(path) in err[-1] and "pjreddie.com" in err[-1]
+    assert not (tmp_path / "m.keras").exists()
+
+
+# ------------------------------------------------------------------ decoded boxes
+
+def known_head_biases(scale: int, anchor: int) -> np.ndarray:
+    """The 85 output channels' biases of one anchor of the output conv `scale` (file order:
+    0 = stride 32, 1 = 16, 2 = 8): tx, ty, tw, th, objectness, then 80 COCO class logits."""
+    values = np.zeros(85, np.float32)
+    values[:6] = [1.5 - 0.5 * anchor, -2.0 + 0.5 * scale, 0.4, -0.3 + 0.1 * anchor, 3.0, 2.0]
+    return values
+
+
+def yolov3_boxes_by_hand(input_size: int) -> np.ndarray:
+    """Every prediction of a model whose output convs emit exactly their biases, decoded with
+    YOLOv3's formulas: centre (sigmoid(t) + cell) * stride, size exp(t) * anchor. Order as
+    the decoder flattens: scales 8, 16, 32, then row, column, anchor."""
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    anchors = np.array(full_variant().anchors).reshape(3, 3, 2)
+    boxes = []
+    for ours, stride in enumerate((8, 16, 32)):
+        file_scale = 2 - ours
+        grid = input_size // stride
+        for gy in range(grid):
+            for gx in range(grid):
+                for a in range(3):
+                    tx, ty, tw, th = known_head_biases(file_scale, a)[:4]
+                    cx, cy = (sigmoid(tx) + gx) * stride, (sigmoid(ty) + gy) * stride
+                    w, h = np.exp(tw) * anchors[ours, a, 0], np.exp(th) * anchors[ours, a, 1]
+                    boxes.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+    return np.array(boxes)
+
+
+def test_converted_official_heads_decode_where_darknet_puts_the_boxes(tmp_path):
+    """A yolov3.weights-layout file, all zeros but the output convs' biases: every feature is
+    0, so every cell and anchor predicts its bias and the boxes are known by hand. The
+    converter records YOLOv3's centre decoding in the .keras file; the Keras decode path and
+    an export (its deploy.json and the numpy post-processing every runtime uses) read it."""
+    from dataclasses import replace
+
+    from src.deploy.export import export
+    from src.deploy.postprocess import ModelMetadata, decode
+    from src.federated.checkpoint import load_trained_model
+    from src.model.config import YOLOV3_ANCHORS, recorded_decode, with_recorded_decode
+    from src.model.decode import flatten_predictions
+    from src.settings import load_config, model_config
+
+    cfg = yolov3_cfg_convs()
+    offsets = np.cumsum([0] + [conv_floats(c) for c in cfg])
+    outputs = [i for i, c in enumerate(cfg) if not c[4]]        # linear output convs, stride 32, 16, 8
+    assert len(outputs) == 3
+    path = sparse_file(tmp_path / "known.weights", HEADER_020, YOLOV3_BYTES)
+    with open(path, "r+b") as f:
+        for scale, conv in enumerate(outputs):                  # biases come first in a conv block
+            f.seek(len(HEADER_020) + 4 * int(offsets[conv]))
+            f.write(np.concatenate([known_head_biases(scale, a) for a in range(3)]).astype("<f4").tobytes())
+
+    keras_path = tmp_path / "yolov3_coco.keras"
+    assert dw.main(["--weights", str(path), "--out", str(keras_path), "--input-size", "64"]) == 0
+    assert recorded_decode(keras_path) == {"centre_range": 1.0}
+
+    settings = load_config(overrides={
+        "model.variant": "full", "model.input_size": 64, "model.width": 1.0, "model.depth": [1, 2, 8, 8, 4],
+        "model.anchors": [list(a) for a in YOLOV3_ANCHORS]})   # neighbour_cells stays on, as by default
+    model = load_trained_model(keras_path, settings)
+    mcfg = with_recorded_decode(model_config(settings), keras_path)   # what evaluate and export decode with
+    assert mcfg.centre_range == 1.0
+    raw = model(np.zeros((1, 64, 64, 3), np.float32), training=False)
+    want = yolov3_boxes_by_hand(64)
+    boxes, scores = flatten_predictions(raw, mcfg)
+    np.testing.assert_allclose(boxes.numpy()[0], want, atol=1e-3)
+    np.testing.assert_allclose(scores.numpy()[0], 1 / (1 + np.exp(-3.0)) / (1 + np.exp(-2.0)), rtol=1e-5)
+    # the YOLOv4/v5 formula moves each centre by sigmoid(t) - 0.5 cells: here 0.12 to 0.38
+    scaled, _ = flatten_predictions(raw, replace(mcfg, centre_range=2.0))
+    assert np.abs(scaled.numpy()[0] - want).max() > 0.15 * 8
+
+    written = export(keras_path, settings, tmp_path / "export", ["keras"])
+    meta = ModelMetadata.load(tmp_path / "export")
+    assert meta.centre_range == 1.0 and recorded_decode(written["keras"]["path"]) == {"centre_range": 1.0}
+    numpy_boxes, _ = decode({k: v.numpy() for k, v in raw.items()}, meta)
+    np.testing.assert_allclose(numpy_boxes[0], want, atol=1e-3)
 
 
 # ------------------------------------------------------------------ class columns

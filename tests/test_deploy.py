@@ -2,11 +2,14 @@
 
 A tiny 64 px model keeps this fast; its detection biases are drawn at random
 so raw scores spread out and NMS has real work (a zero-initialised prior would
-leave every score at ~0.01 and compare nothing).
+leave every score at ~0.01 and compare nothing). The exported model records
+YOLOv3's centre decoding (centre_range 1, not the settings' 2), so every
+runtime must take its decoding from the model, not from the settings.
 """
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -18,6 +21,7 @@ from src.data.synthetic import generate_dataset
 from src.deploy.export import FORMATS, artefact_path, export
 from src.deploy.postprocess import ModelMetadata, Thresholds, decode, detections, letterbox, read_image
 from src.model import build_model
+from src.model.config import CENTRE_RANGE_YOLOV3, record_decode, recorded_decode
 from src.model.decode import detect, flatten_predictions
 from tests.conftest import TINY_ANCHORS
 
@@ -59,6 +63,7 @@ def exported(tmp_path_factory):
     cfg = tiny_cfg(data)
     model_path = root / "trained.keras"
     random_head_model(cfg).save(model_path)
+    record_decode(model_path, replace(model_config(cfg), centre_range=CENTRE_RANGE_YOLOV3, neighbour_cells=False))
     written = export(model_path, cfg, root / "models", FORMATS, calibration_count=16)
     images = sorted((data / "images").glob("*.jpg"))[:6]
     return {"root": root, "cfg": cfg, "written": written, "images": images, "model_path": model_path}
@@ -103,13 +108,15 @@ def assert_detections_match(reference: dict, other: dict, px: float, prob: float
     return compared
 
 
-def test_numpy_postprocess_equals_tensorflow_decode_and_keras_cv_nms(tmp_path):
+@pytest.mark.parametrize("centre_range", [2.0, 1.0])
+def test_numpy_postprocess_equals_tensorflow_decode_and_keras_cv_nms(tmp_path, centre_range):
     cfg = tiny_cfg(tmp_path)
-    mcfg = model_config(cfg)
+    mcfg = replace(model_config(cfg), centre_range=centre_range, neighbour_cells=False)
     model = random_head_model(cfg, seed=1)
     images = np.random.default_rng(1).random((3, 64, 64, 3)).astype(np.float32)
     raw = model(images, training=False)
-    meta = ModelMetadata(64, [list(a) for a in mcfg.anchors], ["person"], cfg["classes"]["disaster"])
+    meta = ModelMetadata(64, [list(a) for a in mcfg.anchors], ["person"], cfg["classes"]["disaster"],
+                         centre_range=centre_range)
     tf_boxes, tf_scores = flatten_predictions(raw, mcfg)
     np_boxes, np_scores = decode({k: v.numpy() for k, v in raw.items()}, meta)
     np.testing.assert_allclose(np_boxes, tf_boxes.numpy(), atol=1e-3)
@@ -177,6 +184,37 @@ def test_savedmodel_detect_endpoint_has_nms_in_the_graph(exported):
     assert set(out) >= {"boxes", "scores", "classes", "num_detections", "disaster_probs"}
     raw = module.serve(image[None])
     assert set(raw) == {"det_s8", "det_s16", "det_s32", "disaster"}
+
+
+def test_every_runtime_decodes_as_the_model_records(exported):
+    """The model records YOLOv3 centres: deploy.json and the exported .keras carry them, the
+    SavedModel's in-graph decode uses them, and so does the numpy post-processing of the
+    runtimes that end at the raw heads (TFLite, OpenVINO; predict reads deploy.json)."""
+    import tensorflow as tf
+
+    from src.deploy.predict import Detector
+
+    models = exported["root"] / "models"
+    meta = ModelMetadata.load(models)
+    assert meta.centre_range == CENTRE_RANGE_YOLOV3
+    assert recorded_decode(exported["written"]["keras"]["path"]) == {"centre_range": CENTRE_RANGE_YOLOV3}
+    for fmt in ("tflite-fp32", "openvino-fp32"):
+        assert Detector(exported["written"][fmt]["path"]).meta == meta
+    module = tf.saved_model.load(str(artefact_path(models, "savedmodel")))
+    images = np.stack([letterbox(read_image(p), 64)[0] for p in exported["images"]])
+    graph = module.detect(images)
+    raw = {k: v.numpy() for k, v in module.serve(images).items()}
+    evaluation = Thresholds(score=0.01, iou=0.45, max_detections=100)  # the settings' `evaluation`
+
+    def agrees_with_the_graph(centre_range):
+        ours = detections(raw, replace(meta, centre_range=centre_range), evaluation)
+        counts = [int(n) for n in graph["num_detections"]]
+        return all(len(r["boxes"]) == k and np.allclose(r["boxes"], graph["boxes"][i, :k], atol=1e-3)
+                   for i, (r, k) in enumerate(zip(ours, counts))), sum(counts)
+
+    agrees, compared = agrees_with_the_graph(CENTRE_RANGE_YOLOV3)
+    assert agrees and compared > 0
+    assert not agrees_with_the_graph(2.0)[0]  # the settings' decoding would put the boxes elsewhere
 
 
 def test_predict_on_a_video_writes_an_annotated_video_read_back_frame_by_frame(exported, tmp_path):

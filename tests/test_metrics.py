@@ -398,14 +398,15 @@ def _gt_parts(g):
     return tuple(g) if len(g) == 4 else (g[0], g[1], np.zeros((0, 4)), [])
 
 
-def _coco_eval(preds, gts, num_classes, max_dets=100, rng=None):
+def _coco_eval(preds, gts, num_classes, max_dets=100, rng=None, image_ids=None):
     """COCOeval (bbox, area 'all', maxDets) -> mAP@0.5, mAP@0.5:0.95 and per-class
     AP@0.5 and AP@0.5:0.95 (NaN where COCOeval reports -1).
 
     Crowd regions become iscrowd=1 annotations with area = w * h (COCOeval
     takes a GT's area from that field). With ``rng`` they are interleaved
     at random positions among the image's real boxes: COCOeval's stable
-    ignored-last sort must undo that."""
+    ignored-last sort must undo that. Image i gets the id ``image_ids[i]``
+    (default i + 1), and the json lists the images in input order."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -418,7 +419,8 @@ def _coco_eval(preds, gts, num_classes, max_dets=100, rng=None):
                 "area": float((b[2] - b[0]) * (b[3] - b[1])), "iscrowd": int(crowd)}
 
     anns, dets = [], []
-    for img_id, (g, p) in enumerate(zip(gts, preds), start=1):
+    image_ids = [int(i) for i in (range(1, len(gts) + 1) if image_ids is None else image_ids)]
+    for img_id, g, p in zip(image_ids, gts, preds):
         g_boxes, g_cls, c_boxes, c_cls = _gt_parts(g)
         real = [ann(img_id, b, c, False) for b, c in zip(np.asarray(g_boxes).reshape(-1, 4), g_cls)]
         crowd = [ann(img_id, b, c, True) for b, c in zip(np.asarray(c_boxes).reshape(-1, 4), c_cls)]
@@ -437,7 +439,7 @@ def _coco_eval(preds, gts, num_classes, max_dets=100, rng=None):
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = {
-            "images": [{"id": i, "width": 640, "height": 640} for i in range(1, len(gts) + 1)],
+            "images": [{"id": i, "width": 640, "height": 640} for i in image_ids],
             "annotations": anns,
             "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)],
         }
@@ -513,6 +515,34 @@ def test_matches_pycocotools_fixed_crowd_cases():
     for cap in (1, 3):
         assert _max_difference(detection_map(preds, gts, 4, max_detections=cap),
                                _coco_eval(preds, gts, 4, max_dets=cap)) < 1e-12
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_pycocotools_on_tied_scores_whatever_the_image_ids(seed):
+    """Scores rounded to 0.1 tie across and within images; the images' ids follow neither
+    their input order nor any pattern (a COCO file whose ids do not follow the file names
+    the evaluation lists images by). Ranked by ascending id, as COCOeval ranks them, the
+    two agree exactly."""
+    pytest.importorskip("pycocotools")
+    rng = np.random.default_rng(200 + seed)
+    preds, gts = _random_scene(rng, num_images=30)
+    for p in preds:
+        p["scores"] = np.round(p["scores"], 1)
+    ids = rng.permutation(30) * 7 + 3
+    coco = _coco_eval(preds, gts, 2, image_ids=ids)
+    ours = detection_map(preds, gts, 2, max_detections=100, image_ids=ids)
+    assert 0.05 < coco["map50"] < 0.99
+    assert _max_difference(ours, coco) < 1e-12
+    # the image order decides: ranked in input order, the tied scores give other numbers
+    assert _max_difference(detection_map(preds, gts, 2, max_detections=100), coco) > 1e-6
+
+
+def test_image_ids_must_be_one_distinct_id_per_image():
+    preds, gts = [pred([GT_BOX], [0.9])] * 2, [gt([GT_BOX])] * 2
+    with pytest.raises(ValueError, match=r"given more than once: \[5\]"):
+        detection_map(preds, gts, 1, image_ids=[5, 5])
+    with pytest.raises(ValueError, match="1 image ids for 2 images"):
+        detection_map(preds, gts, 1, image_ids=[5])
 
 
 # --------------------------------------------------------------------------- classification

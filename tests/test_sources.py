@@ -152,6 +152,22 @@ def test_coco_file_names_relative_to_an_image_folder_the_c2a_layout(tmp_path, im
     assert [r.key for r in only["c2a"]] == ["c2a/images/c2a_003.jpg"] and only["c2a"][0].has_boxes
 
 
+def test_coco_records_carry_the_jsons_image_ids(tmp_path):
+    """evaluate ranks tied detections by COCO image id, as COCOeval does: each record of a COCO
+    source carries its json id, whatever order the file names sort in."""
+    for name in ("a.png", "b.png", "c.png"):
+        write_image(tmp_path / "coco" / name)
+    ids = {"a.png": 30, "b.png": 10, "c.png": 20}
+    (tmp_path / "coco" / "annotations.json").write_text(json.dumps({
+        "images": [{"id": i, "file_name": n, "width": 64, "height": 48} for n, i in ids.items()],
+        "annotations": [], "categories": [{"id": 1, "name": "person"}]}))
+    spec = spec_of({"name": "coco", "root": "coco", "boxes": {"format": "coco", "file": "annotations.json"}},
+                   victim_map={"person": "person"})
+    records, _ = load(spec, tmp_path)
+    assert [(r.key, r.image_id) for r in records["coco"]] == [("coco/a.png", 30), ("coco/b.png", 10),
+                                                               ("coco/c.png", 20)]
+
+
 @pytest.mark.parametrize("images, fragment", [
     ("../elsewhere", "sources[0].boxes.images: image path '../elsewhere' must be relative"),
     ("/abs", "sources[0].boxes.images: image path '/abs' must be relative"),

@@ -7,7 +7,8 @@ python -m src.cli.evaluate --model workspace/runs/central/model.keras \
 --model: a `.keras` file or an OpenFL state (`save/best.pbuf`; architecture from
 the config). --split: the held-out test split of a split folder (test.tsv);
 --sources: every image of a sources.yaml. Writes metrics.json and
-confusion_matrix.png into --out and prints a summary.
+confusion_matrix.png into --out and prints a summary. Input it cannot use ends
+the command with one `error:` line and exit code 2.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import json
 import logging
 import sys
 from pathlib import Path
+
+from src.cli.command import load_settings, run_command
 
 log = logging.getLogger("evaluate")
 
@@ -36,20 +39,27 @@ def load_records(cfg: dict, split: Path | None, sources: Path | None, on_error: 
 
 def run(model_path: Path, cfg: dict, out_dir: Path, split: Path | None = None, sources: Path | None = None,
         on_error: str = "raise") -> dict:
+    """Score the model on the records; its boxes decode as the model file records (else as the settings say)."""
     from src.settings import model_config
+    from src.model.config import with_recorded_decode
     from src.federated.checkpoint import load_trained_model
-    from src.evaluation import Predictor, plot_confusion_matrix, score_predictions
+    from src.evaluation import Predictor, check_model_fits, plot_confusion_matrix, score_predictions
 
+    out_dir.mkdir(parents=True, exist_ok=True)  # a bad --out fails before the work, not after
     model = load_trained_model(model_path, cfg)
+    mcfg = with_recorded_decode(model_config(cfg), model_path)
+    check_model_fits(model, mcfg, str(model_path))
+    predictor = Predictor(model, mcfg, **cfg.get("evaluation", {}))
     records = load_records(cfg, split, sources, on_error)
     if not records:
         raise ValueError("no images to evaluate")
-    mcfg = model_config(cfg)
-    predictions = Predictor(model, mcfg, **cfg.get("evaluation", {})).predict(records, progress=True)
+    predictions = predictor.predict(records, progress=True)
+    ids = [getattr(r, "image_id", None) for r in records]
+    ids = ids if None not in ids and len(set(ids)) == len(ids) else None  # COCO ids: ties ranked as COCOeval
     result = score_predictions(predictions, records, mcfg, victim_class_names=cfg["classes"]["victim"],
-                               disaster_class_names=cfg["classes"]["disaster"])
-    result.update(model=str(model_path), data=str(sources or split or "data_splits/default"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+                               disaster_class_names=cfg["classes"]["disaster"], image_ids=ids)
+    result.update(model=str(model_path), data=str(sources or split or "data_splits/default"),
+                  centre_range=mcfg.centre_range)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     if "confusion_matrix" in result:
         plot_confusion_matrix(result["confusion_matrix"], cfg["classes"]["disaster"],
@@ -73,15 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from src.settings import load_config, parse_assignments
-    from src.data.formats import DataError
-
-    try:
-        run(args.model, load_config(args.config, parse_assignments(args.set)), args.out, args.split, args.sources, args.on_error)
-    except (DataError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run(args.model, load_settings(args.config, args.set), args.out,
+                                   args.split, args.sources, args.on_error))
 
 
 if __name__ == "__main__":

@@ -18,19 +18,24 @@ TFLite and OpenVINO graphs end at the raw heads; decode and NMS run in
 numpy (`src.deploy.postprocess`), which keeps box decoding (an exp of the
 regressed size) in float32 under int8, and needs no TensorFlow on the device.
 Calibration uses letterboxed images from the training split, never the test split.
-`deploy.json` beside the files holds the input size, anchors and class names.
+`deploy.json` beside the files holds the input size, anchors, class names and the
+heads' centre decoding (`centre_range`: the one a `.keras` model records, else the
+settings'); every runtime decodes with it. Input it cannot use ends the command
+with one `error:` line and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from src.cli.command import load_settings, positive_int, run_command
 from src.deploy.postprocess import ModelMetadata, letterbox, read_image
 
 log = logging.getLogger("export")
@@ -67,17 +72,11 @@ def size_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
-def metadata_for(model, cfg: dict) -> ModelMetadata:
-    from src.settings import model_config
-
-    mcfg = model_config(cfg)
-    size = int(model.inputs[0].shape[1])
-    if size != mcfg.input_size:
-        raise ValueError(f"model input is {size} px but the config says {mcfg.input_size}: "
-                         "pass the config the model was trained with (--config / --set)")
-    return ModelMetadata(input_size=size, anchors=[list(map(float, a)) for a in mcfg.anchors],
+def metadata_for(mcfg, cfg: dict) -> ModelMetadata:
+    """deploy.json for a model decoded as `mcfg` says, with the class names of the settings `cfg`."""
+    return ModelMetadata(input_size=mcfg.input_size, anchors=[list(map(float, a)) for a in mcfg.anchors],
                          victim_classes=list(cfg["classes"]["victim"]),
-                         disaster_classes=list(cfg["classes"]["disaster"]))
+                         disaster_classes=list(cfg["classes"]["disaster"]), centre_range=mcfg.centre_range)
 
 
 def calibration_images(cfg: dict, count: int, size: int, train=None) -> np.ndarray:
@@ -93,15 +92,14 @@ def calibration_images(cfg: dict, count: int, size: int, train=None) -> np.ndarr
     return np.stack([letterbox(read_image(train[i].image_path), size)[0] for i in chosen])
 
 
-def write_savedmodel(model, cfg: dict, path: Path, size: int):
-    """SavedModel with `serve` (raw heads, the default signature) and `detect` (NMS in graph)."""
+def write_savedmodel(model, mcfg, cfg: dict, path: Path, size: int):
+    """SavedModel with `serve` (raw heads, the default signature) and `detect` (decode as `mcfg`
+    says, and NMS, in the graph)."""
     import keras
     import tensorflow as tf
 
-    from src.settings import model_config
     from src.model.decode import detect
 
-    mcfg = model_config(cfg)
     spec = [tf.TensorSpec([None, size, size, 3], tf.float32, name="images")]
     evaluation = cfg.get("evaluation", {})
     archive = keras.export.ExportArchive()
@@ -153,10 +151,15 @@ def export(model_path: Path, cfg: dict, out_dir: Path, formats=DEFAULT_FORMATS,
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {FORMATS}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from src.evaluation import check_model_fits
     from src.federated.checkpoint import load_trained_model
+    from src.model.config import record_decode, with_recorded_decode
+    from src.settings import model_config
 
     model = load_trained_model(model_path, cfg)
-    meta = metadata_for(model, cfg)
+    mcfg = with_recorded_decode(model_config(cfg), model_path)
+    check_model_fits(model, mcfg, str(model_path))
+    meta = metadata_for(mcfg, cfg)
     meta.save(out_dir)
     saved_model = artefact_path(out_dir, "savedmodel")
     needs_savedmodel = any(f != "keras" for f in formats)
@@ -171,8 +174,9 @@ def export(model_path: Path, cfg: dict, out_dir: Path, formats=DEFAULT_FORMATS,
         start = time.perf_counter()
         if fmt == "keras":
             model.save(path)
+            record_decode(path, mcfg)
         elif fmt == "savedmodel":
-            write_savedmodel(model, cfg, path, meta.input_size)
+            write_savedmodel(model, mcfg, cfg, path, meta.input_size)
         elif fmt.startswith("tflite"):
             write_tflite(saved_model, path, fmt.split("-")[1], calibration)
         else:
@@ -191,17 +195,15 @@ def main(argv=None):
     p.add_argument("--model", required=True, help=".keras file or OpenFL .pbuf state")
     p.add_argument("--out", default="workspace/runs/export/models", help="output folder")
     p.add_argument("--formats", nargs="+", default=list(DEFAULT_FORMATS), choices=FORMATS)
-    p.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+    p.add_argument("--calibration-images", type=positive_int, default=DEFAULT_CALIBRATION_IMAGES,
                    help="training-split images for int8 calibration")
     p.add_argument("--config", default=None, help="YAML config the model was trained with")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from src.settings import load_config, parse_assignments
-
-    cfg = load_config(args.config, parse_assignments(args.set))
-    export(Path(args.model), cfg, Path(args.out), args.formats, args.calibration_images)
+    return run_command(lambda: export(Path(args.model), load_settings(args.config, args.set), Path(args.out),
+                                      args.formats, args.calibration_images))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,7 +11,8 @@ letterbox and post-processing, so differences are the runtime's and the
 precision's. Latency is measured in `rounds` interleaved passes over all
 formats (a noisy, shared machine slows them alike) on `latency-images` test
 images each; the median over every timed call is reported.
-Writes report.json, report.md and report.png into --out.
+Writes report.json, report.md and report.png into --out. Input it cannot use
+ends the command with one `error:` line and exit code 2.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import logging
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from src.cli.command import load_settings, positive_int, run_command
 from src.deploy.export import DEFAULT_CALIBRATION_IMAGES, FORMATS, export
 from src.deploy.postprocess import ModelMetadata, Thresholds, detections, letterbox, read_image
 from src.deploy.runtimes import open_runtime
@@ -155,24 +158,26 @@ def plot(report: dict, out: Path):
     plt.close(fig)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="workspace/runs/central/model.keras", help=".keras or OpenFL .pbuf")
     p.add_argument("--out", default="workspace/runs/export")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--latency-images", type=int, default=40)
-    p.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES)
+    p.add_argument("--rounds", type=positive_int, default=3)
+    p.add_argument("--latency-images", type=positive_int, default=40)
+    p.add_argument("--calibration-images", type=positive_int, default=DEFAULT_CALIBRATION_IMAGES)
     p.add_argument("--config", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from src.settings import load_config, parse_assignments
 
-    if not Path(args.model).exists():
-        raise SystemExit(f"error: {args.model}: no model; train one with `make train-central` first")
-    cfg = load_config(args.config, parse_assignments(args.set))
-    run(Path(args.model), cfg, Path(args.out), args.rounds, args.latency_images, args.calibration_images)
+    def report():
+        if not Path(args.model).exists():
+            raise FileNotFoundError(f"{args.model}: no model; train one with `make train-central` first")
+        run(Path(args.model), load_settings(args.config, args.set), Path(args.out), args.rounds,
+            args.latency_images, args.calibration_images)
+
+    return run_command(report)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

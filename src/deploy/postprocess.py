@@ -21,20 +21,25 @@ HEAD_NAMES = ("det_s8", "det_s16", "det_s32")
 DISASTER_NAME = "disaster"
 STRIDES = (8, 16, 32)
 ANCHORS_PER_SCALE = 3
-MAX_LOG_WH = 6.0      # as src.model.decode
-CENTRE_RANGE = 2.0    # as src.model.decode
-LETTERBOX_FILL = 0.5  # as src.data.pipeline
+MAX_LOG_WH = 6.0             # as src.model.decode
+CENTRE_RANGE_SCALED = 2.0    # as src.model.config
+LETTERBOX_FILL = 0.5         # as src.data.pipeline
 METADATA_FILE = "deploy.json"
+REQUIRED_FIELDS = ("input_size", "anchors", "victim_classes", "disaster_classes")
 
 
 @dataclass(frozen=True)
 class ModelMetadata:
-    """What an exported model needs besides its graph: written as deploy.json."""
+    """What an exported model needs besides its graph: written as deploy.json.
+
+    centre_range: how the heads' box centres decode (src.model.config); a
+    deploy.json without the field decodes with the YOLOv4/v5 range."""
 
     input_size: int
     anchors: list
     victim_classes: list
     disaster_classes: list
+    centre_range: float = CENTRE_RANGE_SCALED
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / METADATA_FILE
@@ -46,11 +51,22 @@ class ModelMetadata:
         path = Path(folder) / METADATA_FILE
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing; export the model with `python -m src.deploy.export`")
-        data = json.loads(path.read_text())
-        missing = {"input_size", "anchors", "victim_classes", "disaster_classes"} - set(data)
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a JSON file ({err})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        missing = set(REQUIRED_FIELDS) - set(data)
         if missing:
             raise ValueError(f"{path}: missing fields {sorted(missing)}")
-        return cls(**{k: data[k] for k in ("input_size", "anchors", "victim_classes", "disaster_classes")})
+        meta = cls(**{k: data[k] for k in REQUIRED_FIELDS + ("centre_range",) if k in data})
+        if np.asarray(meta.anchors, dtype=object).shape != (len(STRIDES) * ANCHORS_PER_SCALE, 2):
+            raise ValueError(f"{path}: anchors must be {len(STRIDES) * ANCHORS_PER_SCALE} (w, h) pairs")
+        if isinstance(meta.centre_range, bool) or not isinstance(meta.centre_range, (int, float)) \
+                or meta.centre_range < 1:
+            raise ValueError(f"{path}: centre_range must be a number >= 1, got {meta.centre_range!r}")
+        return meta
 
 
 @dataclass(frozen=True)
@@ -62,8 +78,13 @@ class Thresholds:
 
 def read_image(path) -> np.ndarray:
     """RGB uint8 (H, W, 3) from any file PIL reads (grey, RGBA and palette -> RGB)."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path}: not a readable image ({err})") from None
 
 
 def letterbox(image: np.ndarray, size: int):
@@ -95,7 +116,7 @@ def decode(raw: dict, meta: ModelMetadata):
         batch, grid = out.shape[0], out.shape[1]
         gy, gx = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
         cell = np.stack([gx, gy], axis=-1)[:, :, None, :].astype(np.float32)
-        centre = (CENTRE_RANGE * _sigmoid(out[..., 0:2]) - (CENTRE_RANGE - 1) / 2 + cell) * stride
+        centre = (meta.centre_range * _sigmoid(out[..., 0:2]) - (meta.centre_range - 1) / 2 + cell) * stride
         size = np.exp(np.clip(out[..., 2:4], -MAX_LOG_WH, MAX_LOG_WH)) * scale_anchors
         boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=-1)
         scores = _sigmoid(out[..., 4:5]) * _sigmoid(out[..., 5:])

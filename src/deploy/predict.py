@@ -10,6 +10,7 @@ unless given; `deploy.json` (written by the export) must sit beside the model.
 Writes into --out: an annotated copy of every image (same relative path) or
 video (`NAME.annotated.mp4`), and `detections.json` + `detections.csv` (one
 row per box; videos get a `frame` number). Boxes are in original pixels, xyxy.
+Input it cannot use ends the command with one `error:` line and exit code 2.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from src.cli.command import fraction, positive_int, run_command
 from src.deploy.postprocess import METADATA_FILE, ModelMetadata, Thresholds, detections, letterbox, read_image
 from src.deploy.runtimes import RUNTIMES, open_runtime, runtime_for_file
 
@@ -49,8 +51,8 @@ class Detector:
     def __init__(self, model_path, runtime: str | None = None, thresholds: Thresholds = Thresholds(),
                  threads: int | None = None):
         model_path = Path(model_path)
-        self.meta = ModelMetadata.load(metadata_folder(model_path))
         self.runtime = open_runtime(runtime or runtime_for_file(model_path), model_path, threads)
+        self.meta = ModelMetadata.load(metadata_folder(model_path))
         self.thresholds = thresholds
 
     def __call__(self, images: list[np.ndarray]) -> list[dict]:
@@ -196,22 +198,17 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, help="exported model (.keras, .tflite, model.xml, SavedModel folder)")
     p.add_argument("--runtime", choices=RUNTIMES, help="default: from the model's file name")
     p.add_argument("--out", default="workspace/runs/predict")
-    p.add_argument("--score", type=float, default=Thresholds.score, help="minimum box score")
-    p.add_argument("--iou", type=float, default=Thresholds.iou, help="NMS IoU threshold")
-    p.add_argument("--max-detections", type=int, default=Thresholds.max_detections)
-    p.add_argument("--threads", type=int, help="runtime threads (default: all cores)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--score", type=fraction, default=Thresholds.score, help="minimum box score")
+    p.add_argument("--iou", type=fraction, default=Thresholds.iou, help="NMS IoU threshold")
+    p.add_argument("--max-detections", type=positive_int, default=Thresholds.max_detections)
+    p.add_argument("--threads", type=positive_int, help="runtime threads (default: all cores)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--no-annotate", action="store_true", help="only write detections.json/.csv")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        run(args.model, args.inputs, Path(args.out), args.runtime,
-            Thresholds(args.score, args.iou, args.max_detections), args.threads,
-            not args.no_annotate, args.batch_size)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run(args.model, args.inputs, Path(args.out), args.runtime,
+                                   Thresholds(args.score, args.iou, args.max_detections), args.threads,
+                                   not args.no_annotate, args.batch_size))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ between runtimes is the runtime's, never the post-processing's.
 
 Each runtime imports only its own library: the TFLite path needs
 `ai-edge-litert` (LiteRT), the OpenVINO path `openvino`; neither needs
-TensorFlow.
+TensorFlow. A file its runtime cannot read is a ValueError that names it.
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +28,28 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
+@contextmanager
+def reading(path, kind: str):
+    """Turn whatever a runtime raises on a damaged or foreign file into one ValueError naming it."""
+    try:
+        yield
+    except ImportError:
+        raise  # a missing runtime package is not the file's fault
+    except Exception as err:  # noqa: BLE001 - each runtime has its own exception types
+        raise ValueError(f"{path}: not a readable {kind} model ({' '.join(str(err).split())})") from err
+
+
 class KerasRuntime:
     """A `.keras` file through Keras 3 (TensorFlow backend): the reference."""
 
     name = "keras"
 
     def __init__(self, path: Path, threads: int | None = None):
-        import keras
         import tensorflow as tf
 
-        self.model = keras.saving.load_model(path, compile=False)
+        from src.federated.checkpoint import load_keras_file
+
+        self.model = load_keras_file(path)
         self._call = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
     def raw(self, images: np.ndarray) -> dict:
@@ -51,7 +64,8 @@ class SavedModelRuntime:
     def __init__(self, path: Path, threads: int | None = None):
         import tensorflow as tf
 
-        self.module = tf.saved_model.load(str(path))
+        with reading(path, self.name):
+            self.module = tf.saved_model.load(str(path))
 
     def raw(self, images: np.ndarray) -> dict:
         return {k: np.asarray(v) for k, v in self.module.serve(images).items()}
@@ -65,8 +79,9 @@ class TFLiteRuntime:
     def __init__(self, path: Path, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads or default_threads())
-        self.runner = self.interpreter.get_signature_runner("serve")
+        with reading(path, self.name):
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads or default_threads())
+            self.runner = self.interpreter.get_signature_runner("serve")
 
     def raw(self, images: np.ndarray) -> dict:
         outs = [self.runner(images=images[i:i + 1]) for i in range(len(images))]
@@ -86,7 +101,8 @@ class OpenVINORuntime:
                   # f32 execution: the CPU plugin would otherwise pick bf16 where
                   # the processor has it, and FP16 IR means fp16 *weights* here.
                   "INFERENCE_PRECISION_HINT": "f32"}
-        self.compiled = core.compile_model(str(path), "CPU", config)
+        with reading(path, self.name):
+            self.compiled = core.compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
 
     def raw(self, images: np.ndarray) -> dict:

@@ -1,12 +1,23 @@
-"""Model variants and the task-group naming convention.
+"""Model variants, the task-group naming convention, and the decoding a saved model carries.
 
 A variant is data (a `ModelConfig`), not code: the full YOLOv3 (Darknet-53,
 416 px) and the small CPU variant differ only in width, depth and input size,
 so both go through one builder.
+
+How the heads' box centres decode (`centre_range`) is a property of the
+trained weights, not of the graph: heads imported from Darknet's YOLOv3 need
+its formula whatever the settings say. A `.keras` file therefore records it
+in an archive entry of its own (`DECODE_ENTRY`, next to Keras's config.json
+and weights, which Keras ignores), and whoever loads the file decodes with
+the recorded value (`with_recorded_decode`).
 """
 from __future__ import annotations
 
+import json
+import numbers
+import zipfile
 from dataclasses import dataclass, field, asdict, replace
+from pathlib import Path
 from typing import Sequence
 
 # Order matters only for display; membership is what the federation uses.
@@ -24,6 +35,14 @@ YOLOV3_ANCHORS = (
 )
 
 STRIDES = (8, 16, 32)
+
+# Box centre = (r sigmoid(t) - (r - 1) / 2 + cell) * stride, for centre range r:
+# YOLOv3 (Darknet's official weights) uses r = 1, a centre strictly inside its
+# cell; YOLOv4's scale_x_y = 2 / YOLOv5 use r = 2, (-0.5, 1.5) cells, which
+# reaches the cell edges and the neighbour cells `neighbour_cells` assigns.
+CENTRE_RANGE_YOLOV3 = 1.0
+CENTRE_RANGE_SCALED = 2.0
+DECODE_ENTRY = "decode.json"  # inside a .keras archive: {"centre_range": r}
 
 
 def task_group_of(name: str) -> str:
@@ -45,6 +64,7 @@ class ModelConfig:
 
     width scales every filter count; depth gives residual blocks per Darknet
     stage; anchors are (w, h) in input pixels, 3 per stride 8/16/32.
+    centre_range: how the heads' centres decode (see CENTRE_RANGE_YOLOV3).
     """
 
     variant: str = "small"
@@ -59,16 +79,39 @@ class ModelConfig:
     cls_head_blocks: int = 2
     cls_head_expansion: int = 2
     cls_head_dropout: float = 0.2
+    centre_range: float = CENTRE_RANGE_SCALED
 
     def __post_init__(self):
+        for name in ("input_size", "num_victim_classes", "num_disaster_classes", "cls_head_blocks"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        for name in ("width", "cls_head_expansion", "centre_range"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"model.{name} must be a positive number, got {value!r}")
+        if self.centre_range < CENTRE_RANGE_YOLOV3:
+            raise ValueError(f"model.centre_range must be at least {CENTRE_RANGE_YOLOV3:g} (a centre "
+                             f"must reach its whole cell), got {self.centre_range!r}")
+        if self.neighbour_cells and self.centre_range < CENTRE_RANGE_SCALED:
+            raise ValueError(f"model.neighbour_cells needs model.centre_range >= {CENTRE_RANGE_SCALED:g} "
+                             f"(centres must reach the neighbour cells), got {self.centre_range:g}; "
+                             "set model.neighbour_cells false")
         if self.input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32, got {self.input_size}")
-        if len(self.depth) != 5:
-            raise ValueError(f"depth needs 5 stage counts, got {list(self.depth)}")
-        if len(self.anchors) != 9:
-            raise ValueError(f"anchors need 9 (w, h) pairs (3 per stride), got {len(self.anchors)}")
-        object.__setattr__(self, "depth", tuple(int(d) for d in self.depth))
-        object.__setattr__(self, "anchors", tuple(tuple(float(v) for v in a) for a in self.anchors))
+        try:
+            depth = tuple(int(d) for d in self.depth)
+            anchors = tuple(tuple(float(v) for v in a) for a in self.anchors)
+        except (TypeError, ValueError):
+            raise ValueError(f"model.depth must be 5 integers and model.anchors 9 (w, h) pairs of "
+                             f"numbers, got {self.depth!r} and {self.anchors!r}") from None
+        if len(depth) != 5:
+            raise ValueError(f"depth needs 5 stage counts, got {list(depth)}")
+        if len(anchors) != 9 or any(len(a) != 2 for a in anchors):
+            raise ValueError(f"anchors need 9 (w, h) pairs (3 per stride), got {[list(a) for a in anchors]}")
+        object.__setattr__(self, "depth", depth)
+        object.__setattr__(self, "anchors", anchors)
+        object.__setattr__(self, "centre_range", float(self.centre_range))
 
     def filters(self, base: int) -> int:
         """Width-scaled filter count, at least 8 and a multiple of 8."""
@@ -102,4 +145,57 @@ VARIANTS = {"full": full_variant, "small": lambda **kw: ModelConfig(**kw)}
 def variant_config(name: str, **overrides) -> ModelConfig:
     if name not in VARIANTS:
         raise ValueError(f"unknown model variant {name!r}; choose one of {sorted(VARIANTS)}")
+    unknown = sorted(set(overrides) - set(ModelConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown settings {['model.' + k for k in unknown]}; "
+                         f"known: {['model.' + k for k in sorted(ModelConfig.__dataclass_fields__)]}")
     return VARIANTS[name](**overrides)
+
+
+# ----------------------------------------------------------------- decoding recorded in a .keras file
+
+def record_decode(keras_path, config: ModelConfig) -> None:
+    """Write `config`'s decoding into a saved `.keras` file (replacing a record it holds)."""
+    path = Path(keras_path)
+    record = json.dumps({"centre_range": config.centre_range})
+    with zipfile.ZipFile(path) as archive:
+        recorded = DECODE_ENTRY in archive.namelist()
+    if not recorded:
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr(DECODE_ENTRY, record)
+        return
+    tmp = path.with_name(f".{path.name}.decode-tmp")
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp, "w") as archive:
+        for info in source.infolist():
+            if info.filename != DECODE_ENTRY:
+                archive.writestr(info, source.read(info))
+        archive.writestr(DECODE_ENTRY, record)
+    tmp.replace(path)
+
+
+def recorded_decode(keras_path) -> dict:
+    """The decoding a `.keras` file records ({"centre_range": r}), {} when it records none."""
+    with zipfile.ZipFile(keras_path) as archive:
+        if DECODE_ENTRY not in archive.namelist():
+            return {}
+        try:
+            record = json.loads(archive.read(DECODE_ENTRY))
+            return {"centre_range": float(record["centre_range"])}
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{keras_path}: {DECODE_ENTRY} is not a decode record ({err})") from None
+
+
+def with_recorded_decode(config: ModelConfig, model_path) -> ModelConfig:
+    """`config` decoding the way the saved model at `model_path` records (a `.keras` file
+    without a record, or an OpenFL state, decodes as `config` says).
+
+    The result decodes, it does not train: neighbour_cells, a training rule, is off
+    when the recorded centres cannot reach the neighbour cells."""
+    if Path(model_path).suffix != ".keras":
+        return config
+    record = recorded_decode(model_path)
+    if not record:
+        return config
+    centre_range = record["centre_range"]
+    return replace(config, centre_range=centre_range,
+                   neighbour_cells=config.neighbour_cells and centre_range >= CENTRE_RANGE_SCALED)

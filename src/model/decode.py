@@ -3,25 +3,23 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from src.model.config import STRIDES, ModelConfig
+from src.model.config import CENTRE_RANGE_SCALED, STRIDES, ModelConfig
 from src.model.det_head import ANCHORS_PER_SCALE
 
 MAX_LOG_WH = 6.0
-# A centre may sit in (-0.5, 1.5) cells from its own cell's corner (YOLOv4's
-# scale_x_y = 2 / YOLOv5): reachable cell edges, and neighbour-cell targets.
-CENTRE_RANGE = 2.0
 
 
-def decode_scale(raw, anchors, stride: int):
+def decode_scale(raw, anchors, stride: int, centre_range: float = CENTRE_RANGE_SCALED):
     """One scale: raw (B, S, S, 3, 5 + C) -> boxes xyxy (B, S, S, 3, 4) in input px.
 
-    Centre = (2 sigmoid(t_xy) - 0.5 + cell) * stride, size = exp(t_wh) * anchor (t_wh
-    clipped so an early wild output cannot overflow).
+    Centre = (r sigmoid(t_xy) - (r - 1) / 2 + cell) * stride for the model's centre
+    range r (2: YOLOv4/v5, reaching (-0.5, 1.5) cells; 1: YOLOv3), size =
+    exp(t_wh) * anchor (t_wh clipped so an early wild output cannot overflow).
     """
     grid = tf.shape(raw)[1]
     gy, gx = tf.meshgrid(tf.range(grid), tf.range(grid), indexing="ij")
     cell = tf.cast(tf.stack([gx, gy], axis=-1)[:, :, None, :], tf.float32)
-    centre = (CENTRE_RANGE * tf.sigmoid(raw[..., 0:2]) - (CENTRE_RANGE - 1) / 2 + cell) * stride
+    centre = (centre_range * tf.sigmoid(raw[..., 0:2]) - (centre_range - 1) / 2 + cell) * stride
     size = tf.exp(tf.clip_by_value(raw[..., 2:4], -MAX_LOG_WH, MAX_LOG_WH)) * anchors
     return tf.concat([centre - size / 2, centre + size / 2], axis=-1)
 
@@ -37,7 +35,7 @@ def flatten_predictions(outputs: dict, config: ModelConfig):
     all_boxes, all_scores = [], []
     for name, anchors, stride in zip(("det_s8", "det_s16", "det_s32"), scale_anchors(config), STRIDES):
         raw = tf.cast(outputs[name], tf.float32)
-        boxes = decode_scale(raw, anchors, stride)
+        boxes = decode_scale(raw, anchors, stride, config.centre_range)
         scores = tf.sigmoid(raw[..., 4:5]) * tf.sigmoid(raw[..., 5:])
         batch = tf.shape(raw)[0]
         all_boxes.append(tf.reshape(boxes, [batch, -1, 4]))

@@ -81,7 +81,7 @@ class MultiTaskLoss:
             target = tf.cast(targets[key], tf.float32)
             batch = tf.shape(raw)[0]
             positive = target[..., 4]
-            pred_boxes = decode_scale(raw, anchors, stride)
+            pred_boxes = decode_scale(raw, anchors, stride, self.config.centre_range)
 
             flat_pred = tf.reshape(pred_boxes, [batch, -1, 4])
             flat_true = tf.reshape(target[..., :4], [batch, -1, 4])

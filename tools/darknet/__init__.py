@@ -66,12 +66,14 @@ the layout but do change numbers:
   `match_darknet_bn_epsilon=True` gamma is rescaled by
   sqrt(var + eps) / (sqrt(var) + 1e-6) so inference matches Darknet's formula
   exactly (and `save_darknet_weights` with the same flag undoes it).
-* decoding (src/model/decode.py, not a weight): our centres are
+* decoding (not a weight): the model's default centres are
   (2 sigmoid(t) - 0.5 + cell) * stride (YOLOv4/v5), Darknet YOLOv3's
-  (sigmoid(t) + cell) * stride. COCO box outputs loaded here therefore decode
-  with centres pushed away from the cell middle by up to half a cell until the
-  model is fine-tuned; sizes (exp(t) * anchor), objectness and class
-  sigmoids match. The summary carries this as a note while it holds.
+  (sigmoid(t) + cell) * stride. Loaded heads keep YOLOv3's: the summary's
+  `centre_range` is 1 when det_head is loaded, and the command line builds
+  the model with it and records it in the `.keras` file
+  (src.model.config.record_decode), so evaluation, export and every runtime
+  decode the boxes where Darknet puts them. Sizes (exp(t) * anchor),
+  objectness and class sigmoids are the same in both.
 
 Files accepted (identified by their exact size)
 -----------------------------------------------

@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from src.model.config import CENTRE_RANGE_YOLOV3
 from tools.darknet.class_map import (
     COCO_CLASSES, DEFAULT_CLASS_MAP, DEFAULT_UNMAPPED_CLASS_LOGIT, expand_output_channels,
     output_channel_pairs, resolve_class_map, select_output_channels)
@@ -50,14 +51,12 @@ def _check_float32(model, convs, parts):
                                          f"Darknet weights are float32")
 
 
-def _notes(model_epsilons: set, compensated: bool) -> list:
+def _notes(model_epsilons: set, compensated: bool, heads_loaded: bool) -> list:
     notes = []
-    from src.model import decode
-    if getattr(decode, "CENTRE_RANGE", 1.0) != 1.0:
-        notes.append(f"decode.py centres are ({decode.CENTRE_RANGE:g} sigmoid(t) - "
-                     f"{(decode.CENTRE_RANGE - 1) / 2:g} + cell) * stride, Darknet YOLOv3's "
-                     f"(sigmoid(t) + cell) * stride: loaded COCO box outputs decode off-centre "
-                     f"until fine-tuned")
+    if heads_loaded:
+        notes.append(f"det_head: Darknet YOLOv3 centres, (sigmoid(t) + cell) * stride: decode with "
+                     f"centre_range {CENTRE_RANGE_YOLOV3:g} (`python -m tools.darknet` records it "
+                     f"in the .keras file)")
     if not compensated and model_epsilons:
         notes.append(f"batch norm: Keras epsilon {sorted(model_epsilons)} inside the sqrt vs "
                      f"Darknet's sqrt(var) + 1e-6 (match_darknet_bn_epsilon=True compensates)")
@@ -83,7 +82,8 @@ def load_darknet_weights(model, path, parts: Sequence[str] = DARKNET_PARTS,
     Checks, before assigning anything: the file exists, its size is exactly
     that of a known layout, the model matches yolov3.cfg in the requested parts.
     Returns a summary dict (header, layout, parts loaded/skipped, layers,
-    parameters, class map, notes).
+    parameters, class map, notes, and `centre_range`: how the loaded heads'
+    centres decode, YOLOv3's formula, or None when det_head is not among the parts).
     """
     parts = _normalize_parts(parts)
     info = inspect_darknet_file(path, len(file_classes))
@@ -152,7 +152,8 @@ def load_darknet_weights(model, path, parts: Sequence[str] = DARKNET_PARTS,
         class_map={file_classes[k]: j for k, j in mapping.items()} if "det_head" in parts else {},
         victim_classes_without_source=unmapped,
         bn_epsilon_compensated=bool(match_darknet_bn_epsilon),
-        notes=_notes(epsilons, match_darknet_bn_epsilon),
+        centre_range=CENTRE_RANGE_YOLOV3 if "det_head" in parts else None,
+        notes=_notes(epsilons, match_darknet_bn_epsilon, "det_head" in parts),
     )
 
 

@@ -34,6 +34,7 @@ class CocoImage:
     where: str
     width: int
     height: int
+    image_id: int | None = None  # the json's id: COCOeval ranks tied detections by it
     boxes: list = field(default_factory=list)
     classes: list = field(default_factory=list)
     crowd_boxes: list = field(default_factory=list)
@@ -157,7 +158,7 @@ def _images(path: Path, entries: list, coco: CocoFile) -> dict[int, str | None]:
             problem = f"'width' and 'height' must be positive integers, got {width!r} x {height!r}"
         else:
             problem = None
-            coco.images[key] = CocoImage(where, width, height)
+            coco.images[key] = CocoImage(where, width, height, entry["id"])
         if problem is not None:
             coco.bad_images.setdefault(key, DataError(f"{where}: {problem}"))
         by_id[entry["id"]] = key

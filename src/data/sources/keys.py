@@ -13,9 +13,11 @@ from src.data.records import Record
 
 @dataclass(frozen=True)
 class SourceRecord(Record):
-    """A Record that knows its key (``source/relative/path``), e.g. for manifests."""
+    """A Record that knows its key (``source/relative/path``), e.g. for manifests, and
+    its COCO image id when a COCO json lists it (evaluation ranks ties by it, as COCOeval)."""
 
     key: str = ""
+    image_id: int | None = None
 
 
 def record_key(source_name: str, relative_path: str) -> str:

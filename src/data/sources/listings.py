@@ -101,6 +101,11 @@ class CocoBoxes:
         image.check_size(width, height)
         return image.arrays()
 
+    def image_id(self, key: str) -> int | None:
+        """The json's id of the image at `key` (None for an image it does not list)."""
+        image = self.coco.images.get(key[len(self.prefix):])
+        return None if image is None else image.image_id
+
     def missing_hint(self, key: str) -> str:
         """For a listed file that is not there: the subfolder it is in, when the json's file
         names are relative to one (the C2A layout) and ``images`` does not say so."""

@@ -77,7 +77,8 @@ def _load_source(source: SourceSpec, spec: Spec, handle, only: Mapping[str, str]
                 image_path=str(path), boxes=box, victim_classes=cls, crowd_boxes=crowd,
                 crowd_classes=crowd_cls, has_boxes=labels is not None,
                 disaster_class=classes.get(key, -1), has_class=key in classes,
-                key=record_key(source.name, key)))
+                key=record_key(source.name, key),
+                image_id=boxes.image_id(key) if isinstance(boxes, CocoBoxes) else None))
         except DataError as err:
             handle(err, 1)
     notes = [f"{source.where} ({source.name}): left out (drop_unmapped): "
