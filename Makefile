@@ -27,7 +27,7 @@ MAKE_COMMAND = make $(MAKECMDGOALS)$(if $(MAKEOVERRIDES), $(MAKEOVERRIDES))
 CENTRAL_MODEL := workspace/runs/central/model.keras
 MODEL ?= $(CENTRAL_MODEL)
 
-.PHONY: setup data splits train-central pretrain-backbone simulate al-experiment results test test-faults bench export-report clean
+.PHONY: setup data splits train-central pretrain-backbone simulate al-experiment results test test-faults test-deploy bench export-report clean
 
 setup: $(STAMP)
 
@@ -87,13 +87,20 @@ splits: setup
 	$(PY) -m src.data.splits --sites $(SITES) --seed $(SEED)
 
 test: setup
-	$(PY) -m pytest -q -m "not faults and not slow" --durations=15 tests
+	$(PY) -m pytest -q -m "not faults and not slow and not deploy" --durations=15 tests
 
 # Crashes, intruders, poisoned updates, interrupted writes, what a site sends
 # (real fx processes and certificates; ~10 min, so not part of `make test`),
 # and the `slow` end-to-end runs (active learning over fx processes: 2 min).
 test-faults: setup
-	$(PY) -m pytest -q -m "faults or slow" --durations=10 tests
+	$(PY) -m pytest -q -m "(faults or slow) and not deploy" --durations=10 tests
+
+# The runbook docs/deployment.md run as separate hosts: one folder and one network
+# namespace per machine, every command read from the runbook (~6 min; needs root for
+# `ip netns`, else every host runs on loopback and the output says so).
+test-deploy: setup
+	@command -v ip >/dev/null || { echo "installing iproute2 (ip netns)"; apt-get update -qq && apt-get install -y -qq iproute2; } || true
+	$(PY) -m pytest -q -s -m deploy tests/test_deploy_hosts.py
 
 bench: setup
 	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m bench.run

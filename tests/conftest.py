@@ -55,3 +55,6 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: a further end-to-end run over `fx` processes, run by `make test-faults` to keep "
                    "`make test` within ~15 min on this 2-core host")
+    config.addinivalue_line(
+        "markers", "deploy: the runbook docs/deployment.md played as separate hosts in network namespaces "
+                   "(`make test-deploy`; needs root for `ip netns`)")

@@ -29,27 +29,36 @@ Tensor store: OpenFL's pandas TensorDB is replaced by the dict-keyed one of
 src/federated/tensor_db.py (the same interface, without OpenFL's DataFrame filter
 per tensor, which costs seconds at every round end).
 
+Sites joining, leaving and rotating certificates while it runs
+(src/federated/admission.py): the round's sites are the ones plan/cols.yaml lists
+when the round starts, and a site must present the certificate the coordinator
+signed last for it; no restart is needed for either.
+
 Event log (`event_log`, JSON lines): round starts, when each site got its
 tasks and how long it waited for work that was ready (idle_s), every metric
 each site reported, the aggregated metrics per round, and the bytes each site
 uploaded and downloaded per task group (the serialized NamedTensor messages,
-i.e. what crosses the wire inside gRPC/TLS framing). `make simulate`
+i.e. what crosses the wire inside gRPC/TLS framing), the round's sites
+(`members`) and every refused call (`refused`). `make simulate`
 turns it into progress lines and metrics.json.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import threading
 import time
 from collections import defaultdict
 
+import grpc
 from openfl.component.aggregator import Aggregator
 from openfl.protocols import utils as openfl_utils
 from openfl.utilities import TensorKey
 
 from src.atomic_files import dump_proto_atomically
+from src.federated.admission import Admission, install_server_check
 from src.federated.final_validation import FinalValidationAssigner
 from src.federated.tensor_db import KeyedTensorDB
 from src.model.config import task_group_of
@@ -59,6 +68,8 @@ from src.model.config import task_group_of
 # previous one. In a process that runs this aggregator, every state file is
 # written to a temporary file and renamed over the old one instead.
 openfl_utils.dump_proto = dump_proto_atomically
+install_server_check()
+log = logging.getLogger(__name__)
 
 
 def wire_group(named_tensor) -> str:
@@ -84,6 +95,7 @@ class PromptAggregator(Aggregator):
                  final_state_path: str = "save/final.pbuf", final_validation_tasks: list | None = None,
                  **kwargs):
         self._events_lock = threading.Lock()
+        self.admission = Admission()
         self.event_log = event_log
         self.final_state_path = final_state_path
         self._round_ready_at = {}
@@ -100,6 +112,7 @@ class PromptAggregator(Aggregator):
                     model_bytes_by_group=bytes_by_group(self.model.tensors))
         self.poll_interval_s = float(poll_interval_s)
         self.long_poll_s = float(long_poll_s)
+        self._event("members", round=self.round_number, sites=list(self.authorized_cols))
         self._mark_round_ready(self.round_number)
 
     def global_tensors(self) -> dict:
@@ -133,7 +146,10 @@ class PromptAggregator(Aggregator):
     def get_tasks(self, collaborator_name):
         deadline = time.monotonic() + self.long_poll_s
         while True:
-            tasks, round_number, sleep_time, time_to_quit = super().get_tasks(collaborator_name)
+            with self.lock:  # not while a round end changes the round's sites
+                if collaborator_name not in self.authorized_cols:  # removed as the round ended
+                    return None, self.round_number, 0, False
+                tasks, round_number, sleep_time, time_to_quit = super().get_tasks(collaborator_name)
             if tasks:
                 ready = self._round_ready_at.get(round_number, time.monotonic())
                 self._event("tasks_sent", round=round_number, site=collaborator_name,
@@ -184,6 +200,7 @@ class PromptAggregator(Aggregator):
         self._log_downloads(before)
         self._event("round_end", round=before, stragglers=stragglers)
         if not self._time_to_quit():
+            self._follow_cols_yaml()
             self._mark_round_ready(self.round_number)
         elif self.final_state_path:
             # OpenFL saves last/best.pbuf from the model a round *started*
@@ -192,3 +209,32 @@ class PromptAggregator(Aggregator):
             final_round = min(self.round_number, self.training_rounds)
             self._save_model(final_round, self.final_state_path)
             self._event("final_model", round=final_round, path=self.final_state_path)
+
+    # ---- who takes part (src/federated/admission.py) -------------------------------------------
+    def admission_verdict(self, common_name: str, header, pem: bytes):
+        """The refusal of a call (None: admitted), logged as a `refused` event."""
+        plan_matches = header.receiver == self.uuid and header.federation_uuid == self.federation_uuid
+        verdict = self.admission.verdict(common_name, header.sender, pem, self.authorized_cols,
+                                         plan_matches, self.round_number)
+        if verdict is not None and verdict.code != grpc.StatusCode.UNAVAILABLE:
+            log.warning("refused %s: %s", header.sender, verdict.reason)
+            self._event("refused", round=self.round_number, site=header.sender, reason=verdict.reason)
+        return verdict
+
+    def _follow_cols_yaml(self):
+        """At a round start: the round's sites become the ones plan/cols.yaml lists now."""
+        listed = self.admission.listed()
+        if not listed or listed == list(self.authorized_cols):
+            if not listed:
+                log.error("%s lists no site; round %d keeps %s", self.admission.cols_path, self.round_number,
+                          self.authorized_cols)
+            return
+        added = [s for s in listed if s not in self.authorized_cols]
+        removed = [s for s in self.authorized_cols if s not in listed]
+        # the plan hands one list to the aggregator and its assigner; both follow
+        for cols in (self.authorized_cols, self.assigner.authorized_cols):
+            cols[:] = listed
+        self.assigner.collaborator_tasks.clear()  # no assignment left for a removed site
+        self.assigner.define_task_assignments()
+        log.info("round %d: sites %s (added %s, removed %s)", self.round_number, listed, added, removed)
+        self._event("members", round=self.round_number, sites=listed, added=added, removed=removed)

@@ -1,4 +1,4 @@
-"""A collaborator that finds out first whether the aggregator admits it.
+"""A collaborator that finds out whether the aggregator admits it, and stops when it does not.
 
 Stock OpenFL 1.9 clients retry every refused call forever
 (`_resend_data_on_reconnection`), so a site whose plan.yaml differs from the
@@ -8,7 +8,11 @@ never says why. Before its first task this collaborator pings the aggregator
 (with the client's retry switched off) and stops with a message an operator can act
 on: the plan differs (OpenFL derives the aggregator and federation UUIDs in
 every request header from the plan's hash), or the certificate/name is not
-admitted. An aggregator that is not up yet is waited for, as stock does.
+admitted. Each later request for tasks is checked the same way, so a site the
+coordinator revokes, or whose certificate it replaces, while the federation runs
+stops with the reason too (src/federated/admission.py). An aggregator that is
+not up yet, restarting, or admitting this site from the next round is waited
+for, as stock does.
 It also keeps its tensors in the dict-keyed store of src/federated/tensor_db.py.
 """
 from __future__ import annotations
@@ -23,8 +27,9 @@ from src.federated.tensor_db import KeyedTensorDB
 
 log = logging.getLogger(__name__)
 
-# What the OpenFL server says (aggregator_server.check_request) when the header's
-# UUIDs, i.e. the hash of the sender's plan, are not the aggregator's.
+# What the OpenFL server (aggregator_server.check_request) and the admission check
+# (src/federated/admission.py) say when the header's UUIDs, i.e. the hash of the
+# sender's plan, are not the aggregator's.
 PLAN_MISMATCH_MARKERS = ("does not match aggregator UUID", "Federation UUID in request header does not match")
 
 
@@ -41,8 +46,9 @@ def refusal_reason(error: grpc.RpcError, site: str, federation_uuid: str) -> str
                 f"coordinator exported (fx workspace import) and do not edit it. Server said: {details}")
     if error.code() == grpc.StatusCode.UNAUTHENTICATED:
         return (f"the aggregator refused site {site}: its certificate or name is not admitted "
-                f"(the certificate's common name must be {site!r}, signed by the federation's CA, "
-                f"and {site!r} listed in the aggregator's plan/cols.yaml). Server said: {details}")
+                f"(the certificate's common name must be {site!r}, signed by the federation's CA and the "
+                f"one the coordinator signed last for {site!r}, and {site!r} listed in the aggregator's "
+                f"plan/cols.yaml). Server said: {details}")
     return None
 
 
@@ -56,31 +62,35 @@ class SiteCollaborator(Collaborator):
 
     def check_admission(self):
         """Ping until the aggregator answers; raise FederationRefused if it refuses us."""
+        self._answered(self.client.ping)
+
+    def _answered(self, call):
+        """call() once the aggregator answers it; FederationRefused if it refuses this site.
+
+        The client's own endless retry is off meanwhile: each answer is seen."""
         deadline = time.monotonic() + self.admission_timeout_s
         resend = getattr(self.client, "resend_data_on_reconnection", False)
-        self.client.resend_data_on_reconnection = False  # see each answer, no silent retry
+        self.client.resend_data_on_reconnection = False
         try:
-            self._ping_until_answered(deadline)
+            while True:
+                try:
+                    return call()
+                except grpc.RpcError as e:
+                    reason = refusal_reason(e, self.collaborator_name, self.federation_uuid)
+                    if reason:
+                        log.error(reason)
+                        raise FederationRefused(reason) from None
+                    if time.monotonic() > deadline:
+                        raise FederationRefused(f"no answer from the aggregator for "
+                                                f"{self.admission_timeout_s:.0f} s: {e.code()} {e.details()}")
+                    log.info("waiting for the aggregator (%s: %s)", e.code(), e.details())
+                    self.client.reconnect()
+                    time.sleep(2.0)
         finally:
             self.client.resend_data_on_reconnection = resend
 
-    def _ping_until_answered(self, deadline: float):
-        while True:
-            try:
-                self.client.ping()
-                return
-            except grpc.RpcError as e:
-                reason = refusal_reason(e, self.collaborator_name, self.federation_uuid)
-                if reason:
-                    log.error(reason)
-                    raise FederationRefused(reason) from None
-                if time.monotonic() > deadline:
-                    raise FederationRefused(f"no answer from the aggregator for "
-                                            f"{self.admission_timeout_s:.0f} s: {e.code()} {e.details()}")
-                log.info("waiting for the aggregator (%s)", e.code())
-                self.client.reconnect()
-                time.sleep(2.0)
-
     def run(self):
         self.check_admission()
+        get_tasks = self.client.get_tasks
+        self.client.get_tasks = lambda: self._answered(get_tasks)  # the stock loop asks here
         super().run()
