@@ -11,7 +11,6 @@ parsed once, at the edge, by `parse_assignments`.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -62,9 +61,7 @@ def load_config(path=None, overrides: Mapping | None = None) -> dict:
     return apply_overrides(cfg, overrides)
 
 
-@functools.lru_cache(maxsize=8)
-def _resolved(path: str, overrides_json: str) -> dict:
-    return load_config(path or None, json.loads(overrides_json))
+_RESOLVED: dict[tuple[str, str], dict] = {}
 
 
 def resolve(config=None, overrides: Mapping | None = None) -> dict:
@@ -74,7 +71,10 @@ def resolve(config=None, overrides: Mapping | None = None) -> dict:
     runner (YAML anchors); both get this one object, so neither can see a
     setting the other does not. Treat it as read-only.
     """
-    return _resolved(str(config or ""), json.dumps(dict(overrides or {}), sort_keys=True, default=str))
+    key = (str(config or ""), json.dumps(dict(overrides or {}), sort_keys=True, default=str))
+    if key not in _RESOLVED:  # built from the values themselves; the JSON text is only the key
+        _RESOLVED[key] = load_config(config or None, overrides)
+    return _RESOLVED[key]
 
 
 def model_config(cfg: dict) -> ModelConfig:
