@@ -10,6 +10,7 @@ from workspace.deploy.network import Network
 from workspace.deploy.runbook import ROLES, Runbook, RunbookError
 
 RUNBOOK = REPO / "docs" / "deployment.md"
+ENVIRONMENT = ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")  # variables the terminal blocks set or unset
 
 
 def test_every_block_of_the_runbook_uses_only_its_placeholders_and_every_role_has_a_terminal():
@@ -18,7 +19,7 @@ def test_every_block_of_the_runbook_uses_only_its_placeholders_and_every_role_ha
         # an upper-case word that is not a placeholder would reach bash unreplaced
         words = {w.strip("'\"/.:,()[]{}") for w in block.text.replace("_", " ").split()}
         unknown = {w for w in words if len(w) > 2 and w.isupper() and w.isalpha()} - \
-            {p for name in runbook.placeholders for p in name.split("_")} - {"PYTHONPATH", "N"}
+            {p for name in (*runbook.placeholders, *ENVIRONMENT) for p in name.split("_")} - {"N"}
         assert not unknown, (name, unknown)
         assert runbook.used_placeholders(block.text) <= set(runbook.placeholders)
     for role in ROLES:
