@@ -14,6 +14,9 @@ parameters, and extrapolating a variance can make it negative.
 the detection parts only: with decoupled weights the detector is averaged over
 the box-labeled sites alone, each of which took one pass over its own images,
 where a centralized epoch applies all of those steps in sequence.
+`statistic` replaces the weighted mean by a coordinate-wise `median` or
+`trimmed_mean` (`trim_fraction` per side) of the sites' values, against a site
+that sends a poisoned update (src/robust_aggregation.py says what each costs).
 
 Not a singleton: OpenFL 1.9 gives every AggregationFunction a metaclass that
 returns the first instance ever built for the class and ignores later
@@ -28,6 +31,7 @@ from openfl.interface.aggregation_functions.core import AggregationFunction
 from openfl.utilities.types import SingletonABCMeta
 
 from src.model.config import TASK_GROUPS, task_group_of
+from src.robust_aggregation import check_statistic, combine
 
 STATISTICS = ("moving_mean", "moving_variance")
 
@@ -51,8 +55,11 @@ class PerPlanInstances(SingletonABCMeta):
 
 
 class ServerStepAverage(AggregationFunction, metaclass=PerPlanInstances):
-    def __init__(self, server_lr: float = 1.0, group_server_lr: dict | None = None):
+    def __init__(self, server_lr: float = 1.0, group_server_lr: dict | None = None, statistic: str = "mean",
+                 trim_fraction: float = 0.0):
         super().__init__()
+        check_statistic(statistic, trim_fraction)
+        self.statistic, self.trim_fraction = statistic, float(trim_fraction)
         self.server_lr = float(server_lr)
         self.group_server_lr = {g: float(v) for g, v in (group_server_lr or {}).items()}
         unknown = set(self.group_server_lr) - set(TASK_GROUPS)
@@ -72,7 +79,8 @@ class ServerStepAverage(AggregationFunction, metaclass=PerPlanInstances):
         return self.group_server_lr.get(task_group_of(tensor_name), self.server_lr)
 
     def call(self, local_tensors, db_iterator, tensor_name, fl_round, tags) -> np.ndarray:
-        mean = np.average([t.tensor for t in local_tensors], weights=[t.weight for t in local_tensors], axis=0)
+        mean = combine([t.tensor for t in local_tensors], [t.weight for t in local_tensors], self.statistic,
+                       self.trim_fraction)
         step = self.step_size(tensor_name)
         if step == 1.0:
             return mean

@@ -23,17 +23,27 @@ Before averaging, each site's whole update is checked
 (src/federated/update_checks.py): one with NaN/Inf, a wrong shape, an unknown
 tensor or a bogus sample count is left out of that round, with the reason in
 the log and the event log (`rejected`), instead of corrupting the model.
+Then, when the plan asks for them, the defences of docs/privacy.md: each
+site's update is bounded per group (`clip_updates`: a norm or `median`,
+src/robust_aggregation.py) and/or clipped whole and noised for differential
+privacy (`differential_privacy`, src/privacy.py, with uniform site weights and
+the epsilon spent so far in the event log, `privacy`). The bounded or noised
+values replace the site's values in the tensor store before the plan's
+aggregation function averages them.
 Metrics go through the stock code path (including best-model selection).
 """
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 from openfl.utilities import TaskResultKey, TensorKey, change_tags
 
 from src.federated.aggregator import PromptAggregator
 from src.federated.update_checks import update_problem
 from src.model.config import TASK_GROUPS, task_group_of
+from src.privacy import DifferentialPrivacy, check_budget, privatize
+from src.robust_aggregation import bound_updates, check_clip
 from src.task_groups import task_balanced_weights, task_votes
 
 BACKBONE_WEIGHTINGS = ("samples", "task_balanced")
@@ -42,14 +52,34 @@ log = logging.getLogger(__name__)
 
 class DecoupledAggregator(PromptAggregator):
     def __init__(self, *args, backbone_weighting: str = "samples", backbone_task_votes: dict | None = None,
-                 **kwargs):
+                 clip_updates=None, differential_privacy: dict | None = None, **kwargs):
         if backbone_weighting not in BACKBONE_WEIGHTINGS:
             raise ValueError(f"backbone_weighting must be one of {BACKBONE_WEIGHTINGS}, "
                              f"got {backbone_weighting!r}")
         if backbone_task_votes is not None and backbone_weighting != "task_balanced":
             raise ValueError("backbone_task_votes needs backbone_weighting: task_balanced")
         self.backbone_weighting, self.backbone_task_votes = backbone_weighting, task_votes(backbone_task_votes)
+        check_clip(clip_updates)
+        self.clip_updates = clip_updates
+        self.privacy = DifferentialPrivacy.from_plan(differential_privacy)
+        self._noise = np.random.default_rng()  # fresh OS entropy: DP noise must not be reproducible
+        if self.privacy is not None:
+            self._check_privacy_plan(int(kwargs.get("rounds_to_train", 256)), kwargs.get("assigner"))
         super().__init__(*args, **kwargs)
+
+    def _check_privacy_plan(self, rounds: int, assigner):
+        """Refuse (or warn about) a plan whose rounds pass the target epsilon, and a robust
+        statistic with differential privacy (its noise is calibrated for the mean)."""
+        over = check_budget(self.privacy, rounds)
+        if over and self.privacy.on_target == "refuse":
+            raise ValueError(f"differential_privacy: {over}")
+        if over:
+            log.warning("differential_privacy: %s", over)
+        robust = {name: getattr(assigner.get_aggregation_type_for_task(name), "statistic", "mean")
+                  for name in getattr(assigner, "tasks", {})}
+        if any(statistic != "mean" for statistic in robust.values()):
+            raise ValueError(f"differential_privacy calibrates its noise for the mean; the plan's tasks "
+                             f"aggregate with {robust}")
 
     def _compute_validation_related_task_metrics(self, task_name) -> dict:
         done = [c for c in self.assigner.get_collaborators_for_task(task_name, self.round_number)
@@ -105,6 +135,9 @@ class DecoupledAggregator(PromptAggregator):
             shared = task_balanced_weights(weight, self.backbone_task_votes)
             for site in sites:
                 weight[site]["backbone"] = shared[site]
+        if self.privacy is not None:
+            weight = {site: {g: 1.0 for g in TASK_GROUPS} for site in sites}  # bounded influence per site
+        self._defend(task_name, trained)
         senders = {}  # aggregated tensor key -> {collaborator: weight}
         for result_key, tensor_keys in trained.items():
             site = result_key.owner
@@ -121,6 +154,8 @@ class DecoupledAggregator(PromptAggregator):
                                  f"{sorted(weights)}, all reporting 0 training images for its group")
             value = self.tensor_db.get_aggregated_tensor(
                 agg_key, {site: w / total for site, w in weights.items()}, aggregation_function=function)
+            if self.privacy is not None and agg_key.tensor_name.endswith("moving_variance"):
+                value = np.maximum(value, 0.0)  # noise must not make a variance negative
             self._prepare_trained(agg_key.tensor_name, agg_key.origin, agg_key.round_number,
                                   agg_key.report, value)
             aggregated.add(agg_key.tensor_name)
@@ -131,3 +166,29 @@ class DecoupledAggregator(PromptAggregator):
             if previous is None:
                 raise RuntimeError(f"round {self.round_number}: no global value of {named.name} to keep")
             self._prepare_trained(named.name, self.uuid, self.round_number, False, previous)
+
+    def _defend(self, task_name: str, trained: dict):
+        """Bound and/or noise each site's trained values in the tensor store (see the module docstring)."""
+        if self.clip_updates is None and self.privacy is None:
+            return
+        keys = {k.owner: {tk.tensor_name: tk for tk in tensor_keys} for k, tensor_keys in trained.items()}
+        values = {site: {name: self.tensor_db.get_tensor_from_cache(tk) for name, tk in named.items()}
+                  for site, named in keys.items()}
+        start = {name: self._global_tensor(name) for named in values.values() for name in named}
+        if self.clip_updates is not None:
+            values, norms, scales = bound_updates(values, start, self.clip_updates, task_group_of)
+            for site, groups in scales.items():
+                for group, scale in groups.items():
+                    if scale < 1.0:
+                        self._event("clipped", round=self.round_number, site=site, group=group,
+                                    norm=norms[site][group], scale=scale)
+        if self.privacy is not None:
+            values, norms = privatize(values, start, self.privacy, self._noise)
+            epsilon = self.privacy.epsilon(self.round_number + 1)
+            log.info("round %d: differential privacy epsilon %.2f (delta %g) after %d rounds",
+                     self.round_number, epsilon, self.privacy.delta, self.round_number + 1)
+            self._event("privacy", round=self.round_number, task=task_name, epsilon=epsilon,
+                        delta=self.privacy.delta, noise_multiplier=self.privacy.noise_multiplier,
+                        clip_norm=self.privacy.clip_norm, update_norms=norms)
+        for site, named in keys.items():
+            self.tensor_db.replace_tensors({tk: values[site][name] for name, tk in named.items()})

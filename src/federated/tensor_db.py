@@ -88,6 +88,13 @@ class KeyedTensorDB(TensorDB):
             for tensor_key, nparray in tensor_key_dict.items():
                 self._rows.setdefault(_key(tensor_key), nparray)
 
+    def replace_tensors(self, tensor_key_dict) -> None:
+        """Overwrite stored values (cache_tensor keeps the first value of a key), e.g. a
+        site's update after the aggregator bounded or noised it."""
+        with self.mutex:
+            for tensor_key, nparray in tensor_key_dict.items():
+                self._rows[_key(tensor_key)] = nparray
+
     def get_tensor_from_cache(self, tensor_key) -> Optional[np.ndarray]:
         value = self._rows.get(_key(tensor_key))
         return None if value is None else np.asarray(value)
