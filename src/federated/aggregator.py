@@ -34,13 +34,22 @@ Sites joining, leaving and rotating certificates while it runs
 when the round starts, and a site must present the certificate the coordinator
 signed last for it; no restart is needed for either.
 
-Event log (`event_log`, JSON lines): round starts, when each site got its
+Restarts: OpenFL stores each result that arrives in `local_state/tensor.db`
+before processing it and, when the aggregator starts again, replays the stored
+results of the round in progress (`Aggregator._recover`), so a site whose
+results are in is not given that task again. The event log says which results a round took
+(`accepted`, written once the aggregator has processed them: the upload that
+completes a round comes after that round's `round_end`) and which a restart
+replayed (`replayed`), so an operator can see that nothing was lost or redone.
+
+Event log (`event_log`, JSON lines): round starts, when each site got which
 tasks and how long it waited for work that was ready (idle_s), every metric
 each site reported, the aggregated metrics per round, and the bytes each site
 uploaded and downloaded per task group (the serialized NamedTensor messages,
-i.e. what crosses the wire inside gRPC/TLS framing), the round's sites
-(`members`) and every refused call (`refused`). `make simulate`
-turns it into progress lines and metrics.json.
+i.e. what crosses the wire inside gRPC/TLS framing), the results each round
+took, live or replayed after a restart, the round's sites (`members`) and
+every refused call (`refused`). `make simulate` turns it into progress lines
+and metrics.json.
 """
 from __future__ import annotations
 
@@ -55,7 +64,7 @@ from collections import defaultdict
 import grpc
 from openfl.component.aggregator import Aggregator
 from openfl.protocols import utils as openfl_utils
-from openfl.utilities import TensorKey
+from openfl.utilities import TaskResultKey, TensorKey
 
 from src.atomic_files import dump_proto_atomically
 from src.federated.admission import Admission, install_server_check
@@ -95,6 +104,7 @@ class PromptAggregator(Aggregator):
                  final_state_path: str = "save/final.pbuf", final_validation_tasks: list | None = None,
                  **kwargs):
         self._events_lock = threading.Lock()
+        self._replaying = False  # while OpenFL replays stored results at start (_recover)
         self.admission = Admission()
         self.event_log = event_log
         self.final_state_path = final_state_path
@@ -153,7 +163,7 @@ class PromptAggregator(Aggregator):
             if tasks:
                 ready = self._round_ready_at.get(round_number, time.monotonic())
                 self._event("tasks_sent", round=round_number, site=collaborator_name,
-                            idle_s=time.monotonic() - ready)
+                            tasks=[getattr(t, "name", t) for t in tasks], idle_s=time.monotonic() - ready)
                 return tasks, round_number, 0, time_to_quit
             if time_to_quit:
                 return tasks, round_number, 0, time_to_quit
@@ -187,6 +197,25 @@ class PromptAggregator(Aggregator):
             super().send_local_task_results(collaborator_name, round_number, task_name, data_size,
                                             named_tensors)
         self._drain_metrics()
+
+    # ---- results a round took, live or replayed (module docstring: Restarts) ------------------
+    def _recover(self):
+        self._replaying = True
+        try:
+            return super()._recover()
+        finally:
+            self._replaying = False
+
+    def process_task_results(self, collaborator_name, round_number, task_name, data_size, named_tensors):
+        """OpenFL's processing; then an `accepted` (or at start `replayed`) event if the
+        round took the results: not a straggler's, another round's or a repeat."""
+        key = TaskResultKey(task_name, collaborator_name, round_number)
+        before, repeat = self.round_number, key in self.collaborator_tasks_results
+        super().process_task_results(collaborator_name, round_number, task_name, data_size, named_tensors)
+        if not repeat and (self.round_number != before or key in self.collaborator_tasks_results):
+            self._event("replayed" if self._replaying else "accepted", round=round_number,
+                        site=collaborator_name, task=task_name,
+                        bytes=sum(t.ByteSize() for t in named_tensors))
 
     # ---- round transitions -------------------------------------------------------------------
     def _end_of_round_check(self):

@@ -12,6 +12,15 @@ import statistics
 from pathlib import Path
 
 
+def read_events(path: Path) -> list[dict]:
+    """Every event the log holds now, complete lines only (the line the aggregator is
+    still writing waits for the next read)."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
+
+
 class FederationEvents:
     """Every event of one run's log read so far, and what they say per round."""
 

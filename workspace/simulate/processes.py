@@ -78,9 +78,34 @@ def tail(path: Path, lines: int = 25) -> str:
 
 
 def free_port() -> int:
+    """A port free now; another process may take it before it is bound (PortReservation holds it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class PortReservation:
+    """A TCP port held from the moment it is picked until the server meant for it listens.
+
+    Picking a free port and binding it later leaves a gap in which another process can
+    take it; a gRPC server (the aggregator) binds with SO_REUSEPORT and would then share
+    the port silently. This socket is bound with SO_REUSEPORT too, so the aggregator
+    (same user) binds beside it, while the kernel hands the port to no one else's
+    `bind(0)`. It never listens, so it gets no connection; `release()` once the server
+    listens (wait_for_port)."""
+
+    def __init__(self, port: int = 0):
+        try:  # gRPC listens on [::]:port
+            self._socket, address = socket.socket(socket.AF_INET6, socket.SOCK_STREAM), "::"
+        except OSError:  # a host without IPv6
+            self._socket, address = socket.socket(socket.AF_INET, socket.SOCK_STREAM), "0.0.0.0"
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self._socket.bind((address, port))
+        self.port = self._socket.getsockname()[1]
+
+    def release(self) -> None:
+        self._socket.close()
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, log_path: Path, timeout_s: float = 180):
