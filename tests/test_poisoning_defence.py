@@ -2,6 +2,7 @@
 (tiny model, real training): a poisoning site bounded by clip_updates + a median, and
 differentially private aggregation whose noise and epsilon are what the plan asks for."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from src.model.config import task_group_of
 from src.privacy import epsilon_after
 from src.robust_aggregation import bound_updates, combine
 from tests.tiny_federation import write_tiny_plan, write_tiny_site_split
+from workspace.simulate.events import FederationEvents, progress_lines
 
 pytestmark = pytest.mark.faults
 ATTACKER = "site3"
@@ -64,6 +66,14 @@ def trained_names(uploads) -> list:
     return sorted(set.intersection(*(set(u) for u in uploads.values())))
 
 
+def round_line(workspace, sites, rounds: int, round_num: int) -> tuple[dict, str]:
+    """make simulate's summary and progress line of a round, from the event log."""
+    log = FederationEvents(workspace / "logs" / "events.jsonl", rounds, list(sites))
+    log.poll()
+    summary = log.round_summary(round_num)
+    return summary, progress_lines(summary, rounds)[0]
+
+
 def relative_distance(a: dict, b: dict, start: dict, names) -> float:
     step = np.sqrt(sum(np.sum((b[n] - start[n]) ** 2) for n in names))
     return float(np.sqrt(sum(np.sum((a[n] - b[n]) ** 2) for n in names)) / step)
@@ -97,6 +107,9 @@ def test_robust_aggregation_bounds_a_site_scaling_its_update_x10_in_a_federation
         defended_off = relative_distance(aggregates[round_num], honest, start, names)
         plain_off = relative_distance(plain, honest, start, names)
         assert plain_off > 2.0 and defended_off < plain_off / 4, (round_num, defended_off, plain_off)
+        summary, line = round_line(workspace, clients, 2, round_num)
+        attacker_part = line.split(f"{ATTACKER} loss")[1].split(" | ")[0]
+        assert re.search(r"clipped x0\.[01]\d", attacker_part), line  # scaled to about 1/10
     final, _ = load_pbuf_weights(workspace / "save" / "final.pbuf")
     assert all(np.isfinite(v).all() for v in final.values())
 
@@ -124,6 +137,9 @@ def test_privacy_noise_and_epsilon_of_a_federated_round_are_what_the_plan_asks(p
     (privacy,) = [e for e in events if e["event"] == "privacy"]
     assert privacy["round"] == 0 and privacy["epsilon"] == pytest.approx(epsilon_after(1, 0.5, 1e-5))
     assert privacy["update_norms"] == pytest.approx(norms, rel=1e-4)
+    summary, line = round_line(workspace, clients, 1, 0)
+    assert summary["privacy"]["epsilon"] == privacy["epsilon"]
+    assert f"| epsilon {privacy['epsilon']:.2f} (delta 1e-05)" in line
 
 
 def test_privacy_refuses_a_plan_whose_rounds_pass_the_target_epsilon(tmp_path, monkeypatch):

@@ -49,7 +49,7 @@ class FederationEvents:
     def round_summary(self, rnd: int) -> dict:
         """Score, per-site metrics, traffic, idle and wall time of round `rnd`."""
         sites = {s: {} for s in self.sites}
-        score = None
+        score, privacy = None, None
         for e in self.events:
             if e.get("round") != rnd:
                 continue
@@ -67,6 +67,10 @@ class FederationEvents:
                 site["upload_bytes_by_group"] = e["by_group"]
             elif e["event"] == "rejected":  # a broken update left out (src/federated/update_checks.py)
                 sites.setdefault(e["site"], {})["rejected"] = e["reason"]
+            elif e["event"] == "clipped":  # bounded by clip_updates (docs/privacy.md)
+                sites.setdefault(e["site"], {}).setdefault("clipped", {})[e["group"]] = e["scale"]
+            elif e["event"] == "privacy":  # differential privacy spent so far (docs/privacy.md)
+                privacy = {"epsilon": e["epsilon"], "delta": e["delta"]}
             elif e["event"] == "download":
                 site = sites.setdefault(e["site"], {})
                 site["download_bytes"] = e["bytes"]
@@ -79,6 +83,8 @@ class FederationEvents:
                    "aggregated": agg, "sites": sites,
                    "idle_s": statistics.median(idle) if idle else None,
                    "wall_s": (end - start) if start and end else None}
+        if privacy is not None:
+            summary["privacy"] = privacy
         if rnd >= self.rounds:  # the plan's final_validation_tasks: validates, trains nothing
             summary["validation_only"] = True
         return summary
@@ -103,13 +109,16 @@ def progress_lines(summary: dict, rounds: int) -> list[str]:
         uploaded = "" if s.get("validation_only") else f" up {m.get('upload_bytes', 0) / 1e6:.2f} MB"
         parts.append(f"{site} {trained}mAP {_fmt(m.get('map50'))} acc {_fmt(m.get('accuracy'))}{uploaded}"
                      + (f" labeled {m['al_labeled']:.0f} pool {m['al_pool']:.0f}" if "al_labeled" in m else "")
-                     + (" REJECTED" if "rejected" in m else ""))
+                     + (" REJECTED" if "rejected" in m else "")
+                     + (f" clipped x{min(m['clipped'].values()):.2f}" if "clipped" in m else ""))
     title = (f"final validation (the aggregate of round {rounds})" if s.get("validation_only")
              else f"round {s['round'] + 1}/{rounds}")
     lines = [f"{title} | " + " | ".join(parts) +
              f" | score {_fmt(s['score'])}"
              f" | idle {s['idle_s'] if s['idle_s'] is not None else float('nan'):.2f} s"
-             f" | {s['wall_s'] or 0:.0f} s"]
+             f" | {s['wall_s'] or 0:.0f} s"
+             + (f" | epsilon {s['privacy']['epsilon']:.2f} (delta {s['privacy']['delta']:g})"
+                if "privacy" in s else "")]
     for site, m in s["sites"].items():
         if "rejected" in m:
             lines.append(f"  {site}: update rejected, not averaged this round: {m['rejected']}")
