@@ -140,8 +140,11 @@ def test_a_boxes_only_site_is_asked_for_boxes_only_and_requests_are_idempotent(p
     stub.write_text("0 0.5 0.5 0.5 0.5\n")
     oracle.request(records, 7)  # a restarted collaborator asking again: the annotator's work is kept
     assert stub.read_text() == "0 0.5 0.5 0.5 0.5\n"
+    oracle.request(dict(list(records.items())[1:]), 7)  # ... for those not answered yet: kept too
+    assert stub.read_text() == "0 0.5 0.5 0.5 0.5\n" and read_csv(folder / "queue.csv") == rows
+    other = dict(list(pool.unlabeled_records().items())[2:3])
     with pytest.raises(ValueError, match="already queued other images"):
-        oracle.request(dict(list(records.items())[:1]), 7)
+        oracle.request({**records, **other}, 7)
     mark(folder / "classes.csv", {rows[0]["key"]: ("", "1")})
     answers = oracle.collect()
     assert list(answers) == [rows[0]["key"]] and answers[rows[0]["key"]].tasks == ("boxes",)

@@ -140,26 +140,6 @@ def run_pool_script(script: str, site_folder, state_path) -> subprocess.Complete
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def test_a_collaborator_killed_right_after_a_label_step_loses_no_label(site_folder, tmp_path):
-    state_path = tmp_path / "al_site1.json"
-    script = ("import json, os, signal, sys\n"
-              "from src.active_learning.pool import LabelPool\n"
-              "from src.active_learning.oracles import SimulatedOracle, ingest_answers, request_labels\n"
-              "p = LabelPool.from_site(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]))\n"
-              "oracle = SimulatedOracle(p.held_back())\n"
-              "request_labels(p, oracle, list(p.unlabeled_records())[:2], 1, 'entropy')\n"
-              "print(json.dumps(ingest_answers(p, oracle, 1)), flush=True)\n"
-              "os.kill(os.getpid(), signal.SIGKILL)\n")
-    killed = run_pool_script(script, site_folder, state_path)
-    assert killed.returncode == -9, killed.stderr
-    labeled_in_child = json.loads(killed.stdout)
-    assert len(labeled_in_child) == 2
-    pool = LabelPool.from_site(site_folder, state_path, VICTIM, DISASTER)
-    assert pool.labeled_keys[SEED_COUNT:] == labeled_in_child and pool.pending == {}
-    truth = pool.held_back()
-    assert labels_of(pool.labeled_records()[SEED_COUNT:]) == labels_of([truth[k] for k in labeled_in_child])
-
-
 def test_a_pending_request_survives_a_restart(site_folder, tmp_path):
     state_path = tmp_path / "al_site1.json"
     pool = LabelPool.from_site(site_folder, state_path, VICTIM, DISASTER)

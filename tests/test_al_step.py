@@ -9,7 +9,7 @@ from src.active_learning.scoring import PoolScorer
 from src.active_learning.step import label_step
 from src.settings import load_config, model_config
 from src.model import build_model
-from tests.test_al_pool import DISASTER, VICTIM, tiny_data, write_pool_site  # noqa: F401 (fixture)
+from tests.test_al_pool import DISASTER, SEED_COUNT, VICTIM, tiny_data, write_pool_site  # noqa: F401 (fixture)
 from tests.tiny_federation import TINY
 
 
@@ -148,3 +148,41 @@ def test_a_final_fraction_becomes_one_per_query_budget_kept_across_a_restart(sco
     fresh = replace(settings, final_fraction=0.5, epoch_images="labeled", state=str(tmp_path / "fresh_{site}.json"))
     one_pass = SiteLabeling(fresh, site, folder, model, scorer.config, VICTIM, DISASTER, rounds=5)
     assert one_pass.epoch_size() == seed + 4 * one_pass.budget < total
+
+
+def test_a_human_oracle_site_restarted_mid_round_keeps_its_queue_and_asks_for_no_second_batch(
+        scorer, tiny_data, tmp_path):
+    """A site with a human queue that restarts and redoes round 1 (one of its two images
+    answered meanwhile): the queue stays as written, the answer is taken, the other image
+    stays pending, no second batch is queued for that round, and a later restart with
+    part of the queue answered keeps the queue too."""
+    from src.active_learning.site_labeling import LabelingSettings, SiteLabeling
+    from src.data.manifests import load_site
+    from tests.test_al_oracles import mark, read_csv
+
+    folder = write_pool_site(tmp_path / "site1", tiny_data)
+    site = load_site(folder, VICTIM, DISASTER)
+    settings = LabelingSettings.from_plan({"budget": 2, "strategy": "hybrid", "oracle": "human",
+                                           "state": str(tmp_path / "al_{site}.json"),
+                                           "queue": str(tmp_path / "queue" / "{site}")})
+
+    model = build_model(scorer.config)
+
+    def started_site():
+        return SiteLabeling(settings, site, folder, model, scorer.config, VICTIM, DISASTER, rounds=3)
+
+    first = started_site().start_round(1)
+    assert first["pending"] == 2 and first["labeled"] == SEED_COUNT
+    queue = tmp_path / "queue" / "site1" / "1"
+    rows = read_csv(queue / "queue.csv")
+    mark(queue / "classes.csv", {rows[0]["key"]: (DISASTER[0], "1")})
+    written = (queue / "queue.csv").read_bytes()
+
+    restarted = started_site()
+    again = restarted.start_round(1)
+    assert (queue / "queue.csv").read_bytes() == written and sorted(p.name for p in queue.parent.iterdir()) == ["1"]
+    assert again["labeled"] == SEED_COUNT + 1 and again["pending"] == 1 and "selected" not in again
+    assert restarted.pool.requested_rounds() == {1}
+    # restarted once more, one image of the round's queue still pending: the queue stands
+    assert started_site().pool.pending == restarted.pool.pending
+    assert (queue / "queue.csv").read_bytes() == written

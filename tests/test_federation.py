@@ -9,6 +9,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -190,11 +191,29 @@ def test_simulate_end_to_end_with_real_fx_processes_and_certificates(real_format
     assert _processes_under(run) == []
 
 
+def assert_a_failing_report_save_keeps_the_model(run: Path, split: Path, rounds: int, sites: list):
+    """The run's report made again, its save failing partway (the disk refuses the rest of
+    model.keras): the run's model.keras stays as it was, loadable."""
+    from src.federated.checkpoint import load_keras_file
+    from tests.file_faults import is_file_too_large, writes_fail_beyond
+    from workspace.simulate.events import FederationEvents
+    from workspace.simulate.final_report import final_report
+
+    previous = (run / "model.keras").read_bytes()
+    events = FederationEvents(run / "workspace" / "logs" / "federation_events.jsonl", rounds, sites)
+    with writes_fail_beyond(len(previous) // 2), pytest.raises(OSError) as failed:
+        final_report(run, run / "workspace", split, events, 0, time.monotonic())
+    assert is_file_too_large(failed.value)
+    assert (run / "model.keras").read_bytes() == previous, "overwritten in place: torn"
+    assert load_keras_file(run / "model.keras").weights and not list(run.glob(".model.partial-*"))
+
+
 @pytest.mark.slow  # (in `make test-faults`: 2 min that would push `make test` past 15 min here)
 def test_simulate_with_active_learning_over_real_fx_processes(real_format_sources, real_format_split, tmp_path):
     """`make simulate AL=hybrid` on a split with unlabeled pools: each `fx collaborator`
     labels with the global model it received, the one with both tasks and the
-    class-only one alike, up to the final fraction; what it did reaches the report."""
+    class-only one alike, up to the final fraction; what it did reaches the report. (And
+    the report's model.keras survives a later save that fails partway.)"""
     split = _split_by_source(real_format_sources, "real-pool", seed_fraction=0.2)
     cmd = [sys.executable, "-m", "workspace.simulate", "--rounds", "2", "--split", str(split),
            "--runs-dir", str(tmp_path), "--set", "model.input_size=64", "--set", "model.width=0.125",
@@ -216,6 +235,7 @@ def test_simulate_with_active_learning_over_real_fx_processes(real_format_source
         state = json.loads((run / "workspace" / "local_state" / f"al_{site}.json").read_text())
         assert len(state["seed"]) + len(state["acquired"]) == second["al_labeled"]
     assert "labeled at the end (hybrid, simulated oracle): c2a " in result.stdout
+    assert_a_failing_report_save_keeps_the_model(run, split, 2, ["c2a", "crisis"])
     # a split without pools (every training image labeled) is refused before any fx starts
     bad = subprocess.run(cmd[:6] + [str(real_format_split)] + cmd[7:],
                          cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -1,4 +1,5 @@
 """Training and evaluation, for real on small data: the model learns and is scored in image pixels."""
+import copy
 import json
 
 import keras
@@ -10,7 +11,9 @@ from src.data.pipeline import PipelineOptions, training_dataset
 from src.evaluation import evaluate, score_predictions
 from src.model import build_model
 from src.central import run
+from src.federated.checkpoint import load_keras_file
 from src.training import TrainOptions, Trainer
+from tests.file_faults import is_file_too_large, writes_fail_beyond
 
 
 def test_detector_learns_bright_boxes_and_is_scored_in_original_pixels(tiny_default_assignment,
@@ -57,6 +60,20 @@ def test_centralized_trainer_writes_metrics_and_a_reloadable_model(tmp_path):
     x = np.zeros((1, 64, 64, 3), np.float32)
     assert reloaded(x)["disaster"].shape == (1, 5)
     assert result["test"] == written["test"]
+
+    # A later run whose save fails partway (the disk refuses the rest of model.keras)
+    # leaves this run's model.keras and metrics.json as they are, loadable.
+    previous = (tmp_path / "out" / "model.keras").read_bytes()
+    again = copy.deepcopy(cfg)
+    again["seed"], again["training"]["epochs"] = 1, 0  # other weights, no training: just the save
+    with writes_fail_beyond(len(previous) // 2), pytest.raises(OSError) as failed:
+        run(again, tmp_path / "out", backbone_init="scratch")
+    assert is_file_too_large(failed.value)
+    assert (tmp_path / "out" / "model.keras").read_bytes() == previous, "overwritten in place: torn"
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == written
+    kept = load_keras_file(tmp_path / "out" / "model.keras")
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(kept.weights, reloaded.weights))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "model.keras"]
 
 
 def test_pretrained_backbone_from_a_disjoint_slice_then_frozen_centralized_training(tmp_path):

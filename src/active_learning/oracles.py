@@ -133,11 +133,12 @@ class HumanOracle:
         self.problems = ErrorReport()  # of the last collect()
 
     def request(self, records: Mapping[str, Record], round_num: int) -> None:
-        """Write round `round_num`'s queue; asking again for the same images (a restart) is a no-op."""
+        """Write round `round_num`'s queue; asking again for images it lists (a restart: those
+        of them not answered yet) is a no-op."""
         folder = self.queue_dir / str(int(round_num))
         if (folder / "queue.csv").exists():
-            listed = sorted(row["key"] for _, row in _read_table(folder / "queue.csv", QUEUE_COLUMNS)[0])
-            if listed != sorted(records):
+            listed = {row["key"] for _, row in _read_table(folder / "queue.csv", QUEUE_COLUMNS)[0]}
+            if not set(records) <= listed:
                 raise ValueError(f"{folder / 'queue.csv'}: round {round_num} already queued other images")
             return
         labels = folder / "labels"

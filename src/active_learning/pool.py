@@ -223,6 +223,10 @@ class LabelPool:
     def history(self) -> list[dict]:
         return [dict(h) for h in self._history]
 
+    def requested_rounds(self) -> set[int]:
+        """The rounds in which a label request was made."""
+        return {int(h["round"]) for h in self._history if h["event"] == "requested"}
+
     def acquisition(self, key: str) -> dict:
         """The state entry of an acquired image (round, strategy, oracle, labels)."""
         return dict(self._acquired[key])

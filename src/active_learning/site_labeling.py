@@ -14,6 +14,10 @@ human queue.
 A query runs before a round's training, on the global model the site just
 received; training then sees only labeled images. Answers of a human oracle
 are ingested at the start of every round, whenever they appear.
+A site restarted mid-round (a crash, a kill) redoes that round: it asks its
+oracle again for the images it had requested and not yet labeled (a simulated
+oracle keeps nothing across a restart), and a round that holds a query
+already does not query again, so a crash never spends a second budget.
 """
 from __future__ import annotations
 
@@ -95,6 +99,7 @@ class SiteLabeling:
                                       disaster_classes, tasks=self.pool.tasks)
         self.scorer = PoolScorer(model, model_config)
         self.budget = self._budget_per_query()
+        self._ask_again_for_pending()
         log.info("site %s: active learning %s, %d labeled, %d in the pool, %d per query", site, settings,
                  self.pool.counts()["labeled"], self.pool.counts()["pool"], self.budget)
 
@@ -109,6 +114,17 @@ class SiteLabeling:
         missing = math.ceil(self.settings.final_fraction * total) - counts["seed"]
         queries = sum(self.due(r) for r in range(self.rounds))
         return math.ceil(max(0, missing) / queries) if queries else 0
+
+    def _ask_again_for_pending(self) -> None:
+        """Images requested before this process started and not answered: requested from
+        this process's oracle again, under the round each was asked in (a human queue already
+        written for that round stays as it is)."""
+        by_round: dict[int, list[str]] = {}
+        for key, entry in self.pool.pending.items():
+            by_round.setdefault(int(entry["round"]), []).append(key)
+        records = self.pool.pending_records()
+        for round_num, keys in sorted(by_round.items()):
+            self.oracle.request({k: records[k] for k in keys}, round_num)
 
     def due(self, round_num: int) -> bool:
         """Query rounds: every query_every rounds after the first (round 0's model knows nothing)."""
@@ -134,9 +150,10 @@ class SiteLabeling:
         return self.expected_labeled()
 
     def start_round(self, round_num: int) -> dict:
-        """Ingest answers that arrived, query if due; the site's labeling metrics."""
+        """Ingest answers that arrived, query if due and not queried in this round already
+        (a restarted site redoes its round); the site's labeling metrics."""
         ingest_answers(self.pool, self.oracle, round_num)
-        if not self.due(round_num):
+        if not self.due(round_num) or round_num in self.pool.requested_rounds():
             return self.pool.counts()
         s = self.settings
         return label_step(self.pool, self.scorer, self.oracle, s.strategy, self.budget, round_num,
