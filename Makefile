@@ -90,8 +90,9 @@ test: setup
 	$(PY) -m pytest -q -m "not faults and not slow and not deploy" --durations=15 tests
 
 # Crashes, intruders, poisoned updates, interrupted writes, what a site sends
-# (real fx processes and certificates; ~10 min, so not part of `make test`),
-# and the `slow` end-to-end runs (active learning over fx processes: 2 min).
+# (real fx processes and certificates), and the `slow` tests over a minute each (the
+# shipped plan end to end, the server step and active learning over fx, a trained
+# model's export quality): ~19 min, so not part of `make test`.
 test-faults: setup
 	$(PY) -m pytest -q -m "(faults or slow) and not deploy" --durations=10 tests
 
