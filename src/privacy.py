@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import dp_accounting
 from dp_accounting.rdp import RdpAccountant
 
+from src.robust_aggregation import group_norms
+
 ON_TARGET = ("refuse", "warn")
 
 
@@ -69,8 +71,7 @@ class DifferentialPrivacy:
         missing = {"noise_multiplier", "clip_norm"} - set(settings)
         if missing:
             raise ValueError(f"differential_privacy needs {sorted(missing)}")
-        return cls(**{k: (float(v) if k not in ("on_target",) and v is not None else v)
-                      for k, v in settings.items()})
+        return cls(**{k: (float(v) if k != "on_target" and v is not None else v) for k, v in settings.items()})
 
     def noise_std(self, senders: int) -> float:
         """Standard deviation of the noise on each coordinate of a group's mean over `senders` sites."""
@@ -128,7 +129,7 @@ def privatize(updates: dict, start: dict, privacy: DifferentialPrivacy, rng) -> 
     private, norms = {}, {}
     for site, values in updates.items():
         deltas = {name: value - start[name] for name, value in values.items()}
-        norm = math.sqrt(sum(float((d.astype("float64") ** 2).sum()) for d in deltas.values()))
+        norm = group_norms(deltas, lambda name: "update").get("update", 0.0)  # all groups together
         scale = min(1.0, privacy.clip_norm / norm) if norm > 0 else 1.0
         private[site] = {
             name: (start[name] + scale * delta

@@ -17,8 +17,12 @@ def read_events(path: Path) -> list[dict]:
     still writing waits for the next read)."""
     if not path.exists():
         return []
-    text = path.read_text()
-    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
+    return [json.loads(line) for line in complete_lines(path.read_text()).splitlines()]
+
+
+def complete_lines(text: str) -> str:
+    """`text` up to its last newline: a line still being written is left for the next read."""
+    return text[:text.rfind("\n") + 1]
 
 
 class FederationEvents:
@@ -36,7 +40,7 @@ class FederationEvents:
         with open(self.path) as f:
             f.seek(self.offset)
             chunk = f.read()
-            complete = chunk[:chunk.rfind("\n") + 1]
+            complete = complete_lines(chunk)
             self.offset += len(complete)
         ended = []
         for line in complete.splitlines():
