@@ -48,6 +48,15 @@ def outputs_for_groups(groups) -> tuple[str, ...]:
     return outputs or (*DETECTION_OUTPUTS, DISASTER_OUTPUT)
 
 
+def model_for_groups(model: keras.Model, groups) -> keras.Model:
+    """The part of `model` that computes the outputs training `groups` needs (outputs_for_groups);
+    its weights are the ones a site's training step reaches and uploads."""
+    outputs = outputs_for_groups(groups)
+    if len(outputs) == len(model.output):
+        return model
+    return keras.Model(model.inputs, {k: model.output[k] for k in outputs}, name=f"{model.name}_{'_'.join(outputs)}")
+
+
 def starts_from_checkpoint(backbone_mode: str, backbone_init: str) -> bool:
     """Whether the model starts from the pretrained backbone checkpoint (`frozen` always does)."""
     if backbone_mode not in BACKBONE_MODES:
@@ -114,6 +123,38 @@ def task_balanced_weights(samples: dict, votes: dict | None = None) -> dict:
             if total:
                 weights[site] += votes[task] * counts.get(group, 0) / total
     return weights
+
+
+def weight_components(group: str, backbone_weighting: str, votes: dict | None = None) -> dict:
+    """{component: (group whose image count weighs it, vote or None)}: how a group's mean splits into sums.
+
+    A masked sum (src/secure_aggregation.py) can only carry weights a site knows on
+    its own: its image counts. Sample weighting is one sum per group; the backbone's
+    `task_balanced` weighting is one sum per task, each weighted by that task's count
+    (task_balanced_weights is linear in them: see mean_of_component_sums)."""
+    if group == "backbone" and backbone_weighting == "task_balanced":
+        votes = task_votes(votes)
+        return {task: (LABEL_GROUPS[label][0], votes[task]) for task, label in TASK_VOTE_NAMES.items()}
+    return {"samples": (group, None)}
+
+
+def mean_of_component_sums(sums: dict, totals: dict, components: dict, sender_totals: dict | None = None):
+    """The weighted mean from per-component sums sum_i n_i * x_i and their totals sum_i n_i.
+
+    Equals the mean under task_balanced_weights (vote / total per task) or sample
+    weights (1 per image); None when no component has any image. sender_totals: the
+    totals over the sites that sent this tensor, when fewer than all sites did (the
+    plain path's per-tensor mean: task weights from all sites, normalised over the senders)."""
+    sender_totals = totals if sender_totals is None else sender_totals
+    numerator, denominator = 0.0, 0.0
+    for component, (_, vote) in components.items():
+        total = float(totals[component])
+        if total <= 0:
+            continue
+        coefficient = 1.0 if vote is None else vote / total
+        numerator = numerator + coefficient * sums[component]
+        denominator += coefficient * float(sender_totals[component])
+    return None if denominator <= 0 else numerator / denominator
 
 
 def weights_of_groups(model: keras.Model, groups) -> dict:

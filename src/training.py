@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from src.model.config import ModelConfig, task_group_of
 from src.model.loss import LossWeights, MultiTaskLoss
-from src.task_groups import outputs_for_groups
+from src.task_groups import model_for_groups
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +96,7 @@ class Trainer:
         prior = disaster_prior if options.logit_adjustment else None
         self.loss = MultiTaskLoss(config, options.loss_weights, prior)
         self.optimizer = make_optimizer(options, steps_per_epoch)
-        outputs = outputs_for_groups(groups)
-        self.train_model = model if len(outputs) == len(model.output) else keras.Model(
-            model.inputs, {k: model.output[k] for k in outputs}, name=f"{model.name}_{'_'.join(outputs)}")
+        self.train_model = model_for_groups(model, groups)
         self.reached = frozenset(v.path for v in self.train_model.weights)
         self.variables = [v for v in train_only_groups(model, groups) if v.path in self.reached]
         self.optimizer.build(self.variables)

@@ -13,7 +13,10 @@ coordinator revokes, or whose certificate it replaces, while the federation runs
 stops with the reason too (src/federated/admission.py). An aggregator that is
 not up yet, restarting, or admitting this site from the next round is waited
 for, as stock does.
-It also keeps its tensors in the dict-keyed store of src/federated/tensor_db.py.
+It also keeps its tensors in the dict-keyed store of src/federated/tensor_db.py,
+and, when the plan asks for secure aggregation, connects the task runner's masked
+uploads to the aggregator (src/federated/secure_sums.py) with the site's mask key
+kept in `secagg_key_path` (default cert/client/secagg_<site>.key, beside its TLS key).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import time
 import grpc
 from openfl.component import Collaborator
 
+from src.federated.secure_sums import SiteMasking
 from src.federated.tensor_db import KeyedTensorDB
 
 log = logging.getLogger(__name__)
@@ -30,7 +34,8 @@ log = logging.getLogger(__name__)
 # What the OpenFL server (aggregator_server.check_request) and the admission check
 # (src/federated/admission.py) say when the header's UUIDs, i.e. the hash of the
 # sender's plan, are not the aggregator's.
-PLAN_MISMATCH_MARKERS = ("does not match aggregator UUID", "Federation UUID in request header does not match")
+PLAN_MISMATCH_MARKERS = ("does not match aggregator UUID", "Federation UUID in request header does not match",
+                         "pairwise_masking is off")
 
 
 class FederationRefused(RuntimeError):
@@ -53,8 +58,9 @@ def refusal_reason(error: grpc.RpcError, site: str, federation_uuid: str) -> str
 
 
 class SiteCollaborator(Collaborator):
-    def __init__(self, *args, admission_timeout_s: float = 3600.0, **kwargs):
+    def __init__(self, *args, admission_timeout_s: float = 3600.0, secagg_key_path: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.secagg_key_path = secagg_key_path or f"cert/client/secagg_{self.collaborator_name}.key"
         # the dict-keyed tensor store (src/federated/tensor_db.py: why)
         self.tensor_db = KeyedTensorDB.from_tensor_db(self.tensor_db)
         self.callbacks.set_tensor_db(self.tensor_db)
@@ -91,6 +97,25 @@ class SiteCollaborator(Collaborator):
 
     def run(self):
         self.check_admission()
+        if getattr(self.task_runner, "pairwise_masking", False):
+            self.task_runner.masking = SiteMasking(self.collaborator_name, self.secagg_key_path,
+                                                   _Answered(self), self.federation_uuid)
+            self.task_runner.masking.register(self.task_runner.upload_shapes())
         get_tasks = self.client.get_tasks
         self.client.get_tasks = lambda: self._answered(get_tasks)  # the stock loop asks here
         super().run()
+
+
+class _Answered:
+    """The client's two calls the masking makes, each retried until answered (SiteCollaborator._answered)."""
+
+    def __init__(self, collaborator: SiteCollaborator):
+        self.collaborator = collaborator
+
+    def send_local_task_results(self, *args):
+        client = self.collaborator.client
+        return self.collaborator._answered(lambda: client.send_local_task_results(*args))
+
+    def get_aggregated_tensor(self, *args):
+        client = self.collaborator.client
+        return self.collaborator._answered(lambda: client.get_aggregated_tensor(*args))

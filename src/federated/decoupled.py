@@ -30,21 +30,33 @@ privacy (`differential_privacy`, src/privacy.py, with uniform site weights and
 the epsilon spent so far in the event log, `privacy`). The bounded or noised
 values replace the site's values in the tensor store before the plan's
 aggregation function averages them.
+With `pairwise_masking` (secure aggregation, docs/privacy.md) the sites upload
+masked sums instead (src/federated/secure_sums.py): this aggregator hands out
+each round's roster, adds up each group's messages, which only then reveal the
+group's weighted sum, and averages that through the same aggregation function.
+Per-site checks and defences need per-site values, so they are refused with it;
+a site checks its own update before masking.
 Metrics go through the stock code path (including best-model selection).
 """
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
+import threading
+
 from openfl.utilities import TaskResultKey, TensorKey, change_tags
 
 from src.federated.aggregator import PromptAggregator
+from src.federated.secure_sums import REGISTER_TASK, ROSTER, TAGS, RosterBook, group_layout, is_message, \
+    json_tensor, message_name
 from src.federated.update_checks import update_problem
 from src.model.config import TASK_GROUPS, task_group_of
 from src.privacy import DifferentialPrivacy, check_budget, privatize
 from src.robust_aggregation import bound_updates, check_clip
-from src.task_groups import task_balanced_weights, task_votes
+from src.secure_aggregation import SecureAggregationError, from_wire, unflatten, unmasked_sum
+from src.task_groups import mean_of_component_sums, task_balanced_weights, task_votes, weight_components
 
 BACKBONE_WEIGHTINGS = ("samples", "task_balanced")
 log = logging.getLogger(__name__)
@@ -52,7 +64,8 @@ log = logging.getLogger(__name__)
 
 class DecoupledAggregator(PromptAggregator):
     def __init__(self, *args, backbone_weighting: str = "samples", backbone_task_votes: dict | None = None,
-                 clip_updates=None, differential_privacy: dict | None = None, **kwargs):
+                 clip_updates=None, differential_privacy: dict | None = None, pairwise_masking: bool = False,
+                 **kwargs):
         if backbone_weighting not in BACKBONE_WEIGHTINGS:
             raise ValueError(f"backbone_weighting must be one of {BACKBONE_WEIGHTINGS}, "
                              f"got {backbone_weighting!r}")
@@ -65,7 +78,50 @@ class DecoupledAggregator(PromptAggregator):
         self._noise = np.random.default_rng()  # fresh OS entropy: DP noise must not be reproducible
         if self.privacy is not None:
             self._check_privacy_plan(int(kwargs.get("rounds_to_train", 256)), kwargs.get("assigner"))
+        self.rosters = None
+        if pairwise_masking:
+            self.rosters = self._roster_book(kwargs.get("persistent_db_path"), kwargs.get("assigner"))
+        self._roster_lock = threading.Lock()
         super().__init__(*args, **kwargs)
+
+    def _roster_book(self, db_path, assigner) -> RosterBook:
+        """Masked sums need per-site values for nothing: refuse the settings that do."""
+        statistics = {name: getattr(assigner.get_aggregation_type_for_task(name), "statistic", "mean")
+                      for name in getattr(assigner, "tasks", {})}
+        refused = {"clip_updates": self.clip_updates is not None, "differential_privacy": self.privacy is not None,
+                   f"aggregation statistic {statistics}": any(v != "mean" for v in statistics.values())}
+        if any(refused.values()):
+            raise ValueError(f"pairwise_masking hides each site's update, which {[k for k, v in refused.items() if v]} "
+                             "need: use one or the other (docs/privacy.md)")
+        components = {g: {c: [count, vote] for c, (count, vote) in
+                          weight_components(g, self.backbone_weighting, self.backbone_task_votes).items()}
+                      for g in TASK_GROUPS}
+        path = os.path.join(os.path.dirname(db_path), "secagg_rosters.json") if db_path else None
+        return RosterBook(path, components)
+
+    def send_local_task_results(self, collaborator_name, round_number, task_name, data_size, named_tensors):
+        if task_name != REGISTER_TASK:
+            return super().send_local_task_results(collaborator_name, round_number, task_name, data_size,
+                                                   named_tensors)
+        if self.rosters is None:
+            raise ValueError(f"{collaborator_name} registered for masked uploads, but the aggregator's "
+                             "pairwise_masking is off: aggregator.settings.pairwise_masking and "
+                             "task_runner.settings.pairwise_masking must be the one YAML value")
+        with self._roster_lock:
+            problem = self.rosters.register(collaborator_name, named_tensors)
+        if problem:
+            log.warning("secure aggregation: %s", problem)
+        self._event("secagg_registered", round=self.round_number, site=collaborator_name, problem=problem)
+
+    def get_aggregated_tensor(self, tensor_name, round_number, report, tags, require_lossless, requested_by):
+        if tensor_name != ROSTER or tuple(tags) != TAGS:
+            return super().get_aggregated_tensor(tensor_name, round_number, report, tags, require_lossless,
+                                                 requested_by)
+        if self.rosters is None:
+            raise ValueError(f"{requested_by} asked for a roster; this plan has no pairwise_masking")
+        with self._roster_lock:
+            answer = self.rosters.answer(round_number, self.authorized_cols)
+        return json_tensor(ROSTER, self.uuid, round_number, answer)
 
     def _check_privacy_plan(self, rounds: int, assigner):
         """Refuse (or warn about) a plan whose rounds pass the target epsilon, and a robust
@@ -126,6 +182,9 @@ class DecoupledAggregator(PromptAggregator):
         return kept
 
     def _aggregate_by_group(self, task_name: str, trained: dict):
+        if self.rosters is not None:
+            self._keep_unsent(self._aggregate_masked(task_name, trained))
+            return
         sites = [k.owner for k in trained]
         weight = {site: {g: self._group_weight(task_name, site, g) for g in TASK_GROUPS} for site in sites}
         trained = self._reject_broken_updates(task_name, trained, weight)
@@ -159,6 +218,58 @@ class DecoupledAggregator(PromptAggregator):
             self._prepare_trained(agg_key.tensor_name, agg_key.origin, agg_key.round_number,
                                   agg_key.report, value)
             aggregated.add(agg_key.tensor_name)
+        self._keep_unsent(aggregated)
+
+    def _aggregate_masked(self, task_name: str, trained: dict) -> set:
+        """Each group's mean from the round's masked messages; returns the tensor names aggregated.
+
+        A group whose sum cannot be formed (a member sent nothing or a message of the
+        wrong length) keeps its previous value this round (`secure_sum_incomplete`)."""
+        messages = {}  # (group, component) -> {site: words}
+        for result_key, tensor_keys in trained.items():
+            site = result_key.owner
+            plain = [tk.tensor_name for tk in tensor_keys if not is_message(tk.tensor_name)]
+            if plain:
+                reason = f"sent {len(plain)} unmasked tensors ({plain[0]}, ...) where the plan asks for masked sums"
+                log.warning("round %d: rejected the update of %s: %s", self.round_number, site, reason)
+                self._event("rejected", round=self.round_number, site=site, task=task_name, reason=reason)
+                continue
+            for tk in tensor_keys:
+                messages.setdefault(tk.tensor_name, {})[site] = from_wire(self.tensor_db.get_tensor_from_cache(tk))
+        weight = {k.owner: {g: self._group_weight(task_name, k.owner, g) for g in TASK_GROUPS} for k in trained}
+        function = self.assigner.get_aggregation_type_for_task(task_name)
+        aggregated = set()
+        for group, components in self.rosters.components.items():
+            members = self.rosters.members(self.round_number, group)  # {site: {tensor: shape}}
+            layout, holders = group_layout(members)
+            if not layout:
+                continue  # no tensor of the group is uploaded by two sites (src/federated/secure_sums.py)
+            try:
+                sums = {c: unmasked_sum(messages.get(message_name(group, c), {}), members) for c in components}
+                sums = {c: unflatten(v, {n: self._global_tensor(n).shape for n in layout}) for c, v in sums.items()}
+            except SecureAggregationError as e:
+                log.warning("round %d: %s keeps its previous value: %s", self.round_number, group, e)
+                self._event("secure_sum_incomplete", round=self.round_number, group=group, reason=str(e))
+                continue
+            totals = {c: sum(weight[s][count] for s in members) for c, (count, _) in components.items()}
+            for name in layout:
+                senders = {c: sum(weight[s][count] for s in holders[name]) for c, (count, _) in components.items()}
+                mean = mean_of_component_sums({c: sums[c][name] for c in components}, totals, components, senders)
+                if mean is None:
+                    continue
+                self.tensor_db.replace_tensors({TensorKey(name, self.uuid, self.round_number, False, change_tags(
+                    ("trained",), add_field="secure_sum")): mean.astype(np.float32)})
+                value = self.tensor_db.get_aggregated_tensor(
+                    TensorKey(name, self.uuid, self.round_number, False, ("trained",)), {"secure_sum": 1.0},
+                    aggregation_function=function)
+                self._prepare_trained(name, self.uuid, self.round_number, False, value)
+                aggregated.add(name)
+            self._event("secure_sum", round=self.round_number, group=group, sites=sorted(members),
+                        totals=totals)
+        return aggregated
+
+    def _keep_unsent(self, aggregated: set):
+        """Carry every tensor nobody sent (or no sum could be formed for) into the next round."""
         for named in self.model.tensors:
             if named.name in aggregated:
                 continue

@@ -50,11 +50,13 @@ class InProcessClient:
 
 def decode_named_tensors(named_tensors) -> dict:
     """NamedTensor protos -> {name: array}. (openfl 1.9's deconstruct_proto unpacks
-    the 3-tuple of model_proto_to_bytes_and_metadata into 2 and raises.)"""
+    the 3-tuple of model_proto_to_bytes_and_metadata into 2 and raises.) A tensor that
+    carries JSON instead (no transformer metadata, e.g. a secure-aggregation
+    registration) is kept as its bytes."""
     data, metadata, _ = utils.model_proto_to_bytes_and_metadata(SimpleNamespace(tensors=named_tensors))
     pipeline = NoCompressionPipeline()
-    return {name: pipeline.backward(data=data[name], transformer_metadata=metadata[name])
-            for name in data}
+    return {name: pipeline.backward(data=data[name], transformer_metadata=metadata[name]) if metadata[name]
+            else data[name] for name in data}
 
 
 def run_federation(workspace: Path, on_round_end=None) -> tuple[object, dict]:

@@ -30,9 +30,10 @@ from src.settings import model_config, resolve
 from src.training import train_options
 from src.evaluation import Predictor, score_predictions
 from src.federated.checkpoint import assign_weights
+from src.federated.update_checks import update_problem
 from src.model import build_model
 from src.model.config import TASK_GROUPS, task_group_of
-from src.task_groups import group_sample_counts, load_group_weights, starts_from_checkpoint
+from src.task_groups import group_sample_counts, load_group_weights, model_for_groups, starts_from_checkpoint
 from src.training import Trainer, class_prior
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ def validation_score(result: dict) -> float:
 class MultiTaskRunner(KerasTaskRunner):
     def __init__(self, data_loader=None, config: str | None = None, overrides: dict | None = None,
                  rounds: int = 1, backbone_mode: str = "joint", backbone_init: str = "checkpoint",
-                 exchange: str = "decoupled", active_learning: dict | None = None, **kwargs):
+                 exchange: str = "decoupled", active_learning: dict | None = None,
+                 pairwise_masking: bool = False, **kwargs):
         """config + overrides: the settings (src/settings.py); the plan gives the data loader
         the same two values, so both hold one settings object.
 
@@ -65,6 +67,8 @@ class MultiTaskRunner(KerasTaskRunner):
         The pretrained backbone (.npz, settings pretrain.checkpoint) is where `frozen`
         starts, and `joint` too with backbone_init: checkpoint (scratch: random init).
         rounds: the federation's training rounds (the learning-rate schedule's length).
+        pairwise_masking: upload masked sums (secure aggregation, src/federated/secure_sums.py); the
+        collaborator connects `self.masking` to the aggregator before the first task.
         active_learning: label-step settings (src/active_learning/site_labeling.py); the
         site then trains on its labeled set only, which grows every query_every rounds
         (an epoch as many batches as all its training images would give, unless
@@ -102,6 +106,7 @@ class MultiTaskRunner(KerasTaskRunner):
             raise ValueError(f"site {data_loader.site_name}: none of its {len(records)} training "
                              "images has a label this federation trains")
         self.backbone_mode, self.exchange = backbone_mode, exchange
+        self.pairwise_masking, self.masking = bool(pairwise_masking), None
         self.rounds = int(rounds)
         self.epochs_per_round = None  # the train task's `epochs`, known at its first call
         self.trainer = None
@@ -163,7 +168,30 @@ class MultiTaskRunner(KerasTaskRunner):
             upload[key] = np.array(float(self.group_samples.get(group, 0)))
         for name, value in labeling_metric_values(self.labeling_metrics).items():
             upload[TensorKey(name, col_name, round_num, True, ("metric",))] = np.array(value)
+        if self.pairwise_masking:
+            upload = self._masked(upload, round_num)
         return upload, local_out
+
+    def upload_shapes(self) -> dict:
+        """{name: shape} of what this site uploads when it trains: its groups' weights that its losses reach."""
+        reached = {v.path: tuple(v.shape) for v in model_for_groups(self.model, tuple(self.group_samples)).weights}
+        return {name: shape for name, shape in reached.items() if task_group_of(name) in self.group_samples}
+
+    def _masked(self, upload: dict, round_num: int) -> dict:
+        """The upload with masked sums for trained tensors; a site whose own update is
+        not finite abstains this round (zero counts), since no masked message can be left out."""
+        if self.masking is None:
+            raise RuntimeError("pairwise_masking is on but no collaborator connected the masking "
+                               "(the plan's collaborator must be src.federated.collaborator.SiteCollaborator)")
+        shapes = {v.path: tuple(v.shape) for v in self.model.weights}
+        plain = {k.tensor_name: v for k, v in upload.items() if "metric" not in k.tags}
+        problem = update_problem(plain, shapes)
+        counts = {g: float(self.group_samples.get(g, 0)) for g in TASK_GROUPS}
+        if problem is not None:
+            log.warning("round %d: this site's update is not sent (%s); it abstains this round", round_num, problem)
+            for key in [k for k in upload if k.tensor_name.startswith("samples_")]:
+                upload[key] = np.array(0.0)
+        return self.masking.mask_upload(upload, round_num, counts, abstain=problem is not None)
 
     def train_(self, batch_generator, metrics=None, **kwargs):
         """One epoch of the core trainer; returns the requested loss metrics."""

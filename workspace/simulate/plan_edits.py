@@ -15,7 +15,8 @@ from typing import Any, Mapping
 # one path sets its twin too, so the sections never disagree.
 _LINKED = {"aggregator.settings.rounds_to_train": "task_runner.settings.rounds",
            "task_runner.settings.config": "data_loader.settings.config",
-           "task_runner.settings.overrides": "data_loader.settings.overrides"}
+           "task_runner.settings.overrides": "data_loader.settings.overrides",
+           "aggregator.settings.pairwise_masking": "task_runner.settings.pairwise_masking"}
 LINKED_PATHS = {**_LINKED, **{twin: path for path, twin in _LINKED.items()}}
 # the sections that read the settings, through the same `overrides` mapping
 SETTINGS_SECTIONS = ("data_loader", "task_runner")
