@@ -6,86 +6,27 @@ each round (at server_lr 1 the starting model cancels out and nothing checks it)
 Two sites, two rounds, the tiny model; real `fx collaborator start` processes and mutual
 TLS. The aggregator runs OpenFL's own `fx` entry point (`aggregator start`) in a process
 that records, before anything else runs, what it received and what each round started
-with (RECORDING_AGGREGATOR); it changes nothing the aggregator does.
+with (tests/recorded_fx.py); it changes nothing the aggregator does.
 """
-import sys
-
 import numpy as np
 import pytest
-import yaml
 
 from src.federated.aggregation import STATISTICS
 from src.federated.checkpoint import load_pbuf_weights
 from src.model.config import TASK_GROUPS, task_group_of
 from src.task_groups import task_balanced_weights
-from tests.tiny_federation import REPO, TINY, write_tiny_site_split
-from workspace.simulate.fx_workspace import certify, prepare_workspace, workspace_values
-from workspace.simulate.plan_edits import edit_plan
-from workspace.simulate.processes import FX, Children, free_port, fx_environment, tail, wait_for_port
+from tests.recorded_fx import run_recorded_federation
 
 pytestmark = pytest.mark.slow  # ~45 s alone, more beside other work (fx cold starts): `make test-faults`
 SITES = ["site1", "site2"]
 ROUNDS, SERVER_LR = 2, 0.5
 
-# `fx aggregator start` (OpenFL's entry point), recording into the folder argv[1]: each site's
-# train upload as the aggregator decoded it (upload-<round>-<site>.npz) and, as each round
-# ends, the global model the next round starts with, from the aggregator's tensor store
-# (start-<round>.npz).
-RECORDING_AGGREGATOR = """
-import sys
-from pathlib import Path
-import numpy as np
-from src.federated.aggregator import PromptAggregator
-from src.federated.in_process import decode_named_tensors
-
-record = Path(sys.argv.pop(1))
-receive, end_round = PromptAggregator.send_local_task_results, PromptAggregator._end_of_round_check
-
-def send_local_task_results(self, collaborator_name, round_number, task_name, data_size, named_tensors):
-    if task_name == "train":
-        np.savez(record / f"upload-{round_number}-{collaborator_name}.npz", **decode_named_tensors(named_tensors))
-    return receive(self, collaborator_name, round_number, task_name, data_size, named_tensors)
-
-def _end_of_round_check(self):
-    before = self.round_number
-    end_round(self)
-    start = self.global_tensors()
-    if self.round_number != before and all(value is not None for value in start.values()):
-        np.savez(record / f"start-{self.round_number}.npz", **start)
-
-PromptAggregator.send_local_task_results = send_local_task_results
-PromptAggregator._end_of_round_check = _end_of_round_check
-# (imported last: it keeps a reference to sys.path, which importing TensorFlow replaces)
-from openfl.interface.cli import entry
-sys.argv = ["fx", *sys.argv[1:]]
-entry()
-"""
 
 
-def run_federation(root, record) -> tuple:
+def run_federation(root, record):
     """The repository's plan with server_lr = SERVER_LR, two tiny sites, run to its end; the workspace."""
-    write_tiny_site_split(root, num_images=40, num_sites=2, labels=("both",), seed=5, test_fraction=0.2)
-    port = free_port()
-    plan = edit_plan(yaml.safe_load((REPO / "plan" / "plan.yaml").read_text()),
-                     {"tasks.train.aggregation_type.settings.server_lr": SERVER_LR,
-                      # the shipped backbone fits the default model only; one pass over a site an epoch
-                      "task_runner.settings.backbone_init": "scratch", "data_loader.settings.repeat_to_batches": None,
-                      **workspace_values(ROUNDS, port)}, overrides={"seed": 0, **TINY})
-    ws, env = root / "ws", {**fx_environment(), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    prepare_workspace(ws, plan, root / "splits")
-    certify(ws, SITES, "splits", root / "setup.log", env)
-    children = Children()
-    try:
-        aggregator = children.start("aggregator", [sys.executable, "-c", RECORDING_AGGREGATOR, str(record),
-                                                   "aggregator", "start"], ws, ws / "aggregator.log", env)
-        wait_for_port(port, aggregator, ws / "aggregator.log")
-        sites = {s: children.start(s, [FX, "collaborator", "start", "-n", s], ws, ws / f"{s}.log", env) for s in SITES}
-        for site, proc in sites.items():
-            assert proc.wait(timeout=600) == 0, tail(ws / f"{site}.log", 40)
-        assert aggregator.wait(timeout=120) == 0, tail(ws / "aggregator.log", 40)
-    finally:
-        children.kill_all()
-    return ws
+    return run_recorded_federation(root, record, SITES, ("both",), ROUNDS,
+                                   {"tasks.train.aggregation_type.settings.server_lr": SERVER_LR})
 
 
 def test_each_round_steps_server_lr_of_the_way_from_its_own_starting_model(tmp_path):
