@@ -103,6 +103,16 @@ test-deploy: setup
 	@command -v ip >/dev/null || { echo "installing iproute2 (ip netns)"; apt-get update -qq && apt-get install -y -qq iproute2; } || true
 	$(PY) -m pytest -q -s -m deploy tests/test_deploy_hosts.py
 
+# TensorBoard on the live view of a `make simulate` run (docs/monitoring.md): the event files its
+# aggregator writes as rounds end. RUN= a run folder (default workspace/runs/latest, resolved when
+# it starts), DASHBOARD_PORT= (default 6006); bound to localhost (an SSH tunnel reaches it from elsewhere).
+.PHONY: dashboard
+dashboard: setup
+	@run=$$(readlink -f $(or $(RUN),workspace/runs/latest)); \
+	test -d "$$run/workspace" || { echo "error: no make simulate run at $(or $(RUN),workspace/runs/latest) (make simulate first, or RUN=workspace/runs/<id>)"; exit 1; }; \
+	echo "dashboard of $$run: http://localhost:$(or $(DASHBOARD_PORT),6006)/ (Ctrl-C stops it)"; \
+	exec $(VENV)/bin/tensorboard --logdir "$$run/workspace/logs/tensorboard" --host localhost --port $(or $(DASHBOARD_PORT),6006)
+
 bench: setup
 	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m bench.run
 

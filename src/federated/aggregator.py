@@ -49,7 +49,9 @@ uploaded and downloaded per task group (the serialized NamedTensor messages,
 i.e. what crosses the wire inside gRPC/TLS framing), the results each round
 took, live or replayed after a restart, the round's sites (`members`) and
 every refused call (`refused`). `make simulate` turns it into progress lines
-and metrics.json.
+and metrics.json. With `tensorboard` (on by default) every event also goes to
+src/federated/live_view.py, which writes its numbers as TensorBoard event files in
+`tensorboard/` next to the event log (`make dashboard`).
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ from openfl.utilities import TaskResultKey, TensorKey
 from src.atomic_files import dump_proto_atomically
 from src.federated.admission import Admission, install_server_check
 from src.federated.final_validation import FinalValidationAssigner
+from src.federated.live_view import LiveView
 from src.federated.tensor_db import KeyedTensorDB
 from src.model.config import task_group_of
 
@@ -102,11 +105,14 @@ class PromptAggregator(Aggregator):
     def __init__(self, *args, poll_interval_s: float = 0.2, long_poll_s: float = 5.0,
                  event_log: str = "logs/federation_events.jsonl",
                  final_state_path: str = "save/final.pbuf", final_validation_tasks: list | None = None,
-                 **kwargs):
+                 tensorboard: bool = True, **kwargs):
         self._events_lock = threading.Lock()
         self._replaying = False  # while OpenFL replays stored results at start (_recover)
         self.admission = Admission()
         self.event_log = event_log
+        # before OpenFL's __init__: replaying a restart's results there writes events already
+        self.live_view = (LiveView(os.path.join(os.path.dirname(event_log), "tensorboard"),
+                                   kwargs.get("authorized_cols", [])) if tensorboard else None)
         self.final_state_path = final_state_path
         self._round_ready_at = {}
         self._downloads = defaultdict(lambda: defaultdict(int))  # (site, round) -> group -> bytes
@@ -138,6 +144,8 @@ class PromptAggregator(Aggregator):
         record = {"event": kind, "time": time.time(), **fields}
         with self._events_lock, open(self.event_log, "a") as f:
             f.write(json.dumps(record) + "\n")
+            if self.live_view is not None:  # the same event as TensorBoard scalars (docs/monitoring.md)
+                self.live_view.record(record)
 
     def _mark_round_ready(self, round_number: int):
         self._round_ready_at[round_number] = time.monotonic()
