@@ -72,11 +72,35 @@ sys.argv = ["fx", *sys.argv[1:]]
 entry()
 """
 
+# `fx collaborator start` of a poisoning site: its trained upload becomes
+# start + float(argv[1]) * (trained - start), e.g. 10 (scaled), -10, -1 (sign flipped).
+ATTACKING_SITE = """
+import sys
+from src.federated.task_runner import MultiTaskRunner
+
+scale = float(sys.argv.pop(1))
+train_task = MultiTaskRunner.train_task
+
+def attacking_train_task(self, col_name, round_num, input_tensor_dict, *args, **kwargs):
+    upload, local = train_task(self, col_name, round_num, input_tensor_dict, *args, **kwargs)
+    start = dict(input_tensor_dict)
+    for key, value in upload.items():
+        if "trained" in key.tags and key.tensor_name in start:
+            upload[key] = (start[key.tensor_name] + scale * (value - start[key.tensor_name])).astype(value.dtype)
+    return upload, local
+
+MultiTaskRunner.train_task = attacking_train_task
+from openfl.interface.cli import entry
+sys.argv = ["fx", *sys.argv[1:]]
+entry()
+"""
+
 
 def run_recorded_federation(root, record, sites, labels, rounds: int, plan_values: dict,
-                            record_sites: bool = False):
+                            record_sites: bool = False, attacker: tuple | None = None):
     """The repository's plan with `plan_values`, tiny `sites` holding `labels`, run to its end
-    with a recording aggregator (and recording sites); returns the workspace."""
+    with a recording aggregator (and recording sites; `attacker` = (site, scale) runs that
+    site as ATTACKING_SITE); returns the workspace."""
     write_tiny_site_split(root, num_images=20 * len(sites), num_sites=len(sites), labels=labels, seed=5,
                           test_fraction=0.2)
     port = free_port()
@@ -94,7 +118,10 @@ def run_recorded_federation(root, record, sites, labels, rounds: int, plan_value
         aggregator = children.start("aggregator", [sys.executable, "-c", RECORDING_AGGREGATOR, str(record),
                                                    "aggregator", "start"], ws, ws / "aggregator.log", env)
         wait_for_port(port, aggregator, ws / "aggregator.log")
-        procs = {s: children.start(s, [*site_command, "collaborator", "start", "-n", s], ws, ws / f"{s}.log", env)
+        commands = {s: site_command for s in sites}
+        if attacker:
+            commands[attacker[0]] = [sys.executable, "-c", ATTACKING_SITE, str(attacker[1])]
+        procs = {s: children.start(s, [*commands[s], "collaborator", "start", "-n", s], ws, ws / f"{s}.log", env)
                  for s in sites}
         for site, proc in procs.items():
             assert proc.wait(timeout=600) == 0, tail(ws / f"{site}.log", 40)
