@@ -4,9 +4,10 @@ python -m bench.secure_aggregation [--rounds 2] [--seeds 0] [--out bench/secure_
 
 Runs `make simulate`'s federation (real fx processes, mutual TLS, the default model and
 active learning) with and without `aggregator.settings.pairwise_masking`, alternating the
-two per seed so both see the same machine load, and writes per variant the median round
-wall time (rounds after the first, which includes compilation), the upload bytes per site
-and round, test mAP@0.5 and accuracy, and the ratios masked / plain.
+two per seed so both see the same machine load, and writes per variant the median wall
+time of the training rounds (not the final validation-only round), the upload bytes per
+site and round, test mAP@0.5 and accuracy, and the ratios masked / plain. --reuse keeps a
+finished run's metrics.json instead of running it again.
 """
 from __future__ import annotations
 
@@ -23,16 +24,17 @@ VARIANTS = {"plain": [], "masked": ["--plan-set", "aggregator.settings.pairwise_
 RUNS = Path("workspace/runs/secure_aggregation_bench")
 
 
-def run_variant(name: str, seed: int, rounds: int) -> dict:
+def run_variant(name: str, seed: int, rounds: int, reuse: bool = False) -> dict:
     runs_dir = RUNS / f"{name}-{seed}"
     command = [sys.executable, "-m", "workspace.simulate", "--rounds", str(rounds), "--seed", str(seed),
                "--active-learning", "hybrid", "--runs-dir", str(runs_dir), *VARIANTS[name]]
-    print(f"== {name}, seed {seed}: {' '.join(command)}", flush=True)
-    subprocess.run(command, check=True)
+    if not (reuse and (runs_dir / "latest" / "metrics.json").exists()):
+        print(f"== {name}, seed {seed}: {' '.join(command)}", flush=True)
+        subprocess.run(command, check=True)
     metrics = json.loads((runs_dir / "latest" / "metrics.json").read_text())
-    later = [r["wall_s"] for r in metrics["rounds"][1:] if r.get("wall_s") is not None]
+    training = [r["wall_s"] for r in metrics["rounds"][:rounds] if r.get("wall_s") is not None]
     return {"seed": seed, "round_wall_s": [r.get("wall_s") for r in metrics["rounds"]],
-            "median_round_s": statistics.median(later) if later else None,
+            "median_round_s": statistics.median(training) if training else None,
             "upload_bytes_per_round": {s: t["upload_bytes_per_round"] for s, t in metrics["traffic"].items()},
             "upload_bytes_by_group": {s: t["upload_bytes_by_group"] for s, t in metrics["traffic"].items()},
             "test": {k: metrics["final"]["test"].get(k) for k in ("map50", "accuracy")},
@@ -50,11 +52,12 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seeds", default="0", help="comma-separated")
     parser.add_argument("--out", type=Path, default=Path("bench/secure_aggregation.json"))
+    parser.add_argument("--reuse", action="store_true", help="keep finished runs (their metrics.json)")
     args = parser.parse_args(argv)
     runs = {name: [] for name in VARIANTS}
     for seed in (int(s) for s in args.seeds.split(",")):
         for name in VARIANTS:
-            runs[name].append(run_variant(name, seed, args.rounds))
+            runs[name].append(run_variant(name, seed, args.rounds, args.reuse))
     medians = {name: summary(r) for name, r in runs.items()}
     ratios = {"round_time": medians["masked"]["median_round_s"] / medians["plain"]["median_round_s"],
               "upload_bytes": {s: medians["masked"]["upload_bytes_per_round"][s] / b
