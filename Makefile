@@ -78,6 +78,16 @@ al-experiment: setup
 	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m workspace.al_experiment $(if $(AL_CONFIG),--config $(AL_CONFIG)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STRATEGIES),--strategies $(STRATEGIES)) \
 		$(if $(ROUNDS),--rounds $(ROUNDS))
 
+# Issue 31's measurements on a reduced federation (configs/privacy_experiment.yaml, or
+# PRIVACY_CONFIG=): test quality without and with differential privacy at epsilon ~1, 4, 8,
+# and one site attacking (x10, sign flip, backdoor) without and with the poisoning
+# defence, 3 and 5 sites; SEEDS=0,1 ROUNDS= override it -> workspace/runs/privacy/report.json
+# (the config's `out:`), docs/results/privacy.md through `make results`. Finished runs are kept.
+.PHONY: privacy-experiment
+privacy-experiment: setup
+	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m workspace.privacy_experiment $(if $(PRIVACY_CONFIG),--config $(PRIVACY_CONFIG)) \
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(ROUNDS),--rounds $(ROUNDS))
+
 # docs/results/*.md from the runs' JSON: the latest `make simulate` run, `make bench`,
 # each `make al-experiment` config's report (a page whose JSON is missing is skipped)
 results: setup

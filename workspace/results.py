@@ -1,15 +1,17 @@
 """`make results`: the Markdown pages of docs/results/, generated from the runs' JSON.
 
 python -m workspace.results [--simulate workspace/runs/latest/metrics.json]
-    [--bench bench/results.json] [--al workspace/runs/al/report.json ...] [--out docs/results]
+    [--bench bench/results.json] [--al workspace/runs/al/report.json ...]
+    [--privacy workspace/runs/privacy/report.json] [--out docs/results]
 
 Every number on a page is copied from one JSON file, beside where it comes from
 (date, commit, command, machine: the file's `run` block, src/run_record.py), so
 a page can always be regenerated and never drifts from its measurement. Pages:
 simulate.md (`make simulate`'s metrics.json), bench.md (`make bench`), and one page
 per active-learning experiment (`make al-experiment`'s report.json: active_learning.md
-for workspace/runs/al, active_learning_<name>.md for workspace/runs/al-<name>). A page
-whose JSON is missing is not written; the output says so.
+for workspace/runs/al, active_learning_<name>.md for workspace/runs/al-<name>), and
+privacy.md (`make privacy-experiment`'s report.json). A page whose JSON is missing is
+not written; the output says so.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SIMULATE = REPO / "workspace" / "runs" / "latest" / "metrics.json"
 DEFAULT_BENCH = REPO / "bench" / "results.json"
+SECURE_AGGREGATION_BENCH = REPO / "bench" / "secure_aggregation.json"
 DEFAULT_OUT = REPO / "docs" / "results"
 README = REPO / "README.md"
 # the README's one table of current results sits between these lines
@@ -138,6 +141,40 @@ def active_learning_page(report: dict) -> list[str]:
     return [f"# `make al-experiment`: {title}", "", *run_table(report.get("run")), "", "## Results", "", *body]
 
 
+def privacy_page(report: dict) -> list[str]:
+    """`make privacy-experiment`: epsilon vs quality, attack vs defence."""
+    from workspace.privacy_experiment.report import markdown
+
+    title, body = markdown(report)
+    return [f"# `make privacy-experiment`: {title}", "", *run_table(report.get("run")), "", *body,
+            *secure_aggregation_lines(SECURE_AGGREGATION_BENCH)]
+
+
+def secure_aggregation_lines(path: Path) -> list[str]:
+    """The cost of pairwise masking on the default federation (`python -m bench.secure_aggregation`)."""
+    if not path.exists():
+        return ["", "## Secure aggregation overhead", "", f"Not measured: {path.name} is missing."]
+    bench = json.loads(path.read_text())
+    plain, masked = bench["median"]["plain"], bench["median"]["masked"]
+    ratios = bench["masked_over_plain"]
+    runs = {name: bench["runs"][name] for name in ("plain", "masked")}
+    lines = ["", "## Secure aggregation overhead", "",
+             f"The default federation (make simulate's plan, model and active learning; {bench['rounds']} rounds, "
+             f"seeds {[r['seed'] for r in runs['plain']]}) without and with `pairwise_masking`: median wall "
+             "time of a training round and upload per site and round.", "", *run_table(bench.get("run")), "",
+             "| | plain | masked | masked / plain |", "|---|---:|---:|---:|",
+             f"| training round (s) | {plain['median_round_s']:.1f} | {masked['median_round_s']:.1f} | "
+             f"{ratios['round_time']:.2f} |"]
+    for site, plain_bytes in plain["upload_bytes_per_round"].items():
+        lines.append(f"| upload per round, {site} (MB) | {plain_bytes / 1e6:.2f} | "
+                     f"{masked['upload_bytes_per_round'][site] / 1e6:.2f} | {ratios['upload_bytes'][site]:.2f} |")
+    for metric in ("map50", "accuracy"):
+        values = {name: [r["test"][metric] for r in rs] for name, rs in runs.items()}
+        lines.append(f"| test {metric} | {', '.join(f'{v:.3f}' for v in values['plain'])} | "
+                     f"{', '.join(f'{v:.3f}' for v in values['masked'])} | |")
+    return lines
+
+
 # ---- Markdown pieces --------------------------------------------------------------------------
 def run_table(run: dict | None) -> list[str]:
     """Where the numbers come from: date, commit, command, machine."""
@@ -195,6 +232,14 @@ def experiment_reports() -> list[Path]:
     return [out / "report.json" for out in dict.fromkeys(outs)]
 
 
+def privacy_report() -> Path:
+    """report.json of configs/privacy_experiment.yaml (its `out:`)."""
+    from workspace.al_experiment.experiment import read_experiment_file
+    from workspace.privacy_experiment.experiment import DEFAULT_CONFIG, DEFAULT_OUT as PRIVACY_OUT
+
+    return REPO / read_experiment_file(DEFAULT_CONFIG).get("out", PRIVACY_OUT) / "report.json"
+
+
 def active_learning_page_name(report_path: Path) -> str:
     """active_learning.md for an experiment in .../al/, active_learning_<name>.md in .../al-<name>/."""
     folder = report_path.parent.name
@@ -214,6 +259,8 @@ def main(argv=None) -> int:
     p.add_argument("--bench", type=Path, default=DEFAULT_BENCH, help="`make bench`'s results.json")
     p.add_argument("--al", type=Path, action="append", default=None, metavar="REPORT_JSON",
                    help="a `make al-experiment` report.json (default: those of configs/al_experiment*.yaml)")
+    p.add_argument("--privacy", type=Path, default=None,
+                   help="`make privacy-experiment`'s report.json (default: that of configs/privacy_experiment.yaml)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the pages go")
     p.add_argument("--readme", default=str(README),
                    help="the README whose results table follows the simulate run ('' = leave it)")
@@ -223,6 +270,7 @@ def main(argv=None) -> int:
     write_page(args.bench, args.out / "bench.md", bench_page)
     for report in args.al or experiment_reports():
         write_page(report, args.out / active_learning_page_name(report), active_learning_page)
+    write_page(args.privacy or privacy_report(), args.out / "privacy.md", privacy_page)
     return 0
 
 
