@@ -97,14 +97,14 @@ splits: setup
 	$(PY) -m src.data.splits --sites $(SITES) --seed $(SEED)
 
 test: setup
-	$(PY) -m pytest -q -m "not faults and not slow and not deploy" --durations=15 tests
+	$(PY) -m pytest -q -m "not faults and not slow and not deploy and not browser" --durations=15 tests
 
 # Crashes, intruders, poisoned updates, interrupted writes, what a site sends
 # (real fx processes and certificates), and the `slow` tests over a minute each (the
 # shipped plan end to end, the server step and active learning over fx, a trained
 # model's export quality): ~19 min, so not part of `make test`.
 test-faults: setup
-	$(PY) -m pytest -q -m "(faults or slow) and not deploy" --durations=10 tests
+	$(PY) -m pytest -q -m "(faults or slow) and not deploy and not browser" --durations=10 tests
 
 # The runbook docs/deployment.md run as separate hosts: one folder and one network
 # namespace per machine, every command read from the runbook (~6 min; needs root for
@@ -112,6 +112,25 @@ test-faults: setup
 test-deploy: setup
 	@command -v ip >/dev/null || { echo "installing iproute2 (ip netns)"; apt-get update -qq && apt-get install -y -qq iproute2; } || true
 	$(PY) -m pytest -q -s -m deploy tests/test_deploy_hosts.py
+
+# The labeling page of a site's active-learning queue (docs/labeling.md), on http://127.0.0.1:8765/:
+# SITE= the site; LABEL_WORKSPACE= the folder its collaborator runs in (default: here);
+# LABEL_ARGS= more options of `python -m src.cli.label serve` (--host 0.0.0.0 --token ..., --port, --queue).
+.PHONY: label setup-browser test-browser
+label: setup
+	$(if $(SITE),,$(error name the site: make label SITE=site1))
+	$(PY) -m src.cli.label serve --site $(SITE) --workspace $(or $(LABEL_WORKSPACE),.) $(LABEL_ARGS)
+
+# Headless Chromium for the browser tests and screenshots: Debian's `chromium` package (root, apt),
+# driven by playwright through its executable path; no browser is ever downloaded from elsewhere.
+setup-browser:
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+# The labeling page in headless chromium over a queue a tiny federation site wrote, and the
+# load time of a 100-image queue (~1 min here).
+test-browser: setup setup-browser
+	$(PY) -m pytest -q -m browser --durations=5 tests
 
 # TensorBoard on the live view of a `make simulate` run (docs/monitoring.md): the event files its
 # aggregator writes as rounds end. RUN= a run folder (default workspace/runs/latest, resolved when

@@ -58,3 +58,6 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "deploy: the runbook docs/deployment.md played as separate hosts in network namespaces "
                    "(`make test-deploy`; needs root for `ip netns`)")
+    config.addinivalue_line(
+        "markers", "browser: the labeling page driven in headless Chromium (`make test-browser`; Debian's chromium, "
+                   "installed by `make setup-browser`)")

@@ -24,6 +24,10 @@ the queue folder the caller names (e.g. in the site's workspace)::
     <round>/classes.csv    the annotator's sheet: image (the key), disaster_class (a class
                            name, where class is 1), done
     <round>/ingested.txt   ours: keys already taken, never read again
+    <round>/predictions.json
+                           ours, when the oracle has a predictor: per key the global model's
+                           detections (boxes in pixels, scores, victim classes) and its disaster
+                           class, the pre-annotations a labeling tool starts from
 
 Answered rule: an image is answered when its ``done`` cell in classes.csv is
 filled (anything but empty, 0, no, false). Not "the label file is not
@@ -32,12 +36,19 @@ annotation tool is still saving must not be taken. A done answer is checked
 with the readers' own functions (``read_yolo_labels``, ``parse_class_table``):
 a malformed one is reported by file and line (``HumanOracle.problems`` and
 the log) and stays in the queue until fixed; the others are taken.
+A tool that writes answers for the annotator (the labeling page, an import
+from Label Studio or CVAT) calls ``save_answer``: the same checks before
+anything is written, then the label file and the done mark, each replaced
+atomically, the label first.
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -45,7 +56,7 @@ from typing import Protocol
 import numpy as np
 
 from src.active_learning.pool import TASKS, Answer, LabelPool
-from src.atomic_files import write_bytes_atomically
+from src.atomic_files import replaced_atomically, write_bytes_atomically
 from src.data.formats import (DataError, ErrorReport, image_size, inside_folder, parse_class_table,
                               read_text_file, read_yolo_labels, relative_key, split_row)
 from src.data.records import Record
@@ -55,6 +66,8 @@ log = logging.getLogger(__name__)
 QUEUE_COLUMNS = ("key", "image", "width", "height", "label_file", "boxes", "class")
 ANSWER_COLUMNS = ("image", "disaster_class", "done")
 NOT_DONE = frozenset({"", "0", "no", "n", "false"})
+PREDICTIONS_FILE = "predictions.json"
+PREDICTED_BOXES = 20  # per image, the highest-scoring detections kept as pre-annotations
 
 
 class Oracle(Protocol):
@@ -120,16 +133,52 @@ def _read_table(path: Path, columns: Sequence[str]) -> tuple[list[tuple[int, dic
     return rows, errors
 
 
+def _sheet_with_answer(sheet: Path, key: str, disaster_class: str) -> tuple[bytes, int]:
+    """classes.csv with `key`'s row set to (disaster_class, done), its other rows and columns as
+    they are, and that row's line number; a sheet with a broken row is refused (it would be lost)."""
+    rows, errors = _read_table(sheet, ANSWER_COLUMNS)
+    if errors:
+        raise DataError(f"{errors[0]}; fix the sheet before saving answers")
+    header = [h.strip() for h in split_row(read_text_file(sheet).splitlines()[0], ",", f"{sheet}: line 1")]
+    cells = [dict(row) for _, row in rows]
+    index = next((i for i, row in enumerate(cells) if row["image"] == key), None)
+    if index is None:
+        cells.append({"image": key})
+        index = len(cells) - 1
+    cells[index].update(disaster_class=disaster_class, done="1")
+    return _csv_bytes(header, ([row.get(h, "") for h in header] for row in cells)), index + 2  # as rewritten
+
+
+@dataclass(frozen=True)
+class QueuedImage:
+    """One image of a written queue as a labeling tool sees it."""
+
+    round_num: int
+    key: str
+    image: str               # absolute path
+    width: int
+    height: int
+    label_file: Path
+    wants_boxes: bool
+    wants_class: bool
+    disaster_class: str      # the sheet's cell
+    status: str              # waiting | done (answered, not taken yet) | taken (ingested by the site)
+
+
 class HumanOracle:
     """A queue folder an annotator answers at their own pace; see the module docstring."""
 
     name = "human"
 
     def __init__(self, queue_dir, victim_classes: Sequence[str], disaster_classes: Sequence[str],
-                 tasks: Sequence[str] = TASKS):
+                 tasks: Sequence[str] = TASKS, predictor=None):
+        """predictor: anything with ``predict(records) -> [dict | None]`` as src.evaluation.Predictor
+        (boxes in pixels, scores, classes, disaster_probs), run on the model that chose the images;
+        its detections go beside the queue (predictions.json) for labeling tools to start from."""
         self.queue_dir = Path(queue_dir)
         self.victim_classes, self.disaster_classes = list(victim_classes), list(disaster_classes)
         self.tasks = tuple(tasks)
+        self.predictor = predictor
         self.problems = ErrorReport()  # of the last collect()
 
     def request(self, records: Mapping[str, Record], round_num: int) -> None:
@@ -153,7 +202,95 @@ class HumanOracle:
             rows.append((key, str(Path(record.image_path).resolve()), width, height, f"{stem}.txt",
                          int("boxes" in self.tasks), int("class" in self.tasks)))
         write_bytes_atomically(folder / "classes.csv", _csv_bytes(ANSWER_COLUMNS, ((k, "", "") for k in records)))
+        if self.predictor is not None:
+            write_bytes_atomically(folder / PREDICTIONS_FILE, self._predictions(records, round_num))
         write_bytes_atomically(folder / "queue.csv", _csv_bytes(QUEUE_COLUMNS, rows))  # last: round complete
+
+    def _predictions(self, records: Mapping[str, Record], round_num: int) -> bytes:
+        """predictions.json: per key the top PREDICTED_BOXES detections, clipped to the image."""
+        keys = list(records)
+        images = {}
+        for key, result in zip(keys, self.predictor.predict([records[k] for k in keys])):
+            if result is None:  # unreadable image: the tool shows it without pre-annotations
+                continue
+            width, height = image_size(records[key].image_path)
+            boxes = np.clip(np.asarray(result["boxes"], np.float64).reshape(-1, 4), 0, [width, height, width, height])
+            inside = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)  # a pixel left in the image
+            order = [i for i in np.argsort(-np.asarray(result["scores"]), kind="stable") if inside[i]][:PREDICTED_BOXES]
+            boxes = boxes[order].reshape(-1, 4)
+            probs = np.asarray(result["disaster_probs"], np.float64)
+            images[key] = {
+                "boxes": [[round(float(v), 1) for v in box] for box in boxes],
+                "scores": [round(float(result["scores"][i]), 4) for i in order],
+                "victim_classes": [self.victim_classes[int(result["classes"][i])] for i in order],
+                "disaster_class": self.disaster_classes[int(probs.argmax())],
+                "disaster_probs": {n: round(float(p), 4) for n, p in zip(self.disaster_classes, probs)}}
+        return json.dumps({"round": int(round_num), "images": images}, indent=1).encode("utf-8")
+
+    def predictions(self, round_num: int) -> dict:
+        """Round `round_num`'s pre-annotations by key ({} for a queue written without a predictor)."""
+        path = self.queue_dir / str(int(round_num)) / PREDICTIONS_FILE
+        if not path.exists():
+            return {}
+        try:
+            images = json.loads(read_text_file(path))["images"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path}: not a predictions file ({e})") from None
+        if not isinstance(images, dict):
+            raise DataError(f"{path}: 'images' must map image keys to predictions")
+        return images
+
+    def queued(self) -> list["QueuedImage"]:
+        """Every image of every written round, in queue order, with its answer as it stands."""
+        out = []
+        for folder in self._round_folders():
+            taken = self._ingested(folder)
+            sheet = {row["image"]: row for _, row in _read_table(folder / "classes.csv", ANSWER_COLUMNS)[0]}
+            for n, row in _read_table(folder / "queue.csv", QUEUE_COLUMNS)[0]:
+                cells = sheet.get(row["key"], {})
+                done = cells.get("done", "").lower() not in NOT_DONE
+                try:
+                    width, height = int(row["width"]), int(row["height"])
+                except ValueError as e:
+                    raise DataError(f"{folder / 'queue.csv'}: line {n}: width/height are not integers ({e})") from None
+                out.append(QueuedImage(int(folder.name), row["key"], row["image"], width, height,
+                                       folder / "labels" / row["label_file"], row["boxes"] == "1",
+                                       row["class"] == "1", cells.get("disaster_class", ""),
+                                       "taken" if row["key"] in taken else "done" if done else "waiting"))
+        return out
+
+    def save_answer(self, round_num: int, key: str, label_text: str, disaster_class: str = "") -> Answer:
+        """Write `key`'s answer of round `round_num` (YOLO lines; a disaster class name where the
+        queue asks for one) and mark it done, after the checks collect() makes; a refused answer
+        raises DataError naming the file, line and field, and nothing is written."""
+        folder = self.queue_dir / str(int(round_num))
+        rows = ({row["key"]: row for _, row in _read_table(folder / "queue.csv", QUEUE_COLUMNS)[0]}
+                if (folder / "queue.csv").is_file() else {})
+        if key not in rows:
+            raise DataError(f"{folder / 'queue.csv'}: image {key!r} is not queued in round {round_num}")
+        if key in self._ingested(folder):
+            raise DataError(f"{folder / 'ingested.txt'}: {key} is taken by the site already; a new answer "
+                            "would never be read")
+        queued, sheet = rows[key], folder / "classes.csv"
+        wants_boxes, wants_class = queued["boxes"] == "1", queued["class"] == "1"
+        if not wants_boxes and label_text.strip():
+            raise DataError(f"{folder / 'queue.csv'}: {key}: this site labels the disaster class only; "
+                            "no boxes are asked for")
+        text, line = _sheet_with_answer(sheet, key, disaster_class if wants_class else "")
+        label = inside_folder(folder / "labels" / queued["label_file"], folder / "labels", "label file")
+        with replaced_atomically(sheet) as sheet_tmp, \
+                (replaced_atomically(label) if wants_boxes else nullcontext()) as label_tmp:
+            Path(sheet_tmp).write_bytes(text)
+            if label_tmp is not None:
+                Path(label_tmp).write_text(label_text, encoding="utf-8")
+            try:
+                table = (parse_class_table(sheet_tmp, self.disaster_classes, "image", "disaster_class", ",")
+                         if wants_class else None)
+                return self._answer(folder, queued, {"disaster_class": disaster_class}, table,
+                                    f"{sheet}: line {line}", label=label_tmp)
+            except DataError as err:  # named by the files the answer goes to, not the temporary ones
+                message = str(err).replace(str(sheet_tmp), str(sheet))
+                raise DataError(message.replace(str(label_tmp), str(label)) if label_tmp else message) from None
 
     def collect(self) -> dict[str, Answer]:
         """Answers marked done since they were last acknowledged; never waits."""
@@ -219,8 +356,10 @@ class HumanOracle:
                 self._report(err)
         return answers
 
-    def _answer(self, folder: Path, queued: dict, sheet_row: dict, table, where: str) -> Answer:
-        """One done image's labels, checked as the readers check a data set's."""
+    def _answer(self, folder: Path, queued: dict, sheet_row: dict, table, where: str,
+                label: Path | None = None) -> Answer:
+        """One done image's labels, checked as the readers check a data set's (`label`: the
+        label file to read instead of the queued one, an answer about to be saved)."""
         key, want_boxes, want_class = queued["key"], queued["boxes"] == "1", queued["class"] == "1"
         boxes, victims = np.zeros((0, 4), np.float32), np.zeros((0,), np.int32)
         if want_boxes:
@@ -228,7 +367,8 @@ class HumanOracle:
                 width, height = int(queued["width"]), int(queued["height"])
             except ValueError as e:
                 raise DataError(f"{folder / 'queue.csv'}: {key}: width/height are not integers ({e})") from e
-            label = inside_folder(folder / "labels" / queued["label_file"], folder / "labels", "label file")
+            label = inside_folder(Path(label or folder / "labels" / queued["label_file"]), folder / "labels",
+                                  "label file")
             boxes, victims = read_yolo_labels(label, width, height, len(self.victim_classes))
         disaster = -1
         if want_class:

@@ -31,6 +31,7 @@ from src.active_learning.pool import LabelPool
 from src.active_learning.scoring import PoolScorer
 from src.active_learning.selection import CANDIDATE_FACTOR, DETECTION_WEIGHT, STRATEGIES
 from src.active_learning.step import label_step
+from src.evaluation import Predictor
 
 log = logging.getLogger(__name__)
 ORACLES = ("simulated", "human")
@@ -95,8 +96,10 @@ class SiteLabeling:
         if settings.oracle == "simulated":
             self.oracle = SimulatedOracle(self.pool.held_back())
         else:
+            # the model that picks the images also pre-annotates them (predictions.json in the queue)
             self.oracle = HumanOracle(Path(settings.queue.format(site=site)), victim_classes,
-                                      disaster_classes, tasks=self.pool.tasks)
+                                      disaster_classes, tasks=self.pool.tasks,
+                                      predictor=Predictor(model, model_config))
         self.scorer = PoolScorer(model, model_config)
         self.budget = self._budget_per_query()
         self._ask_again_for_pending()

@@ -1,0 +1,353 @@
+// The labeling page: the site's queued images one by one, the model's boxes and class as a
+// start, edited with the mouse and keyboard, saved through the server's checks.
+// Plain script, no build step, nothing loaded from elsewhere.
+"use strict";
+
+const SVGNS = "http://www.w3.org/2000/svg";
+const token = new URLSearchParams(location.search).get("token") || "";
+const timings = (window.labelTimings = {});  // ms since navigation start: list shown, first image shown
+const state = {
+  items: [], index: -1, item: null, boxes: [], original: [], selected: -1, drag: null,
+  victimClasses: [], disasterClasses: [], skipped: new Set(),
+};
+const $ = (id) => document.getElementById(id);
+
+function api(path, params = {}, options = {}) {
+  const url = new URL(path, location.href);
+  for (const [k, v] of Object.entries(params)) url.searchParams.set(k, v);
+  return fetch(url, { ...options, headers: { "X-Label-Token": token, ...(options.headers || {}) } });
+}
+
+function imageUrl(item) {
+  const url = new URL("api/image", location.href);
+  url.searchParams.set("round", item.round);
+  url.searchParams.set("key", item.key);
+  if (token) url.searchParams.set("token", token);
+  return url.href;
+}
+
+function svgElement(name, attributes) {
+  const node = document.createElementNS(SVGNS, name);
+  for (const [k, v] of Object.entries(attributes)) node.setAttribute(k, v);
+  return node;
+}
+
+function showMessage(text, isError) {
+  const box = $("message");
+  box.textContent = text || "";
+  box.className = isError ? "error" : "ok";
+}
+
+function updateProgress(labeled, total) {
+  $("progress").textContent = `${labeled} of ${total} labeled`;
+}
+
+// ---- the queue ---------------------------------------------------------------------------
+async function loadQueue() {
+  const response = await api("api/queue");
+  const queue = await response.json();
+  if (!response.ok) return showMessage(queue.error, true);
+  state.items = queue.items;
+  state.victimClasses = queue.victim_classes;
+  state.disasterClasses = queue.disaster_classes;
+  $("site").textContent = `Site ${queue.site}`;
+  renderDisasterChoices();
+  $("victim-class").replaceChildren(...state.victimClasses.map((name) => new Option(name, name)));
+  renderList();
+  updateProgress(queue.labeled, queue.total);
+  timings.list = performance.now();
+  if (!state.items.length) {
+    $("empty").hidden = false;
+    return;
+  }
+  const first = state.items.findIndex((item) => item.status === "waiting");
+  openItem(first >= 0 ? first : 0);
+}
+
+function renderList() {
+  const list = $("items");
+  list.replaceChildren(...state.items.map((item, i) => {
+    const li = document.createElement("li");
+    li.textContent = item.key.split("/").pop();
+    li.title = `${item.key} (round ${item.round}, ${item.status})`;
+    li.className = item.status + (state.skipped.has(`${item.round}/${item.key}`) ? " skipped" : "") +
+      (i === state.index ? " active" : "");
+    li.dataset.index = i;
+    li.addEventListener("click", () => openItem(i));
+    return li;
+  }));
+}
+
+function renderDisasterChoices() {
+  $("disaster").replaceChildren(...state.disasterClasses.map((name, i) => {
+    const label = document.createElement("label");
+    const input = Object.assign(document.createElement("input"), { type: "radio", name: "disaster", value: name });
+    input.addEventListener("change", () => input.blur());  // arrow keys stay the page's shortcuts
+    const prob = Object.assign(document.createElement("span"), { className: "prob" });
+    label.append(input, `${i + 1} ${name.replaceAll("_", " ")}`, prob);
+    return label;
+  }));
+}
+
+function chosenDisaster() {
+  const checked = document.querySelector("#disaster input:checked");
+  return checked ? checked.value : "";
+}
+
+function pickDisaster(name) {
+  for (const input of document.querySelectorAll("#disaster input")) input.checked = input.value === name;
+}
+
+// ---- one image -------------------------------------------------------------------------------
+async function openItem(index, note) {
+  if (index < 0 || index >= state.items.length) return;
+  const item = state.items[index];
+  state.index = index;
+  state.item = item;
+  renderList();
+  $("items").children[index].scrollIntoView({ block: "nearest" });
+  $("current").textContent = `${item.key} (round ${item.round})`;
+  const response = await api("api/item", { round: item.round, key: item.key });
+  const answer = await response.json();
+  if (!response.ok) return showMessage(answer.error, true);
+  if (state.item !== item) return;  // another image was opened meanwhile
+  state.boxes = answer.boxes.map(([x0, y0, x1, y1, cls, score]) =>
+    ({ x0, y0, x1, y1, cls, score, model: answer.source === "model" }));
+  state.original = state.boxes.map((box) => ({ ...box }));
+  state.selected = -1;
+  state.disaster = answer.disaster_class;
+  pickDisaster(answer.disaster_class);
+  for (const label of document.querySelectorAll("#disaster label")) {
+    const p = (answer.disaster_probs || {})[label.querySelector("input").value];
+    label.querySelector(".prob").textContent = p === undefined ? "" : `${Math.round(p * 100)} %`;
+  }
+  $("disaster-fieldset").disabled = !item.wants_class;
+  $("victim-fieldset").disabled = !item.wants_boxes;
+  const intro = answer.problem ? null : answer.source === "model"
+    ? "The boxes and the class are the model's guesses: correct them, then save."
+    : answer.source === "answer" ? "This image is answered; edit and save again to change it." : "";
+  if (answer.problem) showMessage(`The saved answer is not taken by the site: ${answer.problem}`, true);
+  else showMessage(note ? `${note} ${intro}` : intro, false);
+  const margin = Math.round(0.06 * Math.max(item.width, item.height));
+  const svg = $("canvas");
+  svg.setAttribute("viewBox", `${-margin} ${-margin} ${item.width + 2 * margin} ${item.height + 2 * margin}`);
+  const photo = $("photo");
+  photo.setAttribute("width", item.width);
+  photo.setAttribute("height", item.height);
+  photo.onload = () => {
+    timings.firstImage = timings.firstImage || performance.now();
+    svg.dataset.shown = `${item.round}/${item.key}`;
+  };
+  delete svg.dataset.shown;
+  photo.setAttribute("href", imageUrl(item));
+  renderBoxes();
+}
+
+function scale() {
+  const ctm = $("canvas").getScreenCTM();
+  return ctm ? ctm.a : 1;
+}
+
+function outside(box) {
+  const { width, height } = state.item;
+  return Math.min(box.x0, box.x1) < 0 || Math.min(box.y0, box.y1) < 0 ||
+    Math.max(box.x0, box.x1) > width || Math.max(box.y0, box.y1) > height;
+}
+
+function renderBoxes() {
+  const group = $("boxes");
+  const s = scale();
+  const h = 10 / s;
+  const bodies = [], handles = [];  // every corner above every box, so none is hidden
+  state.boxes.forEach((box, i) => {
+    const x0 = Math.min(box.x0, box.x1), x1 = Math.max(box.x0, box.x1);
+    const y0 = Math.min(box.y0, box.y1), y1 = Math.max(box.y0, box.y1);
+    const g = svgElement("g", {
+      class: `box${box.model ? " model" : ""}${i === state.selected ? " selected" : ""}${outside(box) ? " outside" : ""}`,
+      "data-index": i,
+    });
+    g.append(svgElement("rect", { class: "body", x: x0, y: y0, width: x1 - x0, height: y1 - y0, "stroke-width": 2 / s }));
+    const text = svgElement("text", { x: x0, y: y0 - 4 / s, "font-size": 12 / s, "stroke-width": 3 / s });
+    text.textContent = box.cls + (box.model && box.score !== undefined ? ` ${box.score.toFixed(2)}` : "");
+    g.append(text);
+    bodies.push(g);
+    const corners = svgElement("g", { class: "handles", "data-index": i });
+    for (const [corner, x, y] of [["nw", x0, y0], ["ne", x1, y0], ["sw", x0, y1], ["se", x1, y1]]) {
+      corners.append(svgElement("rect", { class: "handle", "data-corner": corner, x: x - h / 2, y: y - h / 2,
+        width: h, height: h, "stroke-width": 1 / s, style: `cursor: ${corner}-resize` }));
+    }
+    handles.push(corners);
+  });
+  group.replaceChildren(...bodies, ...handles);
+  const selected = state.boxes[state.selected];
+  $("victim-class").disabled = $("delete").disabled = !selected;
+  if (selected) $("victim-class").value = selected.cls;
+}
+
+function select(i) {
+  state.selected = i;
+  renderBoxes();
+}
+
+function toImage(event) {
+  const svg = $("canvas");
+  const point = svg.createSVGPoint();
+  point.x = event.clientX;
+  point.y = event.clientY;
+  return point.matrixTransform(svg.getScreenCTM().inverse());
+}
+
+// ---- mouse: add, move, resize ----------------------------------------------------------------
+function onPointerDown(event) {
+  if (!state.item || !state.item.wants_boxes || event.button !== 0) return;
+  const p = toImage(event);
+  const group = event.target.closest("[data-index]");
+  if (group) {
+    const i = Number(group.dataset.index);
+    state.selected = i;
+    const corner = event.target.dataset.corner;
+    state.drag = corner ? { mode: "resize", i, corner } : { mode: "move", i, start: p, from: { ...state.boxes[i] } };
+  } else {
+    state.drag = { mode: "draw", i: -1, start: p };
+  }
+  $("canvas").setPointerCapture(event.pointerId);
+  event.preventDefault();
+  renderBoxes();
+}
+
+function onPointerMove(event) {
+  const drag = state.drag;
+  if (!drag) return;
+  const p = toImage(event);
+  if (drag.mode === "draw" && drag.i < 0) {
+    if (Math.hypot(p.x - drag.start.x, p.y - drag.start.y) * scale() < 4) return;  // a click, not a box
+    state.boxes.push({ x0: drag.start.x, y0: drag.start.y, x1: p.x, y1: p.y, cls: state.victimClasses[0], model: false });
+    drag.i = state.selected = state.boxes.length - 1;
+  }
+  const box = state.boxes[drag.i];
+  box.model = false;  // edited: the labeler's box now
+  if (drag.mode === "move") {
+    const dx = p.x - drag.start.x, dy = p.y - drag.start.y;
+    Object.assign(box, { x0: drag.from.x0 + dx, x1: drag.from.x1 + dx, y0: drag.from.y0 + dy, y1: drag.from.y1 + dy });
+  } else if (drag.mode === "draw") {
+    Object.assign(box, { x1: p.x, y1: p.y });
+  } else {  // corners are named on the box as it was put straight at the last pointer-up
+    if (drag.corner.includes("w")) box.x0 = p.x; else box.x1 = p.x;
+    if (drag.corner.includes("n")) box.y0 = p.y; else box.y1 = p.y;
+  }
+  renderBoxes();
+}
+
+function onPointerUp() {
+  const drag = state.drag;
+  state.drag = null;
+  if (!drag) return;
+  if (drag.mode === "draw" && drag.i < 0) state.selected = -1;  // a click on the image: deselect
+  for (const box of state.boxes) {
+    [box.x0, box.x1] = [Math.min(box.x0, box.x1), Math.max(box.x0, box.x1)];
+    [box.y0, box.y1] = [Math.min(box.y0, box.y1), Math.max(box.y0, box.y1)];
+  }
+  renderBoxes();
+}
+
+function deleteSelected() {
+  if (state.selected < 0) return;
+  state.boxes.splice(state.selected, 1);
+  state.selected = -1;
+  renderBoxes();
+}
+
+// ---- save, skip, move on ---------------------------------------------------------------------
+function nextIndex() {
+  const n = state.items.length;
+  const open = (i) => state.items[i].status === "waiting";
+  for (const wanted of [(i) => open(i) && !state.skipped.has(`${state.items[i].round}/${state.items[i].key}`), open]) {
+    for (let step = 1; step <= n; step++) {
+      const i = (state.index + step) % n;
+      if (wanted(i)) return i;
+    }
+  }
+  return -1;
+}
+
+async function save() {
+  const item = state.item;
+  if (!item) return;
+  const body = {
+    round: item.round, key: item.key,
+    boxes: item.wants_boxes ? state.boxes.map((b) => [b.x0, b.y0, b.x1, b.y1, b.cls]) : [],
+    disaster_class: item.wants_class ? chosenDisaster() : "",
+  };
+  const response = await api("api/answer", {}, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  const result = await response.json();
+  if (!response.ok) return showMessage(`Not saved: ${result.error}`, true);
+  item.status = "done";
+  state.skipped.delete(`${item.round}/${item.key}`);
+  updateProgress(result.labeled, result.total);
+  const next = nextIndex();
+  const note = `Saved ${item.key}.`;
+  if (next >= 0) openItem(next, note);
+  else {
+    renderList();
+    showMessage(`${note} Every queued image is answered: the site takes them at its next round.`, false);
+  }
+}
+
+function skip() {
+  if (!state.item) return;
+  state.skipped.add(`${state.item.round}/${state.item.key}`);
+  const next = nextIndex();
+  if (next >= 0 && next !== state.index) openItem(next, `Skipped ${state.item.key}.`);
+  else renderList();
+}
+
+function resetBoxes() {
+  state.boxes = state.original.map((box) => ({ ...box }));
+  state.selected = -1;
+  pickDisaster(state.disaster);
+  renderBoxes();
+}
+
+function onKey(event) {
+  if ($("help").open || event.target.tagName === "SELECT") return;
+  const key = event.key;
+  if (key === "Enter" || (key.toLowerCase() === "s" && (event.ctrlKey || event.metaKey))) {
+    event.preventDefault();
+    save();
+  } else if (key.toLowerCase() === "s") skip();
+  else if (key === "ArrowRight") openItem(state.index + 1);
+  else if (key === "ArrowLeft") openItem(state.index - 1);
+  else if (/^[1-9]$/.test(key) && state.item && state.item.wants_class) {
+    const name = state.disasterClasses[Number(key) - 1];
+    if (name) pickDisaster(name);
+  } else if (key === "Delete" || key === "Backspace") deleteSelected();
+  else if (key === "Tab" && state.boxes.length) {
+    event.preventDefault();
+    select((state.selected + (event.shiftKey ? state.boxes.length - 1 : 1)) % state.boxes.length);
+  } else if (key.toLowerCase() === "u") resetBoxes();
+  else if (key === "Escape") select(-1);
+  else if (key === "?") $("help").showModal();
+}
+
+function start() {
+  const svg = $("canvas");
+  svg.addEventListener("pointerdown", onPointerDown);
+  svg.addEventListener("pointermove", onPointerMove);
+  svg.addEventListener("pointerup", onPointerUp);
+  window.addEventListener("resize", renderBoxes);
+  document.addEventListener("keydown", onKey);
+  $("save").addEventListener("click", save);
+  $("skip").addEventListener("click", skip);
+  $("reset").addEventListener("click", resetBoxes);
+  $("delete").addEventListener("click", deleteSelected);
+  $("help-button").addEventListener("click", () => $("help").showModal());
+  $("victim-class").addEventListener("change", (event) => {
+    const box = state.boxes[state.selected];
+    if (box) Object.assign(box, { cls: event.target.value, model: false });
+    renderBoxes();
+  });
+  loadQueue();
+}
+
+start();
