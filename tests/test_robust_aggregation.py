@@ -80,3 +80,18 @@ def test_robust_statistics_that_cannot_work_are_refused_by_name(statistic, trim,
 def test_robust_norm_bounds_that_cannot_work_are_refused_by_name(clip):
     with pytest.raises(ValueError, match="clip_updates"):
         check_clip(clip)
+
+
+
+def test_robust_statistic_over_two_senders_is_flagged_as_unable_to_outvote():
+    """With decoupled weights a head can have two senders, whose median is their mean."""
+    from openfl.utilities import TensorKey
+
+    from src.federated.decoupled import groups_too_small_to_outvote
+
+    key = lambda name: TensorKey(name, "agg", 0, False, ("trained",))  # noqa: E731
+    senders = {key("det_head_p3/kernel"): {"site1": 1.0, "site2": 1.0},
+               key("det_head_p4/kernel"): {"site1": 1.0, "site2": 1.0},
+               key("backbone_stem_conv/kernel"): {"site1": 1.0, "site2": 1.0, "site3": 1.0}}
+    assert groups_too_small_to_outvote(senders) == {"det_head": 2}
+    assert combine([np.ones(3), 3 * np.ones(3)], [1.0, 1.0], "median").tolist() == [2.0, 2.0, 2.0]

@@ -82,6 +82,7 @@ class DecoupledAggregator(PromptAggregator):
         if pairwise_masking:
             self.rosters = self._roster_book(kwargs.get("persistent_db_path"), kwargs.get("assigner"))
         self._roster_lock = threading.Lock()
+        self._outvote_warned = set()  # groups already warned about (_warn_outvoting_impossible)
         super().__init__(*args, **kwargs)
 
     def _roster_book(self, db_path, assigner) -> RosterBook:
@@ -205,6 +206,7 @@ class DecoupledAggregator(PromptAggregator):
                                     change_tags(tk.tags, remove_field=site))
                 senders.setdefault(agg_key, {})[site] = weight[site][task_group_of(tk.tensor_name)]
         function = self.assigner.get_aggregation_type_for_task(task_name)
+        self._warn_outvoting_impossible(getattr(function, "statistic", "mean"), senders)
         aggregated = set()
         for agg_key, weights in senders.items():
             total = sum(weights.values())
@@ -268,6 +270,19 @@ class DecoupledAggregator(PromptAggregator):
                         totals=totals)
         return aggregated
 
+    def _warn_outvoting_impossible(self, statistic: str, senders: dict):
+        """A robust statistic over two senders is their mean: say so once per group, as it happens
+        with decoupled weights (3 default sites: each head has two senders)."""
+        if statistic == "mean":
+            return
+        for group, count in groups_too_small_to_outvote(senders).items():
+            if group not in self._outvote_warned:
+                self._outvote_warned.add(group)
+                log.warning("round %d: %s has %d senders: a %s of %d values is their mean, so it cannot "
+                            "outvote a bad site (docs/privacy.md)", self.round_number, group, count, statistic, count)
+                self._event("defence_ineffective", round=self.round_number, group=group, senders=count,
+                            statistic=statistic)
+
     def _keep_unsent(self, aggregated: set):
         """Carry every tensor nobody sent (or no sum could be formed for) into the next round."""
         for named in self.model.tensors:
@@ -303,3 +318,13 @@ class DecoupledAggregator(PromptAggregator):
                         clip_norm=self.privacy.clip_norm, update_norms=norms)
         for site, named in keys.items():
             self.tensor_db.replace_tensors({tk: values[site][name] for name, tk in named.items()})
+
+
+def groups_too_small_to_outvote(senders: dict) -> dict:
+    """{group: senders} of the groups whose tensors have fewer than 3 senders, where a median or
+    trimmed mean is the mean. senders: {tensor key: {site: weight}}."""
+    counts = {}
+    for key, weights in senders.items():
+        group = task_group_of(key.tensor_name)
+        counts[group] = max(counts.get(group, 0), len(weights))
+    return {group: count for group, count in sorted(counts.items()) if count < 3}
