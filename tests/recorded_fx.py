@@ -15,6 +15,14 @@ from workspace.simulate.fx_workspace import certify, prepare_workspace, workspac
 from workspace.simulate.plan_edits import edit_plan
 from workspace.simulate.processes import FX, Children, free_port, fx_environment, tail, wait_for_port
 
+# The end of every script below: run OpenFL's own `fx` entry point with the remaining arguments,
+# imported last because it keeps a reference to sys.path, which importing TensorFlow replaces.
+FX_ENTRY = """
+from openfl.interface.cli import entry
+sys.argv = ["fx", *sys.argv[1:]]
+entry()
+"""
+
 # `fx aggregator start` (OpenFL's entry point), recording into the folder argv[1]: each site's
 # train upload as the aggregator decoded it (upload-<round>-<site>.npz) and, as each round
 # ends, the global model the next round starts with, from the aggregator's tensor store
@@ -43,11 +51,7 @@ def _end_of_round_check(self):
 
 PromptAggregator.send_local_task_results = send_local_task_results
 PromptAggregator._end_of_round_check = _end_of_round_check
-# (imported last: it keeps a reference to sys.path, which importing TensorFlow replaces)
-from openfl.interface.cli import entry
-sys.argv = ["fx", *sys.argv[1:]]
-entry()
-"""
+""" + FX_ENTRY
 
 # `fx collaborator start`, recording into argv[1] each round's plaintext upload before masking
 # (plain-<round>-<site>.npz, with the counts as count_<group>).
@@ -67,10 +71,7 @@ def recording_mask_upload(self, upload, round_number, counts, abstain=False):
     return mask_upload(self, upload, round_number, counts, abstain)
 
 SiteMasking.mask_upload = recording_mask_upload
-from openfl.interface.cli import entry
-sys.argv = ["fx", *sys.argv[1:]]
-entry()
-"""
+""" + FX_ENTRY
 
 # `fx collaborator start` of a poisoning site: its trained upload becomes
 # start + float(argv[1]) * (trained - start), e.g. 10 (scaled), -10, -1 (sign flipped).
@@ -90,10 +91,7 @@ def attacking_train_task(self, col_name, round_num, input_tensor_dict, *args, **
     return upload, local
 
 MultiTaskRunner.train_task = attacking_train_task
-from openfl.interface.cli import entry
-sys.argv = ["fx", *sys.argv[1:]]
-entry()
-"""
+""" + FX_ENTRY
 
 
 def run_recorded_federation(root, record, sites, labels, rounds: int, plan_values: dict,

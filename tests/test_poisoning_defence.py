@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from src.federated.checkpoint import load_pbuf_weights
-from src.federated.task_runner import MultiTaskRunner
 from src.model.config import task_group_of
 from src.privacy import epsilon_after
 from src.robust_aggregation import bound_updates, combine
 from tests.tiny_federation import write_tiny_plan, write_tiny_site_split
+from workspace.privacy_experiment.runs import scaled_uploads
 from workspace.simulate.events import FederationEvents, progress_lines
 
 pytestmark = pytest.mark.faults
@@ -33,20 +33,7 @@ def tiny_federation(root, sites, rounds, aggregator=None, function=None, poison=
         import yaml
         (workspace / "plan" / "plan.yaml").write_text(yaml.safe_dump(plan))
     aggregates = {}
-    real_train = MultiTaskRunner.train_task
-
-    def train_task(self, col_name, round_num, input_tensor_dict, *args, **kwargs):
-        upload, local = real_train(self, col_name, round_num, input_tensor_dict, *args, **kwargs)
-        if poison and col_name == ATTACKER:
-            received = dict(input_tensor_dict)  # {tensor name: the global value this round started from}
-            for key, value in upload.items():
-                if "trained" in key.tags and key.tensor_name in received:
-                    upload[key] = (received[key.tensor_name] + SCALE * (value - received[key.tensor_name])
-                                   ).astype(value.dtype)
-        return upload, local
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(MultiTaskRunner, "train_task", train_task)
+    with pytest.MonkeyPatch.context() as mp, scaled_uploads(ATTACKER if poison else None, SCALE):
         mp.chdir(workspace)
         _, clients = run_federation(
             workspace, on_round_end=lambda agg, done: aggregates.__setitem__(done, agg.global_tensors()))

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 # What the OpenFL server (aggregator_server.check_request) and the admission check
 # (src/federated/admission.py) say when the header's UUIDs, i.e. the hash of the
 # sender's plan, are not the aggregator's.
-PLAN_MISMATCH_MARKERS = ("does not match aggregator UUID", "Federation UUID in request header does not match",
-                         "pairwise_masking is off")
+PLAN_MISMATCH_MARKERS = ("does not match aggregator UUID", "Federation UUID in request header does not match")
+# what the aggregator says when this site masks its uploads and the aggregator does not (decoupled.py)
+MASKING_OFF_MARKER = "pairwise_masking is off"
 
 
 class FederationRefused(RuntimeError):
@@ -49,6 +50,8 @@ def refusal_reason(error: grpc.RpcError, site: str, federation_uuid: str) -> str
         return (f"the aggregator refused site {site}: this site's plan/plan.yaml differs from the "
                 f"aggregator's (this plan is federation {federation_uuid}). Use the plan the "
                 f"coordinator exported (fx workspace import) and do not edit it. Server said: {details}")
+    if MASKING_OFF_MARKER in details:
+        return f"the aggregator refused site {site}'s masked uploads. Server said: {details}"
     if error.code() == grpc.StatusCode.UNAUTHENTICATED:
         return (f"the aggregator refused site {site}: its certificate or name is not admitted "
                 f"(the certificate's common name must be {site!r}, signed by the federation's CA and the "

@@ -246,9 +246,10 @@ class DecoupledAggregator(PromptAggregator):
             layout, holders = group_layout(members)
             if not layout:
                 continue  # no tensor of the group is uploaded by two sites (src/federated/secure_sums.py)
+            shapes = {n: self._global_tensor(n).shape for n in layout}
             try:
-                sums = {c: unmasked_sum(messages.get(message_name(group, c), {}), members) for c in components}
-                sums = {c: unflatten(v, {n: self._global_tensor(n).shape for n in layout}) for c, v in sums.items()}
+                sums = {c: unflatten(unmasked_sum(messages.get(message_name(group, c), {}), members), shapes)
+                        for c in components}
             except SecureAggregationError as e:
                 log.warning("round %d: %s keeps its previous value: %s", self.round_number, group, e)
                 self._event("secure_sum_incomplete", round=self.round_number, group=group, reason=str(e))
