@@ -167,7 +167,7 @@ def test_split_builder_refuses_missing_files_and_a_data_folder_as_output(small, 
 @pytest.mark.parametrize("args, fragment", [
     (["--sites", "0"], "need --sites >= 1"),
     (["--alpha", "0"], "--alpha > 0"),
-    (["--labels", "both,everything"], "--labels must be from ['both', 'boxes', 'class']"),
+    (["--labels", "both,everything"], "--labels must be from ['all', 'both', 'boxes', 'class', 'masks']"),
     (["--seed-fraction", "1.5"], "--seed-fraction in (0, 1]"),
     ([], "the built-in data set is not there (no images/ folder)"),
 ])

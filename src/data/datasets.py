@@ -28,7 +28,7 @@ def load_data(cfg: dict, split_dir: Path | None = None) -> dict:
     if split_dir is not None:
         return load_split_union(cfg, Path(split_dir))
     records, report = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"],
-                                        on_error=d.get("on_error", "raise"))
+                                        on_error=d.get("on_error", "raise"), mask_classes=cfg["classes"].get("mask"))
     if report.skipped:
         log.warning(report.summary())
     return stratified_split(records, d["test_fraction"], d["val_fraction"], cfg["seed"],
@@ -38,12 +38,14 @@ def load_data(cfg: dict, split_dir: Path | None = None) -> dict:
 def load_split_union(cfg: dict, split_dir: Path) -> dict:
     """train/val: the union of a split's sites (those its split.yaml lists, labels as the sites
     hold them); test: test.tsv."""
-    victim, disaster = cfg["classes"]["victim"], cfg["classes"]["disaster"]
+    victim, disaster, mask = cfg["classes"]["victim"], cfg["classes"]["disaster"], cfg["classes"].get("mask")
     on_error = cfg["data"].get("on_error", "raise")
-    sites = [load_site(split_dir / name, victim, disaster, on_error=on_error) for name in split_sites(split_dir)]
+    sites = [load_site(split_dir / name, victim, disaster, on_error=on_error, mask_classes=mask)
+             for name in split_sites(split_dir)]
     for s in sites:
-        log.info("site %s: %d train images, %d with boxes, %d with a disaster label", s.name,
-                 len(s.train), sum(r.has_boxes for r in s.train), sum(r.has_class for r in s.train))
+        log.info("site %s: %d train images, %d with boxes, %d with a disaster label, %d with a mask", s.name,
+                 len(s.train), sum(r.has_boxes for r in s.train), sum(r.has_class for r in s.train),
+                 sum(r.has_mask for r in s.train))
     return {"train": [r for s in sites for r in s.train], "val": [r for s in sites for r in s.val],
             "test": load_test_split(split_dir, victim, disaster, default_data_root=cfg["data"]["root"],
-                                    on_error=on_error)}
+                                    on_error=on_error, mask_classes=mask)}

@@ -4,10 +4,12 @@ A site's data folder (what plan/data.yaml maps a collaborator to) holds:
   site.yaml     where the images are: `data_root` (a YOLO-layout folder, the
                 built-in synthetic set) or `sources` (a sources.yaml combining
                 real formats, see src/data/sources/); relative to the folder or absolute
-  manifest.tsv  image<TAB>split<TAB>boxes<TAB>class
+  manifest.tsv  image<TAB>split<TAB>boxes<TAB>class[<TAB>masks]
                 split: train | val | pool (pool = held by the site, not yet
-                labeled: the active-learning pool); boxes/class: 0/1, which
-                labels the site holds for that image
+                labeled: the active-learning pool); boxes/class/masks: 0/1,
+                which labels the site holds for that image. The masks column
+                is there when the site holds masks of some image; a manifest
+                without it holds none (every split made before masks existed)
   merged.tsv    (optional) image<TAB>same_picture: other keys of the same
                 picture (another source's copy, see src/data/duplicates.py)
                 whose labels merge into the image's record
@@ -40,6 +42,7 @@ from src.data.formats import (DataError, ErrorReport, load_yolo_dataset, read_te
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("image", "split", "boxes", "class")
+MASK_MANIFEST_COLUMNS = MANIFEST_COLUMNS + ("masks",)  # the header of a site holding masks
 MERGED_COLUMNS = ("image", "same_picture")
 MERGED_FILE = "merged.tsv"
 SPLITS = ("train", "val", "pool")
@@ -63,6 +66,10 @@ class SiteData:
     def has_class(self) -> bool:
         return any(r.has_class for r in self.train)
 
+    @property
+    def has_mask(self) -> bool:
+        return any(r.has_mask for r in self.train)
+
 
 def _write_tsv(path: Path, header: tuple, rows) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -71,15 +78,21 @@ def _write_tsv(path: Path, header: tuple, rows) -> None:
         w.writerows(rows)
 
 
-def write_site(folder: Path, name: str, data_root: str | None, rows: list[tuple[str, str, int, int]],
+def write_site(folder: Path, name: str, data_root: str | None, rows: list[tuple],
                sources: str | None = None, same_picture: dict[str, list[str]] | None = None):
     """Write site.yaml + manifest.tsv (+ merged.tsv for the images with copies in `same_picture`).
-    data_root / sources: absolute, or relative to the site folder."""
+    rows: (image, split, boxes, class) or (image, split, boxes, class, masks); the masks
+    column is written when some row holds masks. data_root / sources: absolute, or
+    relative to the site folder."""
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"site": name, "sources": str(sources)} if sources else \
         {"site": name, "data_root": str(data_root), "format": "yolo"}
     (folder / "site.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-    _write_tsv(folder / "manifest.tsv", MANIFEST_COLUMNS, rows)
+    rows = [tuple(row) + (0,) * (len(MASK_MANIFEST_COLUMNS) - len(row)) for row in rows]
+    if any(int(row[4]) for row in rows):
+        _write_tsv(folder / "manifest.tsv", MASK_MANIFEST_COLUMNS, rows)
+    else:
+        _write_tsv(folder / "manifest.tsv", MANIFEST_COLUMNS, [row[:4] for row in rows])
     write_merged(folder, [row[0] for row in rows], same_picture)
 
 
@@ -141,28 +154,33 @@ def split_sites(split_dir: Path) -> list[str]:
     return names
 
 
-def _manifest_rows(path: Path) -> list[tuple[int, tuple[str, str, bool, bool]]]:
-    """(line number, row) of a manifest; any malformed row raises (see the module docstring)."""
+def _manifest_rows(path: Path) -> list[tuple[int, tuple[str, str, bool, bool, bool]]]:
+    """(line number, (image, split, boxes, class, masks)) of a manifest; masks is False without
+    the column. Any malformed row raises (see the module docstring)."""
     lines = read_text_file(Path(path)).splitlines()
     header = tuple(split_row(lines[0], "\t", f"{path}: line 1")) if lines else None
-    if header != MANIFEST_COLUMNS:
-        raise DataError(f"{path}: line 1: header must be {'<TAB>'.join(MANIFEST_COLUMNS)}, got {header}")
+    if header not in (MANIFEST_COLUMNS, MASK_MANIFEST_COLUMNS):
+        raise DataError(f"{path}: line 1: header must be {'<TAB>'.join(MANIFEST_COLUMNS)}[<TAB>masks], "
+                        f"got {header}")
+    expected = "image, train|val|pool" + ", 0|1" * (len(header) - 2)
     rows = []
     for line, text in enumerate(lines[1:], start=2):
         where = f"{path}: line {line}"
         row = split_row(text, "\t", where)
         if not row:
             continue
-        if len(row) != 4 or row[1] not in SPLITS or row[2] not in ("0", "1") or row[3] not in ("0", "1"):
-            raise DataError(f"{where}: expected image, train|val|pool, 0|1, 0|1; got {row}")
+        if len(row) != len(header) or row[1] not in SPLITS or any(flag not in ("0", "1") for flag in row[2:]):
+            raise DataError(f"{where}: expected {expected}; got {row}")
         relative_key(row[0], where)  # absolute or '..': refused
-        rows.append((line, (row[0], row[1], row[2] == "1", row[3] == "1")))
+        flags = [flag == "1" for flag in row[2:]] + [False] * (len(MASK_MANIFEST_COLUMNS) - len(row))
+        rows.append((line, (row[0], row[1], *flags)))
     return rows
 
 
-def read_manifest(path: Path) -> list[tuple[str, str, bool, bool]]:
-    """Rows of a manifest; a malformed row is a DataError naming file and line."""
-    return [row for _, row in _manifest_rows(path)]
+def read_manifest(path: Path, with_masks: bool = False) -> list[tuple]:
+    """Rows of a manifest, (image, split, boxes, class), with with_masks a fifth flag, masks
+    (False for a manifest without that column); a malformed row is a DataError naming file and line."""
+    return [row if with_masks else row[:4] for _, row in _manifest_rows(path)]
 
 
 def _resolve(folder: Path, value: str) -> Path:
@@ -171,7 +189,7 @@ def _resolve(folder: Path, value: str) -> Path:
 
 
 def _read_keys(folder: Path, meta: dict, keys: dict[str, str], victim_classes, disaster_classes,
-               on_error: str) -> tuple[dict, ErrorReport]:
+               on_error: str, mask_classes=None) -> tuple[dict, ErrorReport]:
     """{image key: Record} for `keys` from `data_root` or `sources`, and what was left out."""
     where = folder / "site.yaml"
     if meta.get("sources"):
@@ -188,26 +206,29 @@ def _read_keys(folder: Path, meta: dict, keys: dict[str, str], victim_classes, d
     if not (root / "images").is_dir():
         raise FileNotFoundError(f"{where}: data_root {root} has no images/ folder "
                                 "(generate the synthetic data with `make data`)")
-    records, report = load_yolo_dataset(root, victim_classes, disaster_classes, on_error=on_error, only=keys)
+    records, report = load_yolo_dataset(root, victim_classes, disaster_classes, on_error=on_error, only=keys,
+                                        mask_classes=mask_classes)
     return {Path(r.image_path).relative_to(root).as_posix(): r for r in records}, report
 
 
 def load_records(folder: Path, meta: dict, keys: dict[str, str], victim_classes, disaster_classes,
-                 on_error: str = "raise") -> tuple[dict, ErrorReport]:
+                 on_error: str = "raise", mask_classes=None) -> tuple[dict, ErrorReport]:
     """{image key: Record} for the keys a manifest names, from `data_root` or `sources`,
     and what was left out. keys: image key -> where it is listed, for messages.
-    An image with other copies in the folder's merged.tsv gets their labels merged in."""
+    An image with other copies in the folder's merged.tsv gets their labels merged in.
+    mask_classes: the model's mask classes (``formats.load_yolo_dataset``)."""
     copies = {key: others for key, others in read_merged(folder).items() if key in keys}
     wanted = {**keys, **{other: where for others in copies.values() for other, where in others}}
-    by_key, report = _read_keys(folder, meta, wanted, victim_classes, disaster_classes, on_error)
+    by_key, report = _read_keys(folder, meta, wanted, victim_classes, disaster_classes, on_error, mask_classes)
     for key, others in copies.items():
         if key in by_key:
             by_key[key] = merge_copies([by_key[key]] + [by_key[o] for o, _ in others if o in by_key])[0]
     return {key: record for key, record in by_key.items() if key in keys}, report
 
 
-def load_site(folder, victim_classes, disaster_classes, on_error: str = "raise") -> SiteData:
-    """Records of one site, with label flags masked to what the site holds.
+def load_site(folder, victim_classes, disaster_classes, on_error: str = "raise", mask_classes=None) -> SiteData:
+    """Records of one site, with label flags masked to what the site holds (a mask it does
+    not hold is no mask_path either, so nothing reads it).
 
     With on_error='skip' every manifest image that could not be used (missing,
     corrupt, too large, bad labels, outside the data folder) is left out,
@@ -224,14 +245,15 @@ def load_site(folder, victim_classes, disaster_classes, on_error: str = "raise")
     keys = {}
     for line, row in rows:
         keys.setdefault(row[0], f"{manifest}: line {line}")
-    by_key, report = load_records(folder, meta, keys, victim_classes, disaster_classes, on_error)
+    by_key, report = load_records(folder, meta, keys, victim_classes, disaster_classes, on_error, mask_classes)
     parts = {split: [] for split in SPLITS}
-    for _, (image, split, boxes, cls) in rows:
+    for _, (image, split, boxes, cls, masks) in rows:
         if image not in by_key:  # reported by the reader (which raised unless on_error='skip')
             continue
         r = by_key[image]
         masked = replace(r, has_boxes=r.has_boxes and boxes, has_class=r.has_class and cls,
-                         disaster_class=r.disaster_class if (r.has_class and cls) else -1)
+                         disaster_class=r.disaster_class if (r.has_class and cls) else -1,
+                         has_mask=r.has_mask and masks, mask_path=r.mask_path if (r.has_mask and masks) else None)
         parts[split].append(masked)
     name = meta.get("site", folder.name)
     used = sum(len(part) for part in parts.values())
@@ -242,8 +264,9 @@ def load_site(folder, victim_classes, disaster_classes, on_error: str = "raise")
 
 
 def load_test_split(split_dir, victim_classes, disaster_classes, default_data_root=None,
-                    on_error: str = "raise") -> list:
-    """The global test split a split folder names (test.tsv), from its split.yaml's data."""
+                    on_error: str = "raise", mask_classes=None) -> list:
+    """The global test split a split folder names (test.tsv), from its split.yaml's data, with every
+    label the data holds (masks included)."""
     split_dir = Path(split_dir)
     meta_file = split_dir / "split.yaml"
     meta = (yaml.safe_load(meta_file.read_text()) or {}) if meta_file.exists() else {}
@@ -259,7 +282,8 @@ def load_test_split(split_dir, victim_classes, disaster_classes, default_data_ro
             relative_key(key, where)  # absolute or '..': refused, as in a manifest
             keys.append(key)
             listed_at.setdefault(key, where)
-    by_key, report = load_records(split_dir, meta, listed_at, victim_classes, disaster_classes, on_error)
+    by_key, report = load_records(split_dir, meta, listed_at, victim_classes, disaster_classes, on_error,
+                                  mask_classes)
     if report.skipped:
         log.warning("%s: %d of %d test image(s) skipped (%s)", listing, report.skipped, len(keys),
                     report.reason_counts())

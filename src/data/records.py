@@ -1,7 +1,7 @@
 """The one record type every reader produces and the input pipeline consumes.
 
-A record says which labels exist, because sites may hold boxes only, a
-disaster class only, or both; losses are masked by these flags.
+A record says which labels exist, because sites may hold any subset of
+boxes, a disaster class and a segmentation mask; losses are masked by these flags.
 """
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ class Record:
     crowd_boxes, crowd_classes: (M, 4) xyxy regions annotated as a crowd (COCO
       iscrowd=1) and their victim classes: not training targets; evaluation
       ignores detections matched to them, as COCOeval does.
+    mask_path: the image's segmentation label map (a PNG of mask class
+      indices, 255 unlabeled, checked by ``formats.masks``), None without one.
+    has_mask: mask_path is a real annotation the site holds.
     """
 
     image_path: str
@@ -33,6 +36,8 @@ class Record:
     has_class: bool = False
     crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     crowd_classes: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int32))
+    mask_path: str | None = None
+    has_mask: bool = False
 
     def __post_init__(self):
         boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
@@ -51,3 +56,5 @@ class Record:
         object.__setattr__(self, "crowd_classes", crowd_classes)
         if self.has_class and self.disaster_class < 0:
             raise ValueError(f"{self.image_path}: has_class set but disaster_class is {self.disaster_class}")
+        if self.has_mask and not self.mask_path:
+            raise ValueError(f"{self.image_path}: has_mask set but no mask_path")

@@ -43,20 +43,21 @@ DECODABLE_BMP_MODES = frozenset({"RGB", "RGBA", "L"})
 EXIF_ORIENTATION = 0x0112
 
 
-def _open_image(path: str | Path) -> Image.Image:
-    """PIL image (header only), with file-named errors; more than MAX_IMAGE_PIXELS rejected."""
+def open_image(path: str | Path, what: str = "image") -> Image.Image:
+    """PIL image (header only), with file-named errors; more than MAX_IMAGE_PIXELS rejected.
+    what: the kind of file, for messages (an image, a mask)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
             im = Image.open(path)
     except FileNotFoundError as e:
-        raise DataError(f"{path}: image file not found", MISSING) from e
+        raise DataError(f"{path}: {what} file not found", MISSING) from e
     except Image.DecompressionBombError as e:  # PIL's hard stop, far above ours
         raise DataError(f"{path}: rejected as a possible decompression bomb, not decoded: {e} "
                         f"(limit {MAX_IMAGE_PIXELS:,} pixels, src.data.formats.images.MAX_IMAGE_PIXELS)",
                         TOO_LARGE) from e
     except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: not a readable image ({e})", UNREADABLE) from e
+        raise DataError(f"{path}: not a readable {what} ({e})", UNREADABLE) from e
     width, height = im.size
     if width * height > MAX_IMAGE_PIXELS:
         im.close()
@@ -73,7 +74,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     YOLO labels are relative to the original size, so we need it for every
     image; reading only the header keeps a dataset scan cheap.
     """
-    with _open_image(path) as im:
+    with open_image(path) as im:
         return im.size
 
 
@@ -127,7 +128,7 @@ def check_image(path: str | Path, full_decode: bool = False) -> tuple[int, int]:
     here, with a file name, than as an anonymous decode error deep inside a
     tf.data pipeline (which drops such an image, see ``pipeline``).
     """
-    with _open_image(path) as im:  # file-not-found / not-an-image / too-large errors
+    with open_image(path) as im:  # file-not-found / not-an-image / too-large errors
         # PIL's JPEG header parser stops right after the start-of-scan header
         scan_start = im.fp.tell() if im.format == "JPEG" else None
         size = im.size
@@ -140,7 +141,7 @@ def check_image(path: str | Path, full_decode: bool = False) -> tuple[int, int]:
         raise DataError(f"{path}: truncated JPEG (no end-of-image marker after the image data; "
                         "cut short in a copy or download?): the pipeline cannot decode it", UNREADABLE)
     if full_decode:
-        with _open_image(path) as im:
+        with open_image(path) as im:
             try:
                 im.load()
             except (OSError, SyntaxError, ValueError) as e:

@@ -3,8 +3,10 @@
 Label files hold ``class cx cy w h`` lines normalised to [0, 1]; an empty
 label file means "annotated, no victims", a missing one means "never
 annotated". The synthetic generator writes this layout, plus a disaster-class
-table ``root/classes.tsv`` (see ``tsv``), so ``load_yolo_dataset`` reads the
-built-in data set as well as a real site's YOLO export.
+table ``root/classes.tsv`` (see ``tsv``) and segmentation masks
+``root/masks/<stem>.png`` (see ``masks``; a missing mask means "never
+annotated"), so ``load_yolo_dataset`` reads the built-in data set as well as
+a real site's YOLO export.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 from src.data.formats.errors import DataError, ErrorReport
 from src.data.formats.images import check_image
 from src.data.formats.labels import COORD_TOLERANCE, clip_box, read_lines
+from src.data.formats.masks import MaskClassMap, mask_file, read_mask, yolo_mask_lookup
 from src.data.formats.paths import inside_folder, list_images, listing_of, missing_image
 from src.data.formats.tsv import parse_class_table
 from src.data.records import Record
@@ -99,14 +102,18 @@ def yolo_label_files(root: Path, images: Sequence[Path]) -> tuple[dict[Path, Pat
 
 
 def _load_record(
-    image: Path, root: Path, label: Path | None, num_victims: int, classes: dict[str, int], full_decode: bool
+    image: Path, root: Path, label: Path | None, num_victims: int, classes: dict[str, int], full_decode: bool,
+    masks: MaskClassMap | None = None,
 ) -> Record:
-    """Build one Record; raises DataError for anything wrong with this image."""
+    """Build one Record; raises DataError for anything wrong with this image (its mask included)."""
     width, height = check_image(inside_folder(image, root, "image"), full_decode)
     boxes, victim_classes = np.zeros((0, 4), np.float32), np.zeros((0,), np.int32)
     if label is not None:
         label = inside_folder(label, root, "label file")
         boxes, victim_classes = read_yolo_labels(label, width, height, num_victims)
+    mask = mask_file(root, image) if masks is not None else None
+    if mask is not None:
+        read_mask(inside_folder(mask, root, "mask"), masks, (width, height), image)
     key = image.relative_to(root).as_posix()
     return Record(
         image_path=str(image),
@@ -115,6 +122,8 @@ def _load_record(
         disaster_class=classes.get(key, -1),
         has_boxes=label is not None,
         has_class=key in classes,
+        mask_path=None if mask is None else str(mask),
+        has_mask=mask is not None,
     )
 
 
@@ -126,6 +135,7 @@ def load_yolo_dataset(
     on_error: str = "raise",
     full_decode: bool = False,
     only: Collection[str] | Mapping[str, str] | None = None,
+    mask_classes: Sequence[str] | None = None,
 ) -> tuple[list[Record], ErrorReport]:
     """Read a YOLO-layout data set (plus optional class table) into Records.
 
@@ -140,12 +150,16 @@ def load_yolo_dataset(
     opened at all (a site reads its own images, not the whole data root).
     A listed path with no image is a problem too (reason MISSING); as a
     mapping, only gives where each path is listed ('manifest.tsv: line 3').
+    mask_classes: the model's mask classes, which root/masks/<stem>.png index
+    (default: the list root/dataset.yaml records; see ``masks.yolo_mask_lookup``).
+    A bad mask is a problem of its image, like a bad label file.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     root = Path(root)
     images, name_errors = list_images(root / "images")
     labels, ambiguous = yolo_label_files(root, images)
+    masks = yolo_mask_lookup(root, mask_classes)
     report = ErrorReport()
 
     def handle(err: DataError, images: bool | int = True) -> None:
@@ -183,7 +197,8 @@ def load_yolo_dataset(
                 raise bad_rows[key]
             if image in ambiguous:
                 raise ambiguous[image]
-            records.append(_load_record(image, root, labels[image], len(victim_classes), classes, full_decode))
+            records.append(_load_record(image, root, labels[image], len(victim_classes), classes, full_decode,
+                                        masks))
         except DataError as err:
             handle(err)
     for key, err in bad_rows.items():
@@ -200,9 +215,10 @@ def _warn_unmatched(root: Path, images: list[Path], classes: dict[str, int]) -> 
     stems = {p.stem for p in images}
     labels_dir = root / "labels"
     labels = sorted(labels_dir.glob("*.txt")) if labels_dir.is_dir() else []
-    orphans = [p.name for p in labels if p.stem not in stems]
-    if orphans:
-        log.warning("%s: %d label file(s) without an image, e.g. %s", labels_dir, len(orphans), orphans[:3])
+    for folder, files in ((labels_dir, labels), (root / "masks", sorted((root / "masks").glob("*.png")))):
+        orphans = [p.name for p in files if p.stem not in stems]
+        if orphans:
+            log.warning("%s: %d label file(s) without an image, e.g. %s", folder, len(orphans), orphans[:3])
     keys = {p.relative_to(root).as_posix() for p in images}
     stray = sorted(k for k in classes if k not in keys)
     if stray:

@@ -5,7 +5,8 @@ are exactly the centralized trainer's test/train/val splits (same seed,
 same fractions), so federated and centralized runs compare on equal terms.
 Disaster classes are spread over sites by Dirichlet(alpha): non-IID.
 Sites differ in what they labeled (`labels`, one per site, cycled): `both`,
-`boxes` (detection only) or `class` (disaster classification only); the
+`boxes` (detection only), `class` (disaster classification only), `masks`
+(segmentation only), `all`, or any '+'-joined subset (`boxes+masks`); the
 default federation is heterogeneous: site1 both, site2 boxes, site3 class.
 With a seed fraction F < 1 only F of each site's training images start
 labeled (`train` rows, the active-learning seed); the rest are its `pool`.
@@ -23,16 +24,31 @@ from src.data.splits.partition import SplitError, dirichlet_partition, manifest_
 from src.data.splits.stratified import record_groups, stratified_split
 from src.data.synthetic import scene_groups
 
-LABEL_SETS = {"both": (1, 1), "boxes": (1, 0), "class": (0, 1)}  # -> manifest (boxes, class)
+LABEL_KINDS = ("boxes", "class", "masks")  # the manifest's flag columns, in order
+LABEL_SETS = {"both": (1, 1, 0), "boxes": (1, 0, 0), "class": (0, 1, 0), "masks": (0, 0, 1),
+              "all": (1, 1, 1)}  # -> manifest (boxes, class, masks)
 DEFAULT_LABELS = ("both", "boxes", "class")
+
+
+def label_flags(label_set: str) -> tuple[int, int, int]:
+    """A label set's manifest flags (boxes, class, masks): a name of LABEL_SETS or a '+'-joined
+    subset of LABEL_KINDS ('boxes+masks')."""
+    if label_set in LABEL_SETS:
+        return LABEL_SETS[label_set]
+    kinds = label_set.split("+")
+    if len(kinds) < 2 or len(set(kinds)) != len(kinds) or not set(kinds) <= set(LABEL_KINDS):
+        raise SplitError(f"--labels must be from {sorted(LABEL_SETS)} or a '+'-joined subset of {list(LABEL_KINDS)} "
+                         f"(e.g. boxes+masks), got {label_set!r}")
+    return tuple(int(kind in kinds) for kind in LABEL_KINDS)
 
 
 def site_labels(num_sites: int, labels=DEFAULT_LABELS) -> list[str]:
     """The label set of each site: `labels` cycled over the sites."""
     labels = list(labels)
-    unknown = [x for x in labels if x not in LABEL_SETS]
-    if unknown or not labels:
-        raise SplitError(f"--labels must be from {sorted(LABEL_SETS)}, got {labels}")
+    if not labels:
+        raise SplitError(f"--labels must name label sets from {sorted(LABEL_SETS)}, got {labels}")
+    for label_set in labels:
+        label_flags(label_set)
     return [labels[i % len(labels)] for i in range(num_sites)]
 
 
@@ -61,7 +77,12 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
     if not (root / "images").is_dir():
         raise SplitError(f"{root}: the built-in data set is not there (no images/ folder); generate it with "
                          f"`make data` or `python -m src.data.synthetic --out {root}`")
-    records, _ = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"])
+    records, _ = load_yolo_dataset(root, cfg["classes"]["victim"], cfg["classes"]["disaster"],
+                                   mask_classes=cfg["classes"].get("mask"))
+    masked_sites = [name for name, label_set in label_sets.items() if label_flags(label_set)[2]]
+    if masked_sites and not any(r.has_mask for r in records):
+        raise SplitError(f"{root}: no image has a mask (no masks/ folder), but site(s) {masked_sites} hold masks; "
+                         f"regenerate the data set (`make data`, or `python -m src.data.synthetic --out {root}`)")
     scenes = scene_groups(root, [r.image_path for r in records])
     scene_of = None if scenes is None else dict(zip((r.image_path for r in records), scenes))
     splits = stratified_split(records, cfg["data"]["test_fraction"], cfg["data"]["val_fraction"],
@@ -77,7 +98,7 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
                              + ("; or a larger data.val_fraction" if split == "val" else "")) from err
         for name, idx in zip(names, parts):
             keys = [rel(splits[split][i]) for i in idx]
-            rows[name] += manifest_rows(keys, split, LABEL_SETS[label_sets[name]], seed_fraction, seed_rng)
+            rows[name] += manifest_rows(keys, split, label_flags(label_sets[name]), seed_fraction, seed_rng)
     class_names = cfg["classes"]["disaster"]
     by_path = {rel(r): r for r in records}
     summary = []

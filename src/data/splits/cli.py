@@ -1,7 +1,7 @@
 """Split builder: per-site split folders under data_splits/<name>/, for the built-in data or user sources.
 
 python -m src.data.splits [--name default] [--sites 3] [--alpha 0.5] [--seed 0]
-    [--labels both,boxes,class] [--seed-fraction 1.0]
+    [--labels both,boxes,class[,masks]] [--seed-fraction 1.0]
   the built-in synthetic data (the config's data.root and test/val fractions),
   as the default federation holds it; see src/data/splits/builtin_data.py
 python -m src.data.splits --sources data/real/sources.yaml --name real \\
@@ -52,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     builtin = p.add_argument_group("built-in data only")
     builtin.add_argument("--alpha", type=float, help=f"Dirichlet alpha of the class mix per site "
                                                      f"(default {BUILTIN_ONLY['alpha']})")
-    builtin.add_argument("--labels", help=f"label set per site, cycled: both | boxes | class "
-                                          f"(default {BUILTIN_ONLY['labels']})")
+    builtin.add_argument("--labels", help=f"label set per site, cycled: both | boxes | class | masks | all, or a "
+                                          f"'+'-joined subset such as boxes+masks (default {BUILTIN_ONLY['labels']})")
     user = p.add_argument_group("with --sources only")
     user.add_argument("--strategy", help=f"one of {PARTITION_STRATEGIES} (default {SOURCES_ONLY['strategy']})")
     user.add_argument("--test-fraction", type=float, help=f"default {SOURCES_ONLY['test_fraction']}")

@@ -63,7 +63,8 @@ def active_learning_seed(keys: list, fraction: float, rng: np.random.Generator) 
 def manifest_rows(keys: list, split: str, labels: Sequence[int], seed_fraction: float,
                   rng: np.random.Generator) -> list[tuple]:
     """A site's manifest rows for its share `keys` of `split` (train or val):
-    (key, split, boxes, class). Training images outside the active-learning seed
-    set go to the site's `pool`; labels: the (boxes, class) flags the site holds."""
+    (key, split, *labels). Training images outside the active-learning seed
+    set go to the site's `pool`; labels: the flags the site holds, (boxes, class)
+    or (boxes, class, masks)."""
     labeled = active_learning_seed(keys, seed_fraction, rng) if split == "train" else set(keys)
     return [(k, split if k in labeled else "pool", *labels) for k in keys]

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import yaml
 
-from src.data.synthetic.options import default_class_names
+from src.data.synthetic.options import default_class_names, default_mask_classes
 from src.data.synthetic.writer import generate_dataset
 
 
@@ -26,12 +26,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--class-weights", type=yaml.safe_load, default=None,
                         help="relative class frequencies, e.g. '{normal: 4, fire: 0.5}' (default: balanced)")
     parser.add_argument("--config", default=None,
-                        help="YAML with classes.disaster / classes.victim (default configs/default.yaml)")
+                        help="YAML with classes.disaster / victim / mask (default configs/default.yaml)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     disaster, victim = default_class_names(args.config)
     generate_dataset(args.out, args.num_images, args.seed, args.min_size, args.max_size, args.difficulty,
-                     args.max_victims, args.workers, disaster, victim, args.burst_size, args.class_weights)
+                     args.max_victims, args.workers, disaster, victim, args.burst_size, args.class_weights,
+                     default_mask_classes(args.config))
 
 
 if __name__ == "__main__":

@@ -6,14 +6,15 @@ sizes as the victims, so size alone does not find a person.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from src.data.synthetic.drawing import FIGURE_LENGTH_PX, jitter, loguniform, pick, random_point, shade
+from src.data.synthetic.regions import BACKGROUND, RegionDraw
 
 
-def paint_distractors(rng: np.random.Generator, image: Image.Image, difficulty: float) -> None:
-    """Poles, barrels, bushes, round signs, hydrants, crates, cones (hard negatives)."""
-    draw = ImageDraw.Draw(image)
+def paint_distractors(rng: np.random.Generator, image: Image.Image, regions: Image.Image, difficulty: float) -> None:
+    """Poles, barrels, bushes, round signs, hydrants, crates, cones (hard negatives); background on the region map."""
+    draw = RegionDraw(image, regions, BACKGROUND)
     width, height = image.size
     kinds = (_draw_pole, _draw_barrel, _draw_bush, _draw_round_sign, _draw_hydrant, _draw_crate, _draw_cone)
     for _ in range(int(rng.integers(0, 3 + round(4 * difficulty)))):

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from src.data.synthetic.regions import DEFAULT_MASK_CLASSES, region_lookup
 from src.data.synthetic.scenes import SCENE_PAINTERS
 from src.data.synthetic.victims import VICTIM_PAINTERS
 from src.settings import load_config
@@ -14,6 +15,11 @@ def default_class_names(config_path: str | Path | None = None) -> tuple[tuple[st
     """(disaster class names, victim class names) from the settings file (default configs/default.yaml)."""
     classes = load_config(config_path)["classes"]
     return tuple(classes["disaster"]), tuple(classes["victim"])
+
+
+def default_mask_classes(config_path: str | Path | None = None) -> tuple[str, ...]:
+    """Mask class names from the settings file (``classes.mask``), else the generator's own regions."""
+    return tuple(load_config(config_path)["classes"].get("mask") or DEFAULT_MASK_CLASSES)
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,9 @@ class SceneOptions:
     # relative frequency of each disaster class: {name: weight}, unnamed classes
     # weigh 1; None = balanced. Kept as a tuple in disaster_classes order.
     class_weights: tuple[float, ...] | dict | None = None
+    # the segmentation classes the written masks index (background, water, fire_smoke, rubble, ...);
+    # () = the settings file's classes.mask
+    mask_classes: tuple[str, ...] = ()
 
     def __post_init__(self):
         disaster, victim = (), ()
@@ -39,6 +48,8 @@ class SceneOptions:
         object.__setattr__(self, "victim_classes", tuple(self.victim_classes or victim))
         object.__setattr__(self, "difficulty", float(self.difficulty))
         object.__setattr__(self, "class_weights", _class_weights(self.class_weights, self.disaster_classes))
+        object.__setattr__(self, "mask_classes", tuple(self.mask_classes or default_mask_classes()))
+        region_lookup(self.mask_classes)  # 'background' named, names unique
         if int(self.burst_size) < 1:
             raise ValueError(f"burst_size must be >= 1, got {self.burst_size}")
         if not 32 <= int(self.min_size) <= int(self.max_size):

@@ -2,6 +2,8 @@
 
 Image i depends only on (seed, i) and the options, never on the number of
 workers or on other images: each component draws from its own seeded stream.
+Its region map (what each pixel shows, ``regions``) is painted along with it
+from the same shapes, drawing no random number of its own.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from PIL import Image
 from src.data.synthetic.distractors import paint_distractors
 from src.data.synthetic.drawing import jitter, low_freq
 from src.data.synthetic.options import SceneOptions, coerce_options
+from src.data.synthetic.regions import paint_overlay_regions
 from src.data.synthetic.scenes import SCENE_PAINTERS
 from src.data.synthetic.victims import paint_victims
 
@@ -59,11 +62,12 @@ def disaster_class_of(seed: int, scene: int, num_classes: int, weights: Sequence
     return int(np.random.default_rng([int(seed), block, CLASS_STREAM]).permutation(num_classes)[position])
 
 
-def _burst_frame(rng: np.random.Generator, image: Image.Image, boxes: np.ndarray
-                 ) -> tuple[Image.Image, np.ndarray]:
+def _burst_frame(rng: np.random.Generator, image: Image.Image, regions: Image.Image, boxes: np.ndarray
+                 ) -> tuple[Image.Image, Image.Image, np.ndarray]:
     """One frame of a burst: a crop of the scene (BURST_CROP of each side, larger when the
-    victims need it) scaled back to full size. The crop holds every victim box whole, so
-    boxes stay tight (a box cut by the frame edge would not be)."""
+    victims need it) scaled back to full size, its region map cropped alike (nearest pixel,
+    so codes stay codes). The crop holds every victim box whole, so boxes stay tight (a box
+    cut by the frame edge would not be)."""
     width, height = image.size
     low, high = (boxes[:, :2].min(axis=0).tolist(), boxes[:, 2:].max(axis=0).tolist()) if len(boxes) else \
         ((width, height), (0, 0))
@@ -76,10 +80,11 @@ def _burst_frame(rng: np.random.Generator, image: Image.Image, boxes: np.ndarray
         return rng.uniform(earliest, max(earliest, min(first, side - crop)))
 
     x0, y0 = origin(low[0], high[0], crop_w, width), origin(low[1], high[1], crop_h, height)
-    frame = image.transform((width, height), Image.Transform.EXTENT, (x0, y0, x0 + crop_w, y0 + crop_h),
-                            Image.Resampling.BILINEAR)
+    extent = (x0, y0, x0 + crop_w, y0 + crop_h)
+    frame = image.transform((width, height), Image.Transform.EXTENT, extent, Image.Resampling.BILINEAR)
+    frame_regions = regions.transform((width, height), Image.Transform.EXTENT, extent, Image.Resampling.NEAREST)
     scaled = (boxes - np.array([x0, y0, x0, y0], np.float32)) / share
-    return frame, np.clip(scaled, 0, [width, height, width, height]).astype(np.float32).reshape(-1, 4)
+    return frame, frame_regions, np.clip(scaled, 0, [width, height, width, height]).astype(np.float32).reshape(-1, 4)
 
 
 def render_scene(seed: int, index: int, options: SceneOptions | dict | None = None
@@ -92,6 +97,13 @@ def render_scene(seed: int, index: int, options: SceneOptions | dict | None = No
     index // burst_size share their scene (class, layout, victims) and differ
     in crop and camera.
     """
+    return render_labelled_scene(seed, index, options)[:4]
+
+
+def render_labelled_scene(seed: int, index: int, options: SceneOptions | dict | None = None
+                          ) -> tuple[Image.Image, np.ndarray, np.ndarray, int, Image.Image]:
+    """``render_scene`` plus the image's region map: an 8-bit image of region codes
+    (``regions.BACKGROUND``, ``WATER``, ``FIRE_SMOKE``, ``RUBBLE``), the image's size."""
     options = coerce_options(options)
     scene_index = int(index) // int(options.burst_size)
     disaster = disaster_class_of(seed, scene_index, len(options.disaster_classes), options.class_weights)
@@ -100,13 +112,14 @@ def render_scene(seed: int, index: int, options: SceneOptions | dict | None = No
     height = int(size_rng.integers(options.min_size, options.max_size + 1))
     painter = SCENE_PAINTERS[options.disaster_classes[disaster]]
     scene = painter(_rng(seed, scene_index, _STREAM_SCENE), width, height, options.difficulty)
-    paint_distractors(_rng(seed, scene_index, _STREAM_DISTRACTORS), scene.image, options.difficulty)
+    paint_distractors(_rng(seed, scene_index, _STREAM_DISTRACTORS), scene.image, scene.regions, options.difficulty)
     boxes, classes = paint_victims(_rng(seed, scene_index, _STREAM_VICTIMS),
                                     _rng(seed, scene_index, _STREAM_OCCLUDERS), scene, options)
-    image = scene.image
-    for colour, mask in scene.overlays:
+    image, regions = scene.image, scene.regions
+    for colour, mask, region in scene.overlays:
         image = Image.composite(Image.new("RGB", image.size, colour), image, mask)
+        regions = paint_overlay_regions(regions, mask, region)
     if options.burst_size > 1:
-        image, boxes = _burst_frame(_rng(seed, index, _STREAM_FRAME), image, boxes)
+        image, regions, boxes = _burst_frame(_rng(seed, index, _STREAM_FRAME), image, regions, boxes)
     image = _apply_camera(_rng(seed, index, _STREAM_CAMERA), image, options.difficulty)
-    return image, boxes, classes, disaster
+    return image, boxes, classes, disaster, regions

@@ -19,6 +19,7 @@ from src.data.synthetic.drawing import (CLASS_GROUNDS, GROUND_PALETTES, RUBBLE_C
 from src.data.synthetic.elements import (cars_along_road, draw_car, draw_debris, draw_flames, draw_house,
                                          draw_road, draw_rubble, draw_tree, flame_glow_mask, smoke_mask,
                                          water_texture)
+from src.data.synthetic.regions import BACKGROUND, FIRE_SMOKE, RUBBLE, WATER, RegionDraw, new_region_map
 
 
 def _ground(rng: np.random.Generator, width: int, height: int, palette: tuple[Colour, Colour]) -> Image.Image:
@@ -42,36 +43,39 @@ def _ground_palette(rng: np.random.Generator, class_name: str, difficulty: float
 class Scene:
     """A painted background plus how to occlude victims and what to lay on top.
 
-    occlude(rng, image, owner, figure_box) draws something over part of a
-    figure on the RGB image and with 0 on the owner map (which records
-    which figure each pixel shows).
-    overlays: (colour, alpha mask) pairs composited after the victims
-    (smoke, glow); translucent, so they do not hide figures.
+    occlude(rng, image, owner, regions, figure_box) draws something over part
+    of a figure on the RGB image, with 0 on the owner map (which records
+    which figure each pixel shows) and with its region code on the region map.
+    overlays: (colour, alpha mask, region code or None) triples composited
+    after the victims (smoke, glow); translucent, so they do not hide figures;
+    dense smoke labels its pixels (``regions.paint_overlay_regions``).
+    regions: what each pixel shows (an 8-bit map of ``regions`` codes), painted with the image.
     """
 
     image: Image.Image
-    occlude: Callable[[np.random.Generator, Image.Image, Image.Image, Box], None]
+    regions: Image.Image
+    occlude: Callable[[np.random.Generator, Image.Image, Image.Image, Image.Image, Box], None]
     occlusion_probability: float
-    overlays: list[tuple[Colour, Image.Image]] = field(default_factory=list)
+    overlays: list[tuple[Colour, Image.Image, int | None]] = field(default_factory=list)
 
 
-def _blob_occluder(colours: Sequence[Colour], rng: np.random.Generator, image: Image.Image,
-                   owner: Image.Image, box: Box) -> None:
-    """Irregular shapes over the lower part of a figure (rubble, bush, debris)."""
+def _blob_occluder(colours: Sequence[Colour], region: int, rng: np.random.Generator, image: Image.Image,
+                   owner: Image.Image, regions: Image.Image, box: Box) -> None:
+    """Irregular shapes over the lower part of a figure (rubble, bush, debris), labelled `region`."""
     x1, y1, x2, y2 = box
     size = max(x2 - x1, y2 - y1)
     cx = rng.uniform(x1, x2)
     cy = rng.uniform(y1 + 0.4 * (y2 - y1), y2)
-    draw_rgb, draw_owner = ImageDraw.Draw(image), ImageDraw.Draw(owner)
+    draw_scene, draw_owner = RegionDraw(image, regions, region), ImageDraw.Draw(owner)
     for _ in range(int(rng.integers(1, 4))):
         polygon = blob(rng, cx + rng.normal(0, size * 0.12), cy + rng.normal(0, size * 0.12),
                         size * rng.uniform(0.18, 0.35), 7, 0.35)
-        draw_rgb.polygon(polygon, fill=jitter(rng, pick(rng, colours), 15))
+        draw_scene.polygon(polygon, fill=jitter(rng, pick(rng, colours), 15))
         draw_owner.polygon(polygon, fill=0)
 
 
 def _water_occluder(water: Image.Image, rng: np.random.Generator, image: Image.Image,
-                    owner: Image.Image, box: Box) -> None:
+                    owner: Image.Image, regions: Image.Image, box: Box) -> None:
     """Water surface over the lower part of a figure (wading / floating)."""
     x1, y1, x2, y2 = box
     level = y1 + (y2 - y1) * rng.uniform(0.3, 0.7)
@@ -80,9 +84,11 @@ def _water_occluder(water: Image.Image, rng: np.random.Generator, image: Image.I
     polygon = top + [(x2 + 3, y2 + 3), (x1 - 3, y2 + 3)]
     image.paste(water, (0, 0), polygon_mask(image.size, polygon))
     ImageDraw.Draw(owner).polygon(polygon, fill=0)
+    ImageDraw.Draw(regions).polygon(polygon, fill=WATER)
 
 
-def _car_occluder(rng: np.random.Generator, image: Image.Image, owner: Image.Image, box: Box) -> None:
+def _car_occluder(rng: np.random.Generator, image: Image.Image, owner: Image.Image, regions: Image.Image,
+                  box: Box) -> None:
     """A car partly in front of a figure."""
     x1, y1, x2, y2 = box
     size = max(x2 - x1, y2 - y1)
@@ -90,30 +96,33 @@ def _car_occluder(rng: np.random.Generator, image: Image.Image, owner: Image.Ima
     cx = pick(rng, (x1, x2)) + rng.normal(0, size * 0.1)
     cy = rng.uniform(y1 + 0.3 * (y2 - y1), y2)
     angle = rng.uniform(0, math.pi)
-    draw_car(ImageDraw.Draw(image), rng, cx, cy, length, angle)
+    draw_car(RegionDraw(image, regions, BACKGROUND), rng, cx, cy, length, angle)
     ImageDraw.Draw(owner).polygon(rect(cx, cy, length, length * 0.46, angle), fill=0)
 
 
 def _paint_collapsed_building(rng: np.random.Generator, width: int, height: int, difficulty: float) -> Scene:
     """Dusty ground, broken tilted building blocks, rubble piles, debris."""
     image = _ground(rng, width, height, _ground_palette(rng, "collapsed_building", difficulty))
-    draw = ImageDraw.Draw(image)
+    regions = new_region_map(image.size)
+    draw = RegionDraw(image, regions)
     if rng.random() < 0.15 + 0.5 * difficulty:  # surviving houses nearby
         for _ in range(int(rng.integers(1, 3))):
             draw_house(draw, rng, *random_point(rng, width, height), rng.uniform(25, 50), rng.uniform(0, math.pi))
-    for _ in range(int(rng.integers(2, 5))):
-        _draw_broken_block(draw, rng, *random_point(rng, width, height, 0.1), rng.uniform(30, 80))
-    for _ in range(int(rng.integers(2, 6))):
-        draw_rubble(draw, rng, *random_point(rng, width, height), rng.uniform(15, 45), int(rng.integers(10, 30)))
-    draw_debris(draw, rng, width, height, int(rng.integers(8, 25)))
+    with draw.region(RUBBLE):  # collapsed blocks, rubble piles and debris
+        for _ in range(int(rng.integers(2, 5))):
+            _draw_broken_block(draw, rng, *random_point(rng, width, height, 0.1), rng.uniform(30, 80))
+        for _ in range(int(rng.integers(2, 6))):
+            draw_rubble(draw, rng, *random_point(rng, width, height), rng.uniform(15, 45),
+                        int(rng.integers(10, 30)))
+        draw_debris(draw, rng, width, height, int(rng.integers(8, 25)))
     overlays = []
-    if rng.random() < 0.4 * difficulty:  # dust cloud, looks a bit like smoke
+    if rng.random() < 0.4 * difficulty:  # dust cloud, looks a bit like smoke (and is no region of its own)
         dust = smoke_mask(rng, width, height, [random_point(rng, width, height)], 0.45, 1.3)
-        overlays.append((jitter(rng, (175, 165, 145), 10), dust))
-    return Scene(image, partial(_blob_occluder, RUBBLE_COLOURS), 0.45, overlays)
+        overlays.append((jitter(rng, (175, 165, 145), 10), dust, None))
+    return Scene(image, regions, partial(_blob_occluder, RUBBLE_COLOURS, RUBBLE), 0.45, overlays)
 
 
-def _draw_broken_block(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float,
+def _draw_broken_block(draw: RegionDraw, rng: np.random.Generator, cx: float, cy: float,
                        size: float) -> None:
     """A collapsed building block: tilted slab, exposed wall, jagged edge, cracks."""
     angle = rng.uniform(0, math.pi)
@@ -142,7 +151,8 @@ def _draw_broken_block(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: 
 def _paint_fire(rng: np.random.Generator, width: int, height: int, difficulty: float) -> Scene:
     """Burnt ground, charred patches and buildings, flames, smoke plumes."""
     image = _ground(rng, width, height, _ground_palette(rng, "fire", difficulty))
-    draw = ImageDraw.Draw(image)
+    regions = new_region_map(image.size)
+    draw = RegionDraw(image, regions)
     for _ in range(int(rng.integers(3, 8))):  # charred patches
         draw.polygon(blob(rng, *random_point(rng, width, height, 0.0), rng.uniform(10, 40), 10, 0.4),
                      fill=jitter(rng, (30, 26, 24), 8))
@@ -157,13 +167,16 @@ def _paint_fire(rng: np.random.Generator, width: int, height: int, difficulty: f
     count = int(rng.integers(0, 2)) if little_flame else int(rng.integers(2, 7))
     flames = [(*random_point(rng, width, height, 0.1), rng.uniform(6, 14) if little_flame else rng.uniform(10, 40))
               for _ in range(count)]
-    for x, y, size in flames:
-        draw_flames(draw, rng, x, y, size)
-    overlays = [((255, 130, 30), flame_glow_mask(width, height, flames))] if flames else []
+    with draw.region(FIRE_SMOKE):
+        for x, y, size in flames:
+            draw_flames(draw, rng, x, y, size)
+    overlays = [((255, 130, 30), flame_glow_mask(width, height, flames), None)] if flames else []
     sources = [(x, y) for x, y, _ in flames] or [random_point(rng, width, height)]
     grey = int(rng.integers(80, 170))
-    overlays.append(((grey, grey, grey), smoke_mask(rng, width, height, sources, rng.uniform(0.4, 0.75), 1.2)))
-    return Scene(image, partial(_blob_occluder, ((35, 30, 28), (70, 60, 50), (50, 45, 42))), 0.2, overlays)
+    overlays.append(((grey, grey, grey), smoke_mask(rng, width, height, sources, rng.uniform(0.4, 0.75), 1.2),
+                     FIRE_SMOKE))
+    charred = ((35, 30, 28), (70, 60, 50), (50, 45, 42))
+    return Scene(image, regions, partial(_blob_occluder, charred, BACKGROUND), 0.2, overlays)
 
 
 def _paint_flooded_areas(rng: np.random.Generator, width: int, height: int, difficulty: float) -> Scene:
@@ -180,23 +193,27 @@ def _paint_flooded_areas(rng: np.random.Generator, width: int, height: int, diff
     field_ = low_freq(rng, width, height, 3)
     water_mask = Image.fromarray(((field_ <= np.quantile(field_, coverage)) * 255).astype(np.uint8))
     image = Image.composite(water, land, water_mask)
-    draw = ImageDraw.Draw(image)
+    regions = Image.composite(new_region_map(image.size, WATER), new_region_map(image.size), water_mask)
+    draw = RegionDraw(image, regions)
     for _ in range(int(rng.integers(1, 5))):  # houses, then water over part of them
         x, y = random_point(rng, width, height)
         size, angle = rng.uniform(25, 55), rng.uniform(0, math.pi)
         draw_house(draw, rng, x, y, size, angle)
         cut = rect(x + rng.normal(0, size * 0.3), y + size * rng.uniform(0.1, 0.5), size * 1.6, size * 0.8, angle)
         image.paste(water, (0, 0), polygon_mask(image.size, cut))
+        ImageDraw.Draw(regions).polygon(cut, fill=WATER)
     for _ in range(int(rng.integers(2, 8))):
         draw_tree(draw, rng, *random_point(rng, width, height, 0.0), rng.uniform(5, 12))
-    draw_debris(draw, rng, width, height, int(rng.integers(8, 25)))
-    return Scene(image, partial(_water_occluder, water), 0.55)
+    with draw.region(RUBBLE):  # floating debris
+        draw_debris(draw, rng, width, height, int(rng.integers(8, 25)))
+    return Scene(image, regions, partial(_water_occluder, water), 0.55)
 
 
 def _paint_traffic_incident(rng: np.random.Generator, width: int, height: int, difficulty: float) -> Scene:
     """Road with lane markings, crashed / rotated cars, debris, skid marks, maybe smoke."""
     image = _ground(rng, width, height, _ground_palette(rng, "traffic_incident", difficulty))
-    draw = ImageDraw.Draw(image)
+    regions = new_region_map(image.size)
+    draw = RegionDraw(image, regions)
     if rng.random() < 0.2 + 0.4 * difficulty:
         for _ in range(int(rng.integers(1, 3))):
             draw_house(draw, rng, *random_point(rng, width, height), rng.uniform(25, 45), rng.uniform(0, math.pi))
@@ -208,13 +225,15 @@ def _paint_traffic_incident(rng: np.random.Generator, width: int, height: int, d
     overlays = []
     if rng.random() < 0.15 + 0.5 * difficulty:
         grey = int(rng.integers(70, 160))
-        overlays.append(((grey, grey, grey), smoke_mask(rng, width, height, [crash], rng.uniform(0.35, 0.65))))
+        overlays.append(((grey, grey, grey), smoke_mask(rng, width, height, [crash], rng.uniform(0.35, 0.65)),
+                         FIRE_SMOKE))
         if rng.random() < 0.3 * difficulty:
-            draw_flames(draw, rng, crash[0], crash[1], rng.uniform(6, 12))
-    return Scene(image, _car_occluder, 0.2, overlays)
+            with draw.region(FIRE_SMOKE):
+                draw_flames(draw, rng, crash[0], crash[1], rng.uniform(6, 12))
+    return Scene(image, regions, _car_occluder, 0.2, overlays)
 
 
-def _draw_crash(draw: ImageDraw.ImageDraw, rng: np.random.Generator, road, width: int, height: int) -> tuple[float, float]:
+def _draw_crash(draw: RegionDraw, rng: np.random.Generator, road, width: int, height: int) -> tuple[float, float]:
     """Two to four cars at odd angles around a crash point, skid marks, debris."""
     cx, cy, angle, road_width = road
     t = rng.uniform(-0.08, 0.08) * min(width, height)  # stays well inside the image
@@ -229,24 +248,27 @@ def _draw_crash(draw: ImageDraw.ImageDraw, rng: np.random.Generator, road, width
         x, y = px + rng.normal(0, length * 0.45), py + rng.normal(0, length * 0.45)
         draw_car(draw, rng, x, y, length, angle + rng.uniform(0.5, 2.6) * pick(rng, (-1, 1)),
                   flipped=rng.random() < 0.2)
-    for _ in range(int(rng.integers(10, 30))):  # glass and plastic fragments
-        x, y = px + rng.normal(0, length * 0.7), py + rng.normal(0, length * 0.7)
-        colour = jitter(rng, pick(rng, ((210, 225, 235), (60, 60, 60), (200, 40, 30), (230, 150, 30))), 15)
-        draw.rectangle([x, y, x + rng.uniform(1, 3), y + rng.uniform(1, 3)], fill=colour)
+    with draw.region(RUBBLE):
+        for _ in range(int(rng.integers(10, 30))):  # glass and plastic fragments
+            x, y = px + rng.normal(0, length * 0.7), py + rng.normal(0, length * 0.7)
+            colour = jitter(rng, pick(rng, ((210, 225, 235), (60, 60, 60), (200, 40, 30), (230, 150, 30))), 15)
+            draw.rectangle([x, y, x + rng.uniform(1, 3), y + rng.uniform(1, 3)], fill=colour)
     return px, py
 
 
 def _paint_normal(rng: np.random.Generator, width: int, height: int, difficulty: float) -> Scene:
     """Green fields, trees, intact houses, a road with normally aligned cars."""
     image = _ground(rng, width, height, _ground_palette(rng, "normal", difficulty))
-    draw = ImageDraw.Draw(image)
+    regions = new_region_map(image.size)
+    draw = RegionDraw(image, regions)
     for _ in range(int(rng.integers(2, 7))):  # field patchwork
         colour = pick(rng, ((70, 130, 50), (120, 150, 70), (160, 150, 90), (95, 110, 55), (130, 105, 70)))
         draw.polygon(rect(*random_point(rng, width, height, 0.0), rng.uniform(40, 140), rng.uniform(30, 100),
                            rng.uniform(0, math.pi)), fill=jitter(rng, colour, 15))
     if rng.random() < 0.3 * difficulty:  # a pond
         pond = blob(rng, *random_point(rng, width, height), rng.uniform(15, 35), 10, 0.3)
-        draw.polygon(pond, fill=jitter(rng, (70, 100, 120), 15))
+        with draw.region(WATER):
+            draw.polygon(pond, fill=jitter(rng, (70, 100, 120), 15))
     if rng.random() < 0.7:
         road = draw_road(draw, rng, width, height)
         cars_along_road(draw, rng, road, int(rng.integers(0, 5)), width, height)
@@ -256,9 +278,10 @@ def _paint_normal(rng: np.random.Generator, width: int, height: int, difficulty:
         draw_tree(draw, rng, *random_point(rng, width, height, 0.0), rng.uniform(5, 14))
     overlays = []
     if rng.random() < 0.3 * difficulty:  # chimney / bonfire smoke, light
-        overlays.append(((200, 200, 200), smoke_mask(rng, width, height, [random_point(rng, width, height)], 0.3)))
+        overlays.append(((200, 200, 200), smoke_mask(rng, width, height, [random_point(rng, width, height)], 0.3),
+                         FIRE_SMOKE))
     bush = ((45, 95, 40), (60, 115, 45), (35, 80, 35))
-    return Scene(image, partial(_blob_occluder, bush), 0.2, overlays)
+    return Scene(image, regions, partial(_blob_occluder, bush, BACKGROUND), 0.2, overlays)
 
 
 SCENE_PAINTERS: dict[str, Callable[[np.random.Generator, int, int, float], Scene]] = {

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 
 from src.data.synthetic.drawing import (CLOTHING, FIGURE_LENGTH_PX, SKIN_TONES, TROUSERS, Box, Colour, jitter,
                                         loguniform, pick, random_point)
+from src.data.synthetic.regions import BACKGROUND
 from src.data.synthetic.scenes import Scene
 
 if TYPE_CHECKING:
@@ -191,7 +192,8 @@ def paint_victims(rng: np.random.Generator, occluder_rng: np.random.Generator, s
 
     An owner map (figure id per pixel, 0 = background) is drawn alongside the
     image; later figures and occluders overwrite it, so each label box is the
-    tight box of what is actually visible.
+    tight box of what is actually visible. A figure's pixels are background on
+    the scene's region map; an occluder paints its own region there.
     """
     image = scene.image
     width, height = image.size
@@ -200,6 +202,7 @@ def paint_victims(rng: np.random.Generator, occluder_rng: np.random.Generator, s
         count = int(rng.integers(1, options.max_victims + 1))
     owner = Image.new("L", image.size, 0)
     draw_rgb, draw_owner = ImageDraw.Draw(image), ImageDraw.Draw(owner)
+    draw_regions = ImageDraw.Draw(scene.regions)
     placed: list[tuple[list[Primitive], Box, int]] = []
     for _ in range(count):
         victim_class = int(rng.integers(len(options.victim_classes)))
@@ -210,10 +213,11 @@ def paint_victims(rng: np.random.Generator, occluder_rng: np.random.Generator, s
         figure, box = spot
         _draw_primitives(draw_rgb, figure)
         _draw_primitives(draw_owner, figure, fill=len(placed) + 1)
+        _draw_primitives(draw_regions, figure, fill=BACKGROUND)
         placed.append((figure, box, victim_class))
     for _, box, _ in placed:
         if occluder_rng.random() < scene.occlusion_probability:
-            scene.occlude(occluder_rng, image, owner, box)
+            scene.occlude(occluder_rng, image, owner, scene.regions, box)
     owner_pixels = np.asarray(owner)
     boxes, classes = [], []
     for figure_id, (figure, box, victim_class) in enumerate(placed, start=1):

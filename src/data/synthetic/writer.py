@@ -1,8 +1,9 @@
 """Writing the synthetic data set to disk in the real formats the readers handle.
 
-JPEG images, YOLO label files and a class table, plus ``dataset.yaml`` (the
-options, written last), so a complete set is recognised and not regenerated,
-and splits can tell which images are frames of one burst (``scene_groups``).
+JPEG images, YOLO label files, PNG label maps (masks) and a class table, plus
+``dataset.yaml`` (the options and class lists, written last), so a complete set
+is recognised and not regenerated, and splits can tell which images are frames
+of one burst (``scene_groups``).
 """
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ import numpy as np
 import yaml
 
 from src.data.synthetic.options import SceneOptions
-from src.data.synthetic.render import render_scene
+from src.data.synthetic.regions import mask_image
+from src.data.synthetic.render import render_labelled_scene
 
 LOG = logging.getLogger(__name__)
 
 GENERATOR = "src.data.synthetic"  # dataset.yaml's `generator`: marks a set this package wrote
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: writes masks/ (a version-1 set is regenerated, to the same images and labels)
 JPEG_QUALITY = 92
 
 
@@ -36,12 +38,13 @@ def yolo_lines(boxes: np.ndarray, classes: np.ndarray, image_size: tuple[int, in
 
 
 def _write_example(job: tuple[str, int, int, SceneOptions]) -> tuple[int, str]:
-    """Render image `index` and write its JPEG and label file; returns (index, class name)."""
+    """Render image `index` and write its JPEG, label file and mask; returns (index, class name)."""
     out_dir, seed, index, options = job
-    image, boxes, classes, disaster = render_scene(seed, index, options)
+    image, boxes, classes, disaster, regions = render_labelled_scene(seed, index, options)
     stem = f"{index:05d}"
     image.save(Path(out_dir, "images", f"{stem}.jpg"), "JPEG", quality=JPEG_QUALITY)
     Path(out_dir, "labels", f"{stem}.txt").write_text(yolo_lines(boxes, classes, image.size), encoding="utf-8")
+    mask_image(regions, options.mask_classes).save(Path(out_dir, "masks", f"{stem}.png"), "PNG")
     return index, options.disaster_classes[disaster]
 
 
@@ -55,6 +58,7 @@ def _manifest(seed: int, num_images: int, options: SceneOptions) -> dict:
                     "class_weights": None if options.class_weights is None else list(options.class_weights)},
         "disaster_classes": list(options.disaster_classes),
         "victim_classes": list(options.victim_classes),
+        "mask_classes": list(options.mask_classes),
     }
 
 
@@ -95,8 +99,8 @@ def _render_all(out: Path, seed: int, num_images: int, options: SceneOptions, wo
 
 
 def _remove_stale(out: Path, num_images: int) -> None:
-    """Delete images / labels left over from an earlier, larger generation."""
-    for folder, suffix in (("images", ".jpg"), ("labels", ".txt")):
+    """Delete images / labels / masks left over from an earlier, larger generation."""
+    for folder, suffix in (("images", ".jpg"), ("labels", ".txt"), ("masks", ".png")):
         for path in (out / folder).glob(f"*{suffix}"):
             if not path.stem.isdigit() or int(path.stem) >= num_images:
                 path.unlink()
@@ -106,17 +110,21 @@ def generate_dataset(out_dir: str | Path, num_images: int = 3000, seed: int = 0,
                      max_size: int = 256, difficulty: float = 0.5, max_victims: int = 6, workers: int = 2,
                      disaster_classes: Sequence[str] | None = None,
                      victim_classes: Sequence[str] | None = None, burst_size: int = 1,
-                     class_weights: dict | Sequence[float] | None = None) -> Path:
+                     class_weights: dict | Sequence[float] | None = None,
+                     mask_classes: Sequence[str] | None = None) -> Path:
     """Write the synthetic data set to out_dir and return it.
 
     Layout: images/{i:05d}.jpg, labels/{i:05d}.txt (YOLO, empty = no
-    victims), classes.tsv (image, disaster_class name), dataset.yaml (the
-    options and class names; written last, so it marks a complete set).
+    victims), masks/{i:05d}.png (8-bit palette image, each pixel the index of
+    its class in ``mask_classes``), classes.tsv (image, disaster_class name),
+    dataset.yaml (the options and class names, ``mask_classes`` included;
+    written last, so it marks a complete set).
     Skips the work if dataset.yaml already records identical options.
     """
     out = Path(out_dir)
     options = SceneOptions(min_size, max_size, difficulty, max_victims,
-                           tuple(disaster_classes or ()), tuple(victim_classes or ()), burst_size, class_weights)
+                           tuple(disaster_classes or ()), tuple(victim_classes or ()), burst_size, class_weights,
+                           tuple(mask_classes or ()))
     manifest = _manifest(seed, num_images, options)
     if _already_generated(out, manifest):
         LOG.info("%s already holds this synthetic data set (seed=%d, %d images); not regenerating",
@@ -124,6 +132,7 @@ def generate_dataset(out_dir: str | Path, num_images: int = 3000, seed: int = 0,
         return out
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "dataset.yaml").unlink(missing_ok=True)
     LOG.info("generating %d synthetic images into %s (seed=%d, difficulty=%.2f, %d image(s) per scene, "
              "workers=%d)", num_images, out, seed, difficulty, options.burst_size, workers)
@@ -145,5 +154,5 @@ def generate_from_config(cfg: dict, root=None) -> Path:
                             min_size=d["min_size"], max_size=d["max_size"],
                             difficulty=d["difficulty"], max_victims=d["max_victims"],
                             disaster_classes=cfg["classes"]["disaster"],
-                            victim_classes=cfg["classes"]["victim"],
+                            victim_classes=cfg["classes"]["victim"], mask_classes=cfg["classes"].get("mask"),
                             burst_size=d.get("burst_size", 1), class_weights=d.get("class_weights"))
