@@ -27,7 +27,7 @@ MAKE_COMMAND = make $(MAKECMDGOALS)$(if $(MAKEOVERRIDES), $(MAKEOVERRIDES))
 CENTRAL_MODEL := workspace/runs/central/model.keras
 MODEL ?= $(CENTRAL_MODEL)
 
-.PHONY: setup data splits train-central pretrain-backbone simulate al-experiment results test test-faults test-deploy bench export-report clean
+.PHONY: setup data splits train-central pretrain-backbone simulate al-experiment results test test-faults test-deploy bench bench-quality export-report clean
 
 setup: $(STAMP)
 
@@ -144,6 +144,14 @@ dashboard: setup
 
 bench: setup
 	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m bench.run
+
+# Test quality of the centralized detector trained from scratch on every label, at 5, 10
+# and 15 minutes of wall time, median of 3 seeds (~48 min) -> bench/quality_vs_time.{json,png}
+# (SEEDS=0 MINUTES=5 for a quick look; SET="training.ema_decay=0" compares a setting)
+MINUTES ?= 5,10,15
+bench-quality: setup
+	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m bench.quality_vs_time --seeds $(or $(SEEDS),0,1,2) --minutes $(MINUTES) \
+		$(foreach s,$(SET),--set $(s)) $(if $(OUT),--out $(OUT))
 
 # Export the model to every runtime and measure quality vs speed on the test split
 # (trains the centralized reference first when it is the model asked for and missing).

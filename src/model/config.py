@@ -65,6 +65,8 @@ class ModelConfig:
     width scales every filter count; depth gives residual blocks per Darknet
     stage; anchors are (w, h) in input pixels, 3 per stride 8/16/32.
     centre_range: how the heads' centres decode (see CENTRE_RANGE_YOLOV3).
+    stem_stride: 1 is Darknet's full-resolution stem; 2 starts at half resolution (as
+    YOLOv5/v8 stems do), which the small variant's step time is dominated by otherwise.
     """
 
     variant: str = "small"
@@ -76,6 +78,8 @@ class ModelConfig:
     anchors: Sequence[Sequence[float]] = field(default_factory=lambda: YOLOV3_ANCHORS)
     anchor_iou_threshold: float = 1.0  # 1.0 = best anchor only (YOLOv3)
     neighbour_cells: bool = False      # YOLOv5: also the 2 nearest neighbour cells
+    stem_stride: int = 1               # 2: the stem conv downsamples (stage 1 skips its own)
+    neck_convs: int = 5                # alternating 1x1/3x3 convs before each head: 5 (YOLOv3), 3 or 1
     cls_head_blocks: int = 2
     cls_head_expansion: int = 2
     cls_head_dropout: float = 0.2
@@ -97,6 +101,10 @@ class ModelConfig:
             raise ValueError(f"model.neighbour_cells needs model.centre_range >= {CENTRE_RANGE_SCALED:g} "
                              f"(centres must reach the neighbour cells), got {self.centre_range:g}; "
                              "set model.neighbour_cells false")
+        if self.neck_convs not in (1, 3, 5) or isinstance(self.neck_convs, bool):
+            raise ValueError(f"model.neck_convs must be 1, 3 or 5, got {self.neck_convs!r}")
+        if self.stem_stride not in (1, 2) or isinstance(self.stem_stride, bool):
+            raise ValueError(f"model.stem_stride must be 1 or 2, got {self.stem_stride!r}")
         if self.input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32, got {self.input_size}")
         try:
