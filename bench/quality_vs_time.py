@@ -14,6 +14,8 @@ when `training.ema_decay` is on). Later budgets include the earlier evaluations'
 Data: the built-in data set split with the data seed 0 (train 2,400 images, every box and
 class label; test 450), whatever the training seed, so seeds differ only in training.
 Writes the medians over seeds and every seed's figures to `--out`, and a plot beside it.
+A seed already run with the same settings, budgets and commit (`<out>.seeds/seed<S>.json`)
+is reused, so seeds can run one at a time and a last call gathers them.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ CLOCK_START = time.perf_counter()
 
 import yaml  # noqa: E402
 
-from src.run_record import run_record  # noqa: E402
+from src.run_record import REPO, git_commit, run_record  # noqa: E402
 from src.settings import apply_overrides, load_config, parse_assignments  # noqa: E402
 
 log = logging.getLogger("bench.quality_vs_time")
@@ -103,6 +105,12 @@ def _key(minutes: float) -> str:
     return f"{minutes:g}"
 
 
+def _same_run(seed_result: dict, overrides: dict, minutes: list[float]) -> bool:
+    """A finished seed is reused when it ran with these settings and budgets (same commit)."""
+    return (seed_result.get("settings") == overrides and seed_result.get("minutes") == minutes
+            and seed_result.get("commit") == git_commit(REPO))
+
+
 def medians(seed_results: list[dict], minutes: list[float]) -> dict:
     return {_key(m): {k: statistics.median(r["checkpoints"][_key(m)][k] for r in seed_results) for k in METRICS}
             for m in minutes}
@@ -154,7 +162,9 @@ def main(argv=None) -> int:
     overrides = parse_assignments(args.set)
     if args.one_seed is not None:
         cfg = load_config(None, {**overrides, "seed": args.one_seed})
-        args.out.write_text(json.dumps(train_and_score(cfg, minutes, args.out.with_suffix(".keras")), indent=2))
+        result = train_and_score(cfg, minutes, args.out.with_suffix(".keras"))
+        result.update(settings=overrides, minutes=minutes, commit=run_record("bench.quality_vs_time", argv)["commit"])
+        args.out.write_text(json.dumps(result, indent=2))
         return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     work = args.out.with_suffix(".seeds")
@@ -162,6 +172,10 @@ def main(argv=None) -> int:
     seed_results = []
     for seed in seeds:
         seed_out = work / f"seed{seed}.json"
+        if seed_out.exists() and _same_run(json.loads(seed_out.read_text()), overrides, minutes):
+            log.info("seed %d: reusing %s", seed, seed_out)
+            seed_results.append(json.loads(seed_out.read_text()))
+            continue
         child = [sys.executable, "-m", "bench.quality_vs_time", "--one-seed", str(seed), "--minutes", args.minutes,
                  "--out", str(seed_out), *[f"--set={s}" for s in args.set]]
         log.info("seed %d: %s", seed, " ".join(child))

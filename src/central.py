@@ -70,12 +70,14 @@ def run(cfg: dict, out_dir: Path, split_dir: Path | None = None, backbone_mode: 
         losses = trainer.train_epoch(train_ds, epoch)
         entry = {"epoch": epoch + 1, "train": losses}
         if splits["val"]:
-            entry["val"] = score_predictions(predictor.predict(splits["val"]), splits["val"], mcfg)
+            with trainer.averaged_weights():
+                entry["val"] = score_predictions(predictor.predict(splits["val"]), splits["val"], mcfg)
         history.append(entry)
         val = entry.get("val", {})
         log.info("epoch %d/%d loss %.3f (det %.3f, disaster %.3f) %.1f img/s | val mAP50 %.3f acc %.3f",
                  epoch + 1, topts.epochs, losses["loss"], losses["detection"], losses["disaster"],
                  losses["images_per_s"], val.get("map50", float("nan")), val.get("accuracy", float("nan")))
+    trainer.finish()  # the model tested and saved holds the weights' moving average (training.ema_decay)
     train_wall = time.perf_counter() - start
     test = score_predictions(predictor.predict(splits["test"], progress=True), splits["test"], mcfg)
     out_dir.mkdir(parents=True, exist_ok=True)
