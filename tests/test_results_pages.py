@@ -171,3 +171,24 @@ def test_privacy_page_shows_the_epsilon_and_the_attack_tables_of_its_report(tmp_
     assert ("3 sites: clean accuracy 0.812; the most harmful scaling (x10) leaves 0.201 without the defence and "
             "0.780 with it (clean with the defence: 0.800); the backdoor succeeds on 65.4 % of the patched images "
             "(unpatched 10.1 %) without the defence and on 30.1 % with it.") in page
+
+
+def test_quality_vs_time_page_shows_the_medians_and_every_seed(tmp_path):
+    def seed(s, map50):
+        return {"seed": s, "parameters": 1569611, "train_images": 2400, "test_images": 450,
+                "checkpoints": {"5": {"map50": map50, "map50_95": 0.09, "accuracy": 0.93, "epochs": 5.0}}}
+
+    result = {"label": "default settings", "settings": {}, "data_seed": 0, "run": RUN,
+              "median": {"5": {"map50": 0.3381, "map50_95": 0.0931, "accuracy": 0.9356}},
+              "seeds": [seed(0, 0.3381), seed(1, 0.3012), seed(2, 0.3502)],
+              "targets": {"map50": [{"label": "peer YOLOv8n 0.350", "value": 0.35}]}}
+    source = tmp_path / "quality_vs_time.json"
+    source.write_text(json.dumps(result))
+    out = tmp_path / "pages"
+    main(["--simulate", str(tmp_path / "none.json"), "--bench", str(tmp_path / "none.json"), "--quality", str(source),
+          "--al", str(tmp_path / "none.json"), "--privacy", str(tmp_path / "none.json"),
+          "--out", str(out), "--readme", ""])
+    page = (out / "quality_vs_time.md").read_text()
+    assert "| 5 min | 0.338 | 0.093 | 0.936 | 0.338 / 0.301 / 0.350 | 5.0 |" in page
+    assert "`make simulate ROUNDS=2`" in page and "Medians of 3 seeds (0, 1, 2)" in page
+    assert "peer YOLOv8n 0.350" in page

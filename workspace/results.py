@@ -1,13 +1,14 @@
 """`make results`: the Markdown pages of docs/results/, generated from the runs' JSON.
 
 python -m workspace.results [--simulate workspace/runs/latest/metrics.json]
-    [--bench bench/results.json] [--al workspace/runs/al/report.json ...]
+    [--bench bench/results.json] [--quality bench/quality_vs_time.json] [--al workspace/runs/al/report.json ...]
     [--privacy workspace/runs/privacy/report.json] [--out docs/results]
 
 Every number on a page is copied from one JSON file, beside where it comes from
 (date, commit, command, machine: the file's `run` block, src/run_record.py), so
 a page can always be regenerated and never drifts from its measurement. Pages:
-simulate.md (`make simulate`'s metrics.json), bench.md (`make bench`), and one page
+simulate.md (`make simulate`'s metrics.json), bench.md (`make bench`),
+quality_vs_time.md (`make bench-quality`, with bench/quality_ablation.json), and one page
 per active-learning experiment (`make al-experiment`'s report.json: active_learning.md
 for workspace/runs/al, active_learning_<name>.md for workspace/runs/al-<name>), and
 privacy.md (`make privacy-experiment`'s report.json). A page whose JSON is missing is
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable
@@ -25,6 +27,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SIMULATE = REPO / "workspace" / "runs" / "latest" / "metrics.json"
 DEFAULT_BENCH = REPO / "bench" / "results.json"
+DEFAULT_QUALITY = REPO / "bench" / "quality_vs_time.json"
 SECURE_AGGREGATION_BENCH = REPO / "bench" / "secure_aggregation.json"
 DEFAULT_OUT = REPO / "docs" / "results"
 README = REPO / "README.md"
@@ -131,6 +134,36 @@ def bench_page(bench: dict) -> list[str]:
             f"Median of {bench.get('repeats')} repeats.", "",
             *table(["variant", "input px", "parameters", "train batch", "train images/s", "inference batch",
                     "inference images/s"], rows)]
+
+
+def quality_vs_time_page(result: dict) -> list[str]:
+    """`make bench-quality`: test quality of the detector trained from scratch at wall-time budgets."""
+    minutes = list(result["median"])
+    seeds = result["seeds"]
+    rows = [[f"{m} min", num(result["median"][m]["map50"]), num(result["median"][m]["map50_95"]),
+             num(result["median"][m]["accuracy"]),
+             " / ".join(num(s["checkpoints"][m]["map50"]) for s in seeds),
+             num(statistics.median(s["checkpoints"][m]["epochs"] for s in seeds), 1)] for m in minutes]
+    targets = [t["label"] for metric in ("map50", "map50_95", "accuracy")
+               for t in result.get("targets", {}).get(metric, [])]
+    lines = ["# Quality per CPU-minute: the detector from scratch", "", *run_table(result.get("run")), "",
+             f"Centralized training from scratch on every label of the built-in data ({seeds[0]['train_images']} "
+             f"training images, {seeds[0]['test_images']} test images; data split seed {result['data_seed']}), "
+             f"{seeds[0]['parameters']:,} parameters, settings {result['settings'] or 'as configs/default.yaml'}. "
+             "Wall minutes count training and the test evaluations since the data was read. "
+             f"Medians of {len(seeds)} seeds ({', '.join(str(s['seed']) for s in seeds)}).", "",
+             *table(["budget", "mAP@0.5", "mAP@0.5:0.95", "accuracy", "mAP@0.5 per seed", "epochs"], rows), "",
+             f"Reference lines on the plot: {'; '.join(targets)}.", "",
+             "![quality vs time](../../bench/quality_vs_time.png)"]
+    ablation = REPO / "bench" / "quality_ablation.json"
+    if ablation.exists():
+        probes = json.loads(ablation.read_text())
+        lines += ["", "## What each change bought", "", f"{probes['what']} ({probes['date']}, code {probes['code']}). "
+                  f"{probes['caveats']}.", "",
+                  *table(["probe", "mAP@0.5", "mAP@0.5:0.95", "accuracy", "steps in 5 min"],
+                         [[r["label"], num(r["map50"]), num(r["map50_95"]), num(r["accuracy"]), r["steps"]]
+                          for r in probes["probes"]])]
+    return lines
 
 
 def active_learning_page(report: dict) -> list[str]:
@@ -257,6 +290,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--simulate", type=Path, default=DEFAULT_SIMULATE, help="a `make simulate` run's metrics.json")
     p.add_argument("--bench", type=Path, default=DEFAULT_BENCH, help="`make bench`'s results.json")
+    p.add_argument("--quality", type=Path, default=DEFAULT_QUALITY, help="`make bench-quality`'s JSON")
     p.add_argument("--al", type=Path, action="append", default=None, metavar="REPORT_JSON",
                    help="a `make al-experiment` report.json (default: those of configs/al_experiment*.yaml)")
     p.add_argument("--privacy", type=Path, default=None,
@@ -268,6 +302,7 @@ def main(argv=None) -> int:
     if write_page(args.simulate, args.out / "simulate.md", simulate_page) and args.readme:
         update_readme(Path(args.readme), json.loads(args.simulate.read_text()))
     write_page(args.bench, args.out / "bench.md", bench_page)
+    write_page(args.quality, args.out / "quality_vs_time.md", quality_vs_time_page)
     for report in args.al or experiment_reports():
         write_page(report, args.out / active_learning_page_name(report), active_learning_page)
     write_page(args.privacy or privacy_report(), args.out / "privacy.md", privacy_page)
