@@ -41,8 +41,15 @@ def check_model_fits(model, config: ModelConfig, source: str = "the model") -> N
                          "was trained with (--config, --set model.*, the class lists)")
 
 
+def images_signature(model) -> list:
+    """The input signature of a compiled pass over batches of `model`'s images, any batch size:
+    traced once per process, not again for a short last batch or a new global model's weights."""
+    spec = model.inputs[0]
+    return [tf.TensorSpec((None, *spec.shape[1:]), spec.dtype)]
+
+
 class Predictor:
-    """A compiled forward + decode + NMS for one model."""
+    """A compiled forward + decode + NMS for one model (traced once: `images_signature`)."""
 
     def __init__(self, model, config: ModelConfig, score_threshold: float = 0.01,
                  iou_threshold: float = 0.45, max_detections: int = 100):
@@ -53,8 +60,12 @@ class Predictor:
         self._detect = lambda outputs: detect(outputs, config, score_threshold, iou_threshold,
                                               max_detections)
         self._run = tf.function(lambda images: self._detect(model(images, training=False)),
-                                reduce_retracing=True)
+                                input_signature=images_signature(model))
         self._run_with_loss = None  # (loss, compiled forward + decode + loss), built on first use
+
+    def tracing_count(self) -> int:
+        """How many times the compiled prediction pass was traced (once, on first use)."""
+        return self._run.experimental_get_tracing_count()
 
     def predict(self, records: list[Record], batch_size: int = 16, progress: bool = False):
         """Per record: dict boxes (K, 4) original px, scores, classes, disaster_probs.

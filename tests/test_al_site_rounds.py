@@ -100,7 +100,10 @@ def five_rounds(pool_split, tmp_path_factory):
             received = own if r == 0 else {name: (own[name] + other[name]) / 2 for name in own}
             before = STATE.read_bytes()
             rounds.append({"own": own, "received": received, "state_before": before,
-                           "uploaded": run_round(runner, tasks, r, received)})
+                           "uploaded": run_round(runner, tasks, r, received),
+                           "traces": {"validate": runner.predictor.tracing_count(),
+                                      "score pool": runner.labeling.scorer.tracing_count(),
+                                      "train step": runner.trainer._step.experimental_get_tracing_count()}})
         yield runner, rounds, json.loads(STATE.read_text())
 
 
@@ -126,6 +129,31 @@ def test_the_pool_is_scored_with_the_global_model_the_site_received(five_rounds,
         assert recomputed["received"][0] == chosen, r
         assert recomputed["received"][1] == pytest.approx(reported, rel=1e-5), r
         assert recomputed["own"][1] != pytest.approx(reported, rel=1e-3), r
+
+
+def test_compiled_passes_are_traced_once_and_reused_for_every_new_global_model(five_rounds):
+    """Validation, pool scoring (the pool and the labeled set shrink and grow, so batch
+    sizes change) and the train step are traced in the first round that runs them and
+    never again: a new round's global model only changes weights."""
+    _, rounds, _ = five_rounds
+    traces = [r["traces"] for r in rounds]
+    assert traces[0]["validate"] == 1 and traces[0]["score pool"] == 0  # no query in round 0
+    assert traces[2]["score pool"] == 2  # the pool pass and the labeled images' embeddings
+    assert traces[4]["validate"] == 1 and traces[4]["score pool"] == 2, traces
+    assert traces[4]["train step"] == traces[1]["train step"], traces
+
+
+def test_the_training_dataset_is_built_again_only_when_labels_arrived(five_rounds):
+    """The site reports the seconds it spent building its training dataset: some in round 0
+    (first build) and in the query rounds 2 and 4 (new labels), none in rounds 1 and 3."""
+    _, rounds, _ = five_rounds
+    seconds = [r["uploaded"]["seconds_data"] for r in rounds]
+    assert seconds[0] > 0 and seconds[2] > 0 and seconds[4] > 0, seconds
+    assert seconds[1] == 0 and seconds[3] == 0, seconds
+    for r in rounds:
+        assert r["uploaded"]["seconds_train"] > 0 and r["uploaded"]["seconds_label"] >= 0
+    assert rounds[2]["uploaded"]["seconds_label"] > 0 and rounds[1]["uploaded"]["seconds_label"] < \
+        rounds[2]["uploaded"]["seconds_label"]
 
 
 def test_with_query_every_2_the_site_labels_in_rounds_2_and_4_only(five_rounds):

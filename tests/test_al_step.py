@@ -7,6 +7,7 @@ from src.active_learning.oracles import HumanOracle, SimulatedOracle
 from src.active_learning.pool import LabelPool
 from src.active_learning.scoring import PoolScorer
 from src.active_learning.step import label_step
+from src.data.manifests import write_site
 from src.settings import load_config, model_config
 from src.model import build_model
 from tests.test_al_pool import DISASTER, SEED_COUNT, VICTIM, tiny_data, write_pool_site  # noqa: F401 (fixture)
@@ -31,6 +32,35 @@ def test_scores_cover_the_pool_with_probabilities_uncertainties_and_embeddings(s
     assert np.all((scores.detection_uncertainty >= 0) & (scores.detection_uncertainty <= 1))
     assert scores.embeddings.shape[0] == len(unlabeled) and scores.embeddings.shape[1] > 8
     assert np.ptp(scores.embeddings, axis=0).max() > 0  # different images, different embeddings
+
+
+def test_a_class_only_scorer_runs_no_detector_and_scores_as_the_full_model_does(scorer, tiny_data, tmp_path):
+    """A classification-only site's pass runs the backbone and the disaster head only (no
+    neck, detection heads, decode or NMS), with the same probabilities and embeddings as
+    the full pass; the labeled images' embeddings come from the backbone alone, equal too."""
+    data_root, rows = tiny_data
+    class_rows = [(key, "train" if i < SEED_COUNT else "pool", 0, 1) for i, (key, *_) in enumerate(rows)]
+    write_site(tmp_path / "site1", "site1", str(data_root), class_rows)
+    pool = LabelPool.from_site(tmp_path / "site1", tmp_path / "al.json", VICTIM, DISASTER)
+    assert pool.tasks == ("class",)
+    class_only = PoolScorer(scorer.model, scorer.config, tasks=pool.tasks)
+    assert class_only.groups == ["backbone", "cls_head"]
+    assert scorer.groups == ["backbone", "cls_head", "det_head", "neck"]
+    unlabeled = pool.unlabeled_records()
+    full, lean = (s.score(unlabeled, batch_size=4, progress=False) for s in (scorer, class_only))
+    assert lean.keys == full.keys and lean.detection_uncertainty is None
+    np.testing.assert_allclose(lean.disaster_probs, full.disaster_probs, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(lean.embeddings, full.embeddings, rtol=1e-4, atol=1e-6)
+    embedded = class_only.embed(list(unlabeled.values()), batch_size=4, progress=False)
+    np.testing.assert_allclose(embedded, full.embeddings, rtol=1e-4, atol=1e-6)
+    metrics = label_step(pool, class_only, SimulatedOracle(pool.held_back()), "hybrid", budget=3, round_num=1,
+                         progress=False)
+    assert metrics["selected"] == 3
+    both = LabelPool.from_site(write_pool_site(tmp_path / "both", tiny_data), tmp_path / "both.json",
+                               VICTIM, DISASTER)
+    with pytest.raises(ValueError, match=r"trains \['boxes', 'class'\] but its pool scorer scores \['class'\]"):
+        label_step(both, class_only, SimulatedOracle(both.held_back()), "hybrid", budget=3, round_num=1,
+                   progress=False)
 
 
 @pytest.mark.parametrize("strategy", ["hybrid", "random", "emh"])

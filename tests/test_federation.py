@@ -188,6 +188,24 @@ def test_simulate_end_to_end_with_real_fx_processes_and_certificates(real_format
     assert metrics["median_idle_s"] is not None and metrics["median_idle_s"] < 2.0
     assert metrics["wall_s"] > metrics["federation_s"] > 0  # (wall includes the test evaluation)
     assert "round 2/2" in result.stdout and "final validation (the aggregate of round 2)" in result.stdout
+    # where the time went: the orchestrator's steps, and per round each site's phases as it
+    # measured them (seconds_* metrics over the wire) beside the aggregator's own times
+    phases = metrics["phases"]
+    for key in ("setup_s", "cold_start_s", "training_rounds_s", "final_validation_s", "shutdown_s",
+                "final_evaluation_s"):
+        assert phases[key] > 0, key
+    assert all(v > 0 for v in phases["setup"].values()), phases["setup"]
+    assert phases["wall_s"] == pytest.approx(metrics["wall_s"], abs=1.0)
+    assert [r["round"] for r in phases["rounds"]] == [0, 1, 2] and phases["rounds"][2]["validation_only"]
+    for rnd in phases["rounds"][:2]:
+        assert rnd["slowest"] in ("c2a", "crisis") and rnd["aggregation_s"] >= 0
+        for site, p in rnd["sites"].items():
+            assert p["validate"] > 0 and p["train"] > 0 and p["label"] == 0.0, (site, p)  # no active learning
+            assert p["download"] > -0.05 and p["upload"] > -0.05 and p["idle"] > -0.05, (site, p)
+    # without active learning a site's training images stay the same: its dataset is built once
+    assert [[r["sites"][s]["data"] > 0 for s in ("c2a", "crisis")] for r in phases["rounds"][:2]] == \
+        [[True, True], [False, False]]
+    assert "time (wall " in result.stdout and "  round 1: " in result.stdout
     assert _processes_under(run) == []
 
 

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from workspace.simulate.phases import SITE_PHASES
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SIMULATE = REPO / "workspace" / "runs" / "latest" / "metrics.json"
 DEFAULT_BENCH = REPO / "bench" / "results.json"
@@ -80,6 +82,8 @@ def simulate_page(metrics: dict) -> list[str]:
               *table(["whole run s", "federation s", "median idle s per round"],
                      [[num(metrics.get("wall_s"), 0), num(metrics.get("federation_s"), 0),
                        num(metrics.get("median_idle_s"), 2)]])]
+    if metrics.get("phases"):
+        lines += ["", *phases_section(metrics["phases"])]
 
     traffic = metrics.get("traffic", {})
     lines += ["", "## Traffic per site, mean per round", "",
@@ -96,6 +100,44 @@ def simulate_page(metrics: dict) -> list[str]:
                          [[s, num(m.get("al_labeled"), 0), num(m.get("al_pool"), 0)]
                           for s, m in last.items() if "al_labeled" in m])]
     return lines
+
+
+def phases_section(phases: dict) -> list[str]:
+    """Where the run's wall time went (metrics.json `phases`, workspace/simulate/phases.py):
+    the run's phases, then each round's slowest site by phase, the aggregation and idle sites."""
+    setup = phases.get("setup", {})
+    run_rows = [["setup: split", setup.get("split_s")], ["setup: workspace", setup.get("workspace_s")],
+                ["setup: certificates", setup.get("certificates_s")],
+                ["setup: start the fx processes", setup.get("start_processes_s")],
+                ["cold start (until every site has its first task)", phases.get("cold_start_s")],
+                ["training rounds", phases.get("training_rounds_s")],
+                ["final validation round", phases.get("final_validation_s")],
+                ["shutdown (last round end to every fx process exited)", phases.get("shutdown_s")],
+                ["test evaluation and report", phases.get("final_evaluation_s")],
+                ["whole run", phases.get("wall_s")]]
+    round_rows = []
+    for r in phases.get("rounds", []):
+        slowest = r.get("sites", {}).get(r.get("slowest"), {})
+        idle = ", ".join(f"{s} {num(p.get('idle'), 0)}" for s, p in r.get("sites", {}).items()
+                         if s != r.get("slowest"))
+        title = "final validation" if r.get("validation_only") else r["round"] + 1
+        round_rows.append([title, num(r.get("wall_s"), 1), r.get("slowest") or "n/a",
+                           *(num(slowest.get(p), 1) for p in SITE_PHASES), num(r.get("aggregation_s"), 1),
+                           idle or "n/a"])
+    return ["## Time by phase", "",
+            "From the orchestrator's clock, the aggregator's event log and the seconds each site's tasks "
+            "report. Round 1 includes each process's first traces "
+            f"({num(phases.get('first_round_extra_s'), 0)} s over a typical round).", "",
+            *table(["phase", "seconds", "share of the run"],
+                   [[name, num(value, 1), percent(value / phases["wall_s"] if value is not None
+                                                  and phases.get("wall_s") else None)]
+                    for name, value in run_rows]),
+            "", "Per round: the site whose update came last, its phases in seconds (download: the global "
+                "model in; label: the active-learning step; data: building the round's training dataset; "
+                "upload: the update out), the aggregation, "
+                "and how long each other site waited.", "",
+            *table(["round", "wall s", "slowest site", *SITE_PHASES, "aggregation", "idle s (other sites)"],
+                   round_rows)]
 
 
 def readme_rows(metrics: dict) -> list[str]:

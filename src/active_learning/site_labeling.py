@@ -100,7 +100,7 @@ class SiteLabeling:
             self.oracle = HumanOracle(Path(settings.queue.format(site=site)), victim_classes,
                                       disaster_classes, tasks=self.pool.tasks,
                                       predictor=Predictor(model, model_config))
-        self.scorer = PoolScorer(model, model_config)
+        self.scorer = PoolScorer(model, model_config, tasks=self.pool.tasks)
         self.budget = self._budget_per_query()
         self._ask_again_for_pending()
         log.info("site %s: active learning %s, %d labeled, %d in the pool, %d per query", site, settings,

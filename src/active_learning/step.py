@@ -35,14 +35,19 @@ def label_step(pool: LabelPool, scorer: PoolScorer, oracle: Oracle, strategy: st
     answer that is in (a human oracle's may come rounds later). Returns the site's
     counts (labeled, pool, pending, ...) and the chosen batch's mean uncertainty and
     predicted disaster-class histogram. `hybrid` also keeps picks away from what is
-    already labeled (one more pass, over the labeled images' embeddings)."""
+    already labeled (one more pass, through the backbone only, over the labeled images).
+    `scorer` must score every task the pool's site trains."""
+    missing = sorted(set(pool.tasks) - set(scorer.tasks))
+    if missing:
+        raise ValueError(f"the site trains {list(pool.tasks)} but its pool scorer scores {list(scorer.tasks)} "
+                         f"only (build PoolScorer with tasks={list(pool.tasks)})")
     scores = scorer.score(pool.unlabeled_records(), batch_size, progress)
     uncertainty = (pool_uncertainty(strategy, scores, pool.tasks, detection_weight) if scores.keys
                    else np.zeros(0))
     labeled = None
     if strategy_named(strategy).uses_labeled_embeddings and scores.keys:
-        labeled_records = {str(i): r for i, r in enumerate(pool.labeled_records())}
-        labeled = scorer.score(labeled_records, batch_size, progress).embeddings if labeled_records else None
+        labeled_records = pool.labeled_records()
+        labeled = scorer.embed(labeled_records, batch_size, progress) if labeled_records else None
     chosen = select(strategy, budget, uncertainty, margins=top2_margin(scores.disaster_probs),
                     embeddings=scores.embeddings, rng=np.random.default_rng([seed, round_num]),
                     candidate_factor=candidate_factor, labeled_embeddings=labeled)

@@ -7,6 +7,7 @@ with data_path=None to initialise the model; then it holds no records.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 
 from openfl.federated.data.loader_keras import KerasDataLoader
@@ -61,6 +62,7 @@ class SiteDataLoader(KerasDataLoader):
         self.epoch_images = None
         # the training dataset and what it was built from (see get_train_loader)
         self._train_dataset, self._train_built_from = None, None
+        self.build_seconds = 0.0  # spent building training datasets so far (the task runner reports it)
         self.site_name, self.site_folder, self.site = None, data_path, None
         if data_path is not None:
             site = load_site(data_path, self.cfg["classes"]["victim"], self.cfg["classes"]["disaster"],
@@ -126,9 +128,11 @@ class SiteDataLoader(KerasDataLoader):
         built_from = (self.train_records, len(self.train_records), batch_size, num_batches)
         previous = self._train_built_from
         if previous is None or previous[0] is not built_from[0] or previous[1:] != built_from[1:]:
+            started = time.perf_counter()
             self._train_dataset = training_dataset(self.train_records, self.model_config,
                                                    self._options(batch_size), num_batches=num_batches)
             self._train_built_from = built_from
+            self.build_seconds += time.perf_counter() - started
         return self._train_dataset
 
     def get_valid_loader(self, batch_size=None):

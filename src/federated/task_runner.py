@@ -12,11 +12,16 @@ Differences from the stock KerasTaskRunner, each for a reason:
 - decoupled per-task weights (src/task_groups.py): the site trains only the
   groups its labels reach (the rest frozen), uploads only those tensors, and
   reports per group how many images taught it (`samples_<group>` metrics),
-  which the aggregator (src/federated/decoupled.py) uses as that group's weight.
+  which the aggregator (src/federated/decoupled.py) uses as that group's weight;
+- each task reports how long its work took (`seconds_validate`, `seconds_label`,
+  `seconds_data`: building the round's training dataset, `seconds_train` metrics),
+  so the coordinator can break a round's time into phases (workspace/simulate/phases.py)
+  from what reaches it, without the sites' logs.
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 
 import keras
@@ -39,6 +44,9 @@ from src.training import Trainer, class_prior
 log = logging.getLogger(__name__)
 
 VALIDATION_METRICS = ("map50", "accuracy", "score")
+# seconds a task spent on each part of its work, reported as metrics (module docstring)
+PHASE_METRICS = {"validate": "seconds_validate", "label": "seconds_label", "data": "seconds_data",
+                 "train": "seconds_train"}
 
 
 def labeling_metric_values(metrics: dict) -> dict:
@@ -93,6 +101,7 @@ class MultiTaskRunner(KerasTaskRunner):
                                  "needs the setting pretrain.checkpoint (a backbone .npz)")
             load_group_weights(self.model, checkpoint)
         self.labeling, self.labeling_metrics = None, {}
+        self.phase_seconds: dict = {}  # this round's train task: label step, training
         if active_learning is not None and data_loader is not None and data_loader.site_folder:
             self.labeling = SiteLabeling(LabelingSettings.from_plan(active_learning), data_loader.site,
                                          data_loader.site_folder, self.model, self.model_config,
@@ -143,8 +152,14 @@ class MultiTaskRunner(KerasTaskRunner):
         super().rebuild_model(round_num, input_tensor_dict, validation=validation)
         if self.labeling is None or validation:
             return
+        started = time.perf_counter()
         self.labeling_metrics = self.labeling.start_round(round_num)
-        self.data_loader.train_records = self.labeling.labeled_records()
+        self.phase_seconds["label"] = time.perf_counter() - started
+        labeled = self.labeling.labeled_records()
+        # the labeled set only grows: at the same size it is the same set, and the data
+        # loader keeps the training dataset it built (building one costs seconds)
+        if len(labeled) != len(self.data_loader.train_records):
+            self.data_loader.train_records = labeled
         self.group_samples = group_sample_counts(self.data_loader.train_records, self.backbone_mode,
                                                  self.exchange)
         log.info("active learning, round %d: %s", round_num, self.labeling_metrics)
@@ -157,9 +172,12 @@ class MultiTaskRunner(KerasTaskRunner):
         and `al_chosen_class_<i>`: the predicted disaster classes of the chosen batch)."""
         if self.epochs_per_round is None:
             self.epochs_per_round = int(epochs)
+        self.phase_seconds = {"label": 0.0, "train": 0.0}
+        built = self.data_loader.build_seconds
         # batch_size: the data loader's (settings pipeline.batch_size, adjusted per site)
         global_out, local_out = super().train_task(col_name, round_num, input_tensor_dict, metrics,
                                                    epochs=epochs, batch_size=None, **kwargs)
+        self.phase_seconds["data"] = self.data_loader.build_seconds - built
         reached = self._trainer().reached  # weights this site's losses reach (task_groups)
         upload = {k: v for k, v in global_out.items() if "metric" in k.tags or (
             task_group_of(k.tensor_name) in self.group_samples and k.tensor_name in reached)}
@@ -168,6 +186,8 @@ class MultiTaskRunner(KerasTaskRunner):
             upload[key] = np.array(float(self.group_samples.get(group, 0)))
         for name, value in labeling_metric_values(self.labeling_metrics).items():
             upload[TensorKey(name, col_name, round_num, True, ("metric",))] = np.array(value)
+        for phase, seconds in self.phase_seconds.items():
+            upload[TensorKey(PHASE_METRICS[phase], col_name, round_num, True, ("metric",))] = np.array(seconds)
         if self.pairwise_masking:
             upload = self._masked(upload, round_num)
         return upload, local_out
@@ -195,7 +215,9 @@ class MultiTaskRunner(KerasTaskRunner):
 
     def train_(self, batch_generator, metrics=None, **kwargs):
         """One epoch of the core trainer; returns the requested loss metrics."""
+        started = time.perf_counter()
         result = self._trainer().train_epoch(batch_generator, progress=False)
+        self.phase_seconds["train"] = self.phase_seconds.get("train", 0.0) + time.perf_counter() - started
         log.info("train: loss %.3f (detection %.3f, disaster %.3f) on %d images, %.1f img/s",
                  result["loss"], result["detection"], result["disaster"], result["images"],
                  result["images_per_s"])
@@ -206,10 +228,12 @@ class MultiTaskRunner(KerasTaskRunner):
         return [Metric(name=m, value=np.array(result[m])) for m in names]
 
     def validate_task(self, col_name, round_num, input_tensor_dict, **kwargs):
+        started = time.perf_counter()
         self.rebuild_model(round_num, input_tensor_dict, validation=True)
         records = self.data_loader.val_records
         result = score_predictions(self.predictor.predict(records), records, self.model_config)
         result["score"] = validation_score(result)
+        seconds = time.perf_counter() - started
         log.info("validate (%s): mAP50 %s accuracy %s score %.3f on %d images", kwargs.get("apply"),
                  _fmt(result.get("map50")), _fmt(result.get("accuracy")), result["score"], len(records))
         # Only `score` carries the validate_agg tag: the aggregator keeps best.pbuf
@@ -222,6 +246,8 @@ class MultiTaskRunner(KerasTaskRunner):
             tags = change_tags(("metric",), add_field=suffix if m == "score" else "validate_detail")
             # NaN = this site holds no labels to score it (e.g. mAP at a classification-only site)
             out[TensorKey(m, col_name, round_num, True, tags)] = np.array(float(result.get(m, np.nan)))
+        tags = change_tags(("metric",), add_field="validate_detail")
+        out[TensorKey(PHASE_METRICS["validate"], col_name, round_num, True, tags)] = np.array(seconds)
         return out, {}
 
     # ---- native model files ---------------------------------------------------------------

@@ -39,6 +39,7 @@ from workspace.simulate.events import FederationEvents, progress_lines
 from workspace.simulate.final_report import final_report, summary_lines
 from workspace.simulate.fx_workspace import (EVENT_LOG, REPO, certify, prepare_workspace, split_sites,
                                              workspace_values)
+from workspace.simulate.phases import Marks
 from workspace.simulate.plan_edits import edit_plan, simulated_labeling
 from workspace.simulate.processes import FX, Children, free_port, fx_environment, wait_for_port
 
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
 
     repo_plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
     rounds = args.rounds or repo_plan["aggregator"]["settings"]["rounds_to_train"]
-    started = time.monotonic()
+    started, marks = time.monotonic(), Marks()
     run_dir = new_run_dir(args.runs_dir)
     log.info("run folder %s", run_dir)
     children = Children()
@@ -170,6 +171,7 @@ def main(argv=None) -> int:
                                   args.labels.split(",") if args.labels else None,
                                   args.seed_fraction if args.active_learning else None)
         sites = split_sites(split_dir)
+        marks.mark("split")
         ws = run_dir / "workspace"
         port = free_port()
         try:
@@ -179,8 +181,10 @@ def main(argv=None) -> int:
             raise RunFailed(str(err)) from None
         ensure_backbone_checkpoint(plan, settings)
         prepare_workspace(ws, plan, split_dir)
+        marks.mark("workspace")
         env = fx_environment()
         certify(ws, sites, split_dir.name, run_dir / "setup.log", env)
+        marks.mark("certified")
 
         log.info("starting aggregator on localhost:%d (mutual TLS) and %d collaborators", port, len(sites))
         agg = children.start("aggregator", [FX, "aggregator", "start"], ws, run_dir / "aggregator.log", env)
@@ -188,6 +192,7 @@ def main(argv=None) -> int:
         # each waits for it before its first task (src/federated/collaborator.py)
         for site in sites:
             children.start(site, [FX, "collaborator", "start", "-n", site], ws, run_dir / f"{site}.log", env)
+        marks.mark("fx_started")
         wait_for_port(port, agg, run_dir / "aggregator.log")
         events = FederationEvents(ws / EVENT_LOG, rounds, sites)
         while True:
@@ -196,7 +201,7 @@ def main(argv=None) -> int:
                 break
             time.sleep(1.0)
         print_progress(events)
-        metrics = final_report(run_dir, ws, split_dir, events, args.seed, started, run)
+        metrics = final_report(run_dir, ws, split_dir, events, args.seed, started, run, marks)
         for line in summary_lines(metrics, rounds, run_dir):
             print(line)
         return 0

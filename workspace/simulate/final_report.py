@@ -23,18 +23,23 @@ from PIL import Image  # noqa: E402
 
 from workspace.simulate.events import FederationEvents, traffic_summary  # noqa: E402
 from workspace.simulate.fx_workspace import REPO  # noqa: E402
+from workspace.simulate.phases import Marks, phase_lines, run_phases  # noqa: E402
 from workspace.simulate.plan_edits import settings_overrides  # noqa: E402
 
 
 # ---- the test evaluation and metrics.json ----------------------------------------------------
 def final_report(run_dir: Path, ws: Path, split_dir: Path, events: FederationEvents, seed: int,
-                 started: float, run: dict | None = None) -> dict:
+                 started: float, run: dict | None = None, marks: Marks | None = None) -> dict:
     """Evaluate init/last/best on the test split, write the report files; returns metrics.json's content.
 
     `wall_s` is everything a user waits for, from `started` (monotonic) to the
     report written, this evaluation included; `federation_s` stops when the last
-    fx process exits. `run`: where the result comes from (src/run_record.py)."""
+    fx process exits. `run`: where the result comes from (src/run_record.py).
+    `marks`: the orchestrator's clock marks, for the time breakdown `phases`
+    (workspace/simulate/phases.py)."""
     federation_s = time.monotonic() - started
+    marks = marks or Marks()
+    marks.mark("federation_end")
     from src.settings import load_config, model_config
     from src.training import train_options
     from src.evaluation import Predictor, score_predictions
@@ -52,28 +57,30 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, events: FederationEve
                               default_data_root=REPO / cfg["data"]["root"])
     loss_weights = train_options(cfg).loss_weights
 
+    # one model and one compiled pass for every state: each state only assigns its weights
+    model = build_model(mcfg)
+    predictor, loss = Predictor(model, mcfg, **cfg.get("evaluation", {})), MultiTaskLoss(mcfg, loss_weights)
     evaluated = []  # (weights, evaluation): a state equal to one already evaluated is not evaluated again
 
     def evaluate_state(path: Path):
         weights, state_round = load_pbuf_weights(path)
         for seen, result in evaluated:
             if seen.keys() == weights.keys() and all(np.array_equal(seen[k], weights[k]) for k in weights):
-                return result[:3] + (state_round,)
-        model = build_model(mcfg)
+                return weights, *result[:2], state_round
         assign_weights(model, weights)
-        predictions, loss = Predictor(model, mcfg, **cfg.get("evaluation", {})).predict_with_loss(
-            records, MultiTaskLoss(mcfg, loss_weights), progress=True)
+        predictions, mean_loss = predictor.predict_with_loss(records, loss, progress=True)
         result = score_predictions(predictions, records, mcfg)
-        result["loss"] = loss
-        evaluated.append((weights, (model, predictions, result, state_round)))
-        return model, predictions, result, state_round
+        result["loss"] = mean_loss
+        evaluated.append((weights, (predictions, result)))
+        return weights, predictions, result, state_round
 
     initial = evaluate_state(ws / "save" / "init.pbuf")[2]
     last_aggregate = evaluate_state(ws / "save" / "final.pbuf")[2]
     best_path = ws / "save" / "best.pbuf"
     # with the plan's final validation round the best model is often the last aggregate
-    model, predictions, test, best_round = evaluate_state(
+    best_weights, predictions, test, best_round = evaluate_state(
         best_path if best_path.exists() else ws / "save" / "last.pbuf")
+    assign_weights(model, best_weights)
     save_model_atomically(model, run_dir / "model.keras")
     rounds = [events.round_summary(r) for r in events.finished_rounds()]
     idle = [r["idle_s"] for r in rounds[1:] if r["idle_s"] is not None]
@@ -102,6 +109,8 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, events: FederationEve
     if central:
         metrics["central_reference"] = {"test": central["test"], "epochs": central["epochs"],
                                         "split": central.get("split"), "labels": central.get("labels")}
+    marks.mark("end")
+    metrics["phases"] = run_phases(events.events, marks.times, events.rounds)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -129,6 +138,8 @@ def summary_lines(metrics: dict, rounds: int, run_dir: Path) -> list[str]:
         lines.append(f"labeled at the end ({metrics['active_learning']['strategy']}, simulated oracle): " + " | ".join(
             f"{site} {m['al_labeled']:.0f} of {m['al_labeled'] + m['al_pool'] + m.get('al_pending', 0):.0f}"
             for site, m in last.items() if "al_labeled" in m))
+    if metrics.get("phases"):
+        lines += phase_lines(metrics["phases"], rounds)
     lines.append(f"report: {run_dir}/(metrics.json, curves.png, detections.png, model.keras)")
     return lines
 
