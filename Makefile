@@ -149,8 +149,9 @@ bench: setup
 # and 15 minutes of wall time, median of 3 seeds (~48 min) -> bench/quality_vs_time.{json,png}
 # (SEEDS=0 MINUTES=5 for a quick look; SET="training.ema_decay=0" compares a setting)
 MINUTES ?= 5,10,15
+comma := ,
 bench-quality: setup
-	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m bench.quality_vs_time --seeds $(or $(SEEDS),0,1,2) --minutes $(MINUTES) \
+	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m bench.quality_vs_time --seeds $(or $(SEEDS),0$(comma)1$(comma)2) --minutes $(MINUTES) \
 		$(foreach s,$(SET),--set $(s)) $(if $(OUT),--out $(OUT))
 
 # Export the model to every runtime and measure quality vs speed on the test split
