@@ -3,7 +3,8 @@ and the "public" pretrained backbone a federation starts from.
 
 `run` trains on the train split (or on exactly what a split's sites hold: the union
 of their train manifests with each image's labels as the site has them), evaluates
-on the held-out test split, writes metrics.json and model.keras.
+on the held-out test split, writes metrics.json and model.keras (with the segmentation
+head on, `test.miou` and `test.per_class_iou` over the test images that have masks).
 
 `pretrain` stands in for COCO-pretrained weights, which this machine may not
 download: `run` on a public synthetic slice that no site holds (same generator, its
@@ -26,7 +27,8 @@ from src.data.pipeline import pipeline_options, training_dataset
 from src.evaluation import Predictor, score_predictions
 from src.model import build_model
 from src.settings import model_config
-from src.task_groups import group_sample_counts, load_group_weights, save_group_weights, starts_from_checkpoint
+from src.task_groups import (group_sample_counts, load_group_weights, model_groups, save_group_weights,
+                              starts_from_checkpoint, tasks_of)
 from src.training import Trainer, train_options
 
 log = logging.getLogger("central")
@@ -62,16 +64,17 @@ def run(cfg: dict, out_dir: Path, split_dir: Path | None = None, backbone_mode: 
         load_group_weights(model, checkpoint)
         log.info("backbone starts from %s (%s)", checkpoint, "fixed" if backbone_mode == "frozen" else "trained")
     if backbone_mode == "frozen":
-        groups = list(group_sample_counts(splits["train"], backbone_mode="frozen"))
+        groups = list(group_sample_counts(splits["train"], backbone_mode="frozen", groups=model_groups(model)))
     trainer = Trainer(model, mcfg, topts, steps_per_epoch=steps, groups=groups)
     predictor = Predictor(model, mcfg, **cfg.get("evaluation", {}))
+    names = {"mask_class_names": cfg["classes"]["mask"]} if mcfg.num_mask_classes else {}
     history = []
     for epoch in range(topts.epochs):
         losses = trainer.train_epoch(train_ds, epoch)
         entry = {"epoch": epoch + 1, "train": losses}
         if splits["val"]:
             with trainer.averaged_weights():
-                entry["val"] = score_predictions(predictor.predict(splits["val"]), splits["val"], mcfg)
+                entry["val"] = score_predictions(predictor.predict(splits["val"]), splits["val"], mcfg, **names)
         history.append(entry)
         val = entry.get("val", {})
         log.info("epoch %d/%d loss %.3f (det %.3f, disaster %.3f) %.1f img/s | val mAP50 %.3f acc %.3f",
@@ -79,7 +82,7 @@ def run(cfg: dict, out_dir: Path, split_dir: Path | None = None, backbone_mode: 
                  losses["images_per_s"], val.get("map50", float("nan")), val.get("accuracy", float("nan")))
     trainer.finish()  # the model tested and saved holds the weights' moving average (training.ema_decay)
     train_wall = time.perf_counter() - start
-    test = score_predictions(predictor.predict(splits["test"], progress=True), splits["test"], mcfg)
+    test = score_predictions(predictor.predict(splits["test"], progress=True), splits["test"], mcfg, **names)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / "model.keras"
     save_model_atomically(model, model_path)
@@ -87,8 +90,8 @@ def run(cfg: dict, out_dir: Path, split_dir: Path | None = None, backbone_mode: 
         "test": test, "epochs": topts.epochs, "seed": cfg["seed"],
         "wall_s": time.perf_counter() - start, "train_wall_s": train_wall,
         "images": {k: len(v) for k, v in splits.items()},
-        "labels": {"boxes": sum(r.has_boxes for r in splits["train"]),
-                   "class": sum(r.has_class for r in splits["train"])},
+        "labels": {task.name: sum(bool(getattr(r, task.label)) for r in splits["train"])
+                   for task in tasks_of(model_groups(model))},
         "split": str(split_dir) if split_dir else None,
         "backbone_mode": backbone_mode, "backbone_init": backbone_init, "backbone_checkpoint": checkpoint,
         "model": mcfg.to_dict(), "parameters": int(model.count_params()),
@@ -99,6 +102,8 @@ def run(cfg: dict, out_dir: Path, split_dir: Path | None = None, backbone_mode: 
              test.get("map50", float("nan")), test.get("map50_95", float("nan")),
              test.get("accuracy", float("nan")), test.get("macro_f1", float("nan")),
              result["wall_s"], out_dir / "metrics.json")
+    if mcfg.num_mask_classes:
+        log.info("test segmentation: mIoU %s over %d images", test.get("miou"), test.get("segmentation_images", 0))
     return result
 
 

@@ -1,7 +1,8 @@
-"""Run the model over records and score it: mAP (COCO), accuracy, macro-F1.
+"""Run the model over records and score it: mAP (COCO), accuracy, macro-F1, and mIoU when
+the model segments.
 
 Predictions are mapped back from the letterboxed model input to original
-image pixels, so they compare with the records' boxes as annotated.
+image pixels, so they compare with the records' boxes and masks as annotated.
 """
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from src import metrics
-from src.data.pipeline import inference_dataset, inference_dataset_with_targets
+from src.data.formats.masks import mask_class_map, read_mask
+from src.data.pipeline import inference_dataset, inference_dataset_with_targets, mask_in_image
 from src.data.records import Record
 from src.model.config import ModelConfig
 from src.model.decode import detect
 from src.model.det_head import ANCHORS_PER_SCALE
 from src.model.loss import MultiTaskLoss
+from src.segmentation_metrics import SegmentationScore
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ def check_model_fits(model, config: ModelConfig, source: str = "the model") -> N
         expected[name] = (grid, grid, ANCHORS_PER_SCALE, 5 + config.num_victim_classes)
     found["disaster classes"] = outputs["disaster"].shape[-1] if "disaster" in outputs else None
     expected["disaster classes"] = config.num_disaster_classes
+    found["mask classes"] = outputs["segmentation"].shape[-1] if "segmentation" in outputs else None
+    expected["mask classes"] = config.num_mask_classes or None
     differ = [f"{key} {found[key]} (settings: {expected[key]})" for key in expected if found[key] != expected[key]]
     if differ:
         raise ValueError(f"{source} does not fit the settings: {'; '.join(differ)}; pass the settings it "
@@ -57,8 +62,8 @@ class Predictor:
         self.model = model
         self.config = config
 
-        self._detect = lambda outputs: detect(outputs, config, score_threshold, iou_threshold,
-                                              max_detections)
+        self._detect = lambda outputs: with_mask(detect(outputs, config, score_threshold, iou_threshold,
+                                                        max_detections), outputs)
         self._run = tf.function(lambda images: self._detect(model(images, training=False)),
                                 input_signature=images_signature(model))
         self._run_with_loss = None  # (loss, compiled forward + decode + loss), built on first use
@@ -112,11 +117,35 @@ class Predictor:
                                   "scores": out["scores"][i, :k].astype(np.float32),
                                   "classes": out["classes"][i, :k].astype(np.int32),
                                   "disaster_probs": out["disaster_probs"][i]}
+                if "mask" in out:
+                    results[index]["mask"] = mask_in_image(out["mask"][i], batch["image_hw"][i].numpy(),
+                                                           scale[i], offset[i])
         unreadable = [r.image_path for r, p in zip(records, results) if p is None]
         if unreadable:
             log.warning("%d of %d image(s) could not be read or decoded, left out of the scores: %s",
                         len(unreadable), len(records), unreadable[:10])
         return results, (total_loss / max(count, 1) if run_with_loss is not None else None)
+
+
+def with_mask(decoded: dict, outputs: dict) -> dict:
+    """The decoded detections plus, for a segmenting model, `mask`: each pixel's most likely
+    class (B, size, size) uint8 at the letterboxed input."""
+    if "segmentation" not in outputs:
+        return decoded
+    return {**decoded, "mask": tf.cast(tf.argmax(outputs["segmentation"], axis=-1), tf.uint8)}
+
+
+def segmentation_result(pairs, num_classes: int, class_names) -> dict:
+    """miou, per_class_iou (by class name), pixel_accuracy over (prediction, record) pairs, the truth
+    read from each record's mask (values are class indices, checked when the records loaded)."""
+    lookup = mask_class_map(class_names)
+    score = SegmentationScore(num_classes)
+    for prediction, record in pairs:
+        truth = read_mask(record.mask_path, lookup)
+        score.update(truth, prediction["mask"])
+    report = score.report(class_names)
+    return {"segmentation_images": len(pairs), "miou": report["miou"], "per_class_iou": report["per_class_iou"],
+            "pixel_accuracy": report["pixel_accuracy"]}
 
 
 def _class_names(names, count: int, what: str) -> list[str]:
@@ -130,7 +159,8 @@ def _class_names(names, count: int, what: str) -> list[str]:
 
 
 def score_predictions(predictions, records: list[Record], config: ModelConfig,
-                      victim_class_names=None, disaster_class_names=None, image_ids=None) -> dict:
+                      victim_class_names=None, disaster_class_names=None, image_ids=None,
+                      mask_class_names=None) -> dict:
     """Detection metrics over records with boxes, classification over records with a class.
 
     Detection is COCOeval's bbox mAP (area "all", 100 detections per image and
@@ -144,7 +174,10 @@ def score_predictions(predictions, records: list[Record], config: ModelConfig,
     None (the image could not be decoded) is left out of both and counted in
     ``unreadable_images``. ``image_ids`` (one per record, e.g. COCO image ids)
     rank tied detection scores across images as COCOeval does on those ids;
-    without them the records' order ranks them.
+    without them the records' order ranks them. A segmenting model's masks score over the
+    records with a mask: ``miou`` and ``per_class_iou`` (by ``mask_class_names``, else "0",
+    "1", ...; None for a class neither truth nor prediction shows), from one confusion
+    matrix over their pixels at the original image size (src/segmentation_metrics.py).
     """
     victim_names = _class_names(victim_class_names, config.num_victim_classes, "victim")
     disaster_names = _class_names(disaster_class_names, config.num_disaster_classes, "disaster")
@@ -173,6 +206,10 @@ def score_predictions(predictions, records: list[Record], config: ModelConfig,
                 name: {"ap50": ap50[c], "ap50_95": ap50_95[c], "gt_boxes": int(m["num_gt"][c]),
                        "crowd_regions": int(m["num_crowd"][c])}
                 for c, name in enumerate(victim_names)})
+    seg = [(p, r) for p, r in zip(predictions, records) if r.has_mask and p is not None and "mask" in p]
+    if seg and config.num_mask_classes:
+        mask_names = _class_names(mask_class_names, config.num_mask_classes, "mask")
+        result.update(segmentation_result(seg, config.num_mask_classes, mask_names))
     if cls:
         y_true = np.array([r.disaster_class for _, r in cls])
         y_pred = np.array([int(np.argmax(p["disaster_probs"])) for p, _ in cls])

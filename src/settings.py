@@ -78,9 +78,21 @@ def resolve(config=None, overrides: Mapping | None = None) -> dict:
 
 
 def model_config(cfg: dict) -> ModelConfig:
-    """ModelConfig from the `model` section plus the class counts from `classes`."""
+    """ModelConfig from the `model` section plus the class counts from `classes`.
+
+    `model.segmentation: true` adds the segmentation head over `classes.mask`; off (the
+    default), the model has no such head and the class list is not read."""
     settings = dict(cfg.get("model", {}))
     variant = settings.pop("variant", "small")
+    segmentation = settings.pop("segmentation", False)
+    if not isinstance(segmentation, bool):
+        raise ValueError(f"model.segmentation must be true or false, got {segmentation!r}")
     settings["num_victim_classes"] = len(cfg["classes"]["victim"])
     settings["num_disaster_classes"] = len(cfg["classes"]["disaster"])
+    if segmentation:
+        mask_classes = cfg["classes"].get("mask")
+        if not mask_classes:
+            raise ValueError("model.segmentation is on but classes.mask names no mask classes "
+                             "(e.g. [background, water, fire_smoke, rubble])")
+        settings["num_mask_classes"] = len(mask_classes)
     return variant_config(variant, **settings)

@@ -2,12 +2,13 @@
 
 Every weight belongs to one group by its name prefix (`task_group_of`). A
 detection label (boxes) reaches backbone, neck and det_head; a disaster label
-reaches backbone and cls_head. So a site's capability follows from its data:
+reaches backbone and cls_head; a mask reaches backbone and seg_head (the task
+table `TASKS` in src/model/config.py). So a site's capability follows from its data:
 a classification-only site trains (and sends) backbone + cls_head and never
 touches neck/det_head. Within the backbone a site trains only what its losses
 reach (`outputs_for_groups`): the disaster head reads the stride-16 features,
 so a classification-only site never runs, trains or sends the last backbone
-stage, which only the detector uses.
+stage, which only the detector uses; nor does a mask-only site.
 
 Two plan settings shape this:
 - backbone_mode `joint`: the backbone is trained and averaged over every site;
@@ -28,30 +29,42 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from src.model.assembly import DETECTION_OUTPUTS, DISASTER_OUTPUT
-from src.model.config import TASK_GROUPS, task_group_of
+from src.model.config import TASK_GROUPS, TASKS, ModelConfig, model_task_groups, task_group_of
 
 BACKBONE_MODES = ("joint", "frozen")
 BACKBONE_INITS = ("scratch", "checkpoint")
 EXCHANGES = ("decoupled", "full")
 # The groups below the backbone that each kind of label trains.
-LABEL_GROUPS = {"has_boxes": ("neck", "det_head"), "has_class": ("cls_head",)}
+LABEL_GROUPS = {task.label: task.groups for task in TASKS}
+# What a caller that names no groups means: the default model's (no segmentation head), so
+# a site or aggregator that has not been told about an optional head neither counts its
+# labels nor sends sums for it.
+DEFAULT_GROUPS = model_task_groups(ModelConfig())
 
 
-def outputs_for_groups(groups) -> tuple[str, ...]:
-    """The model outputs whose losses train `groups` (all outputs when None or when the
+def tasks_of(groups=None) -> tuple:
+    """The tasks (config.TASKS) whose every group is among `groups` (default DEFAULT_GROUPS)."""
+    present = set(DEFAULT_GROUPS if groups is None else groups)
+    return tuple(task for task in TASKS if present >= set(task.groups))
+
+
+def outputs_for_groups(groups, available=None) -> tuple[str, ...]:
+    """The model outputs whose losses train `groups` (every output when None or when the
     groups name no task part). A site computes only these: the rest of the model is
-    neither run nor trained nor sent."""
+    neither run nor trained nor sent. available: the model's outputs (default: those of
+    DEFAULT_GROUPS' tasks); a task whose outputs the model lacks adds none."""
+    everything = [name for task in (TASKS if available is not None else tasks_of()) for name in task.outputs]
+    available = everything if available is None else [name for name in everything if name in set(available)]
     groups = set(TASK_GROUPS if groups is None else groups)
-    outputs = (DETECTION_OUTPUTS if groups & set(LABEL_GROUPS["has_boxes"]) else ()) + (
-        (DISASTER_OUTPUT,) if groups & set(LABEL_GROUPS["has_class"]) else ())
-    return outputs or (*DETECTION_OUTPUTS, DISASTER_OUTPUT)
+    outputs = tuple(name for task in TASKS if groups & set(task.groups) for name in task.outputs
+                    if name in available)
+    return outputs or tuple(available)
 
 
 def model_for_groups(model: keras.Model, groups) -> keras.Model:
     """The part of `model` that computes the outputs training `groups` needs (outputs_for_groups);
     its weights are the ones a site's training step reaches and uploads."""
-    outputs = outputs_for_groups(groups)
+    outputs = outputs_for_groups(groups, available=model.output)
     if len(outputs) == len(model.output):
         return model
     return keras.Model(model.inputs, {k: model.output[k] for k in outputs}, name=f"{model.name}_{'_'.join(outputs)}")
@@ -66,35 +79,47 @@ def starts_from_checkpoint(backbone_mode: str, backbone_init: str) -> bool:
     return backbone_mode == "frozen" or backbone_init == "checkpoint"
 
 
-def group_sample_counts(records, backbone_mode: str = "joint", exchange: str = "decoupled") -> dict:
+def model_groups(model: keras.Model) -> tuple[str, ...]:
+    """The task groups `model` has weights in, in TASK_GROUPS order (no seg_head without the head)."""
+    present = {task_group_of(v.path) for v in model.weights}
+    return tuple(g for g in TASK_GROUPS if g in present)
+
+
+def group_sample_counts(records, backbone_mode: str = "joint", exchange: str = "decoupled",
+                        groups=None) -> dict:
     """{group: number of training images that teach it}, only for groups this site trains.
 
     These counts are both the site's trained groups and its aggregation
-    weights per group.
+    weights per group. groups: the task groups the model has (`model_groups`; default
+    DEFAULT_GROUPS): a label whose head the model lacks (a mask with the segmentation
+    head off) teaches nothing and counts for nothing.
     """
     if backbone_mode not in BACKBONE_MODES:
         raise ValueError(f"backbone_mode must be one of {BACKBONE_MODES}, got {backbone_mode!r}")
     if exchange not in EXCHANGES:
         raise ValueError(f"exchange must be one of {EXCHANGES}, got {exchange!r}")
     records = list(records)
-    labeled = [r for r in records if r.has_boxes or r.has_class]
+    present = set(DEFAULT_GROUPS if groups is None else groups)
+    tasks = tasks_of(present)
+    labeled = [r for r in records if any(getattr(r, task.label) for task in tasks)]
     counts = {"backbone": len(labeled)}
-    for flag, groups in LABEL_GROUPS.items():
-        n = sum(bool(getattr(r, flag)) for r in records)
-        counts.update({g: n for g in groups})
+    for task in tasks:
+        n = sum(bool(getattr(r, task.label)) for r in records)
+        counts.update({g: n for g in task.groups})
     if exchange == "full":
-        counts = {g: len(records) for g in TASK_GROUPS} if labeled else {}
+        counts = {g: len(records) for g in TASK_GROUPS if g in present} if labeled else {}
     if backbone_mode == "frozen":
         counts.pop("backbone", None)
     return {g: n for g, n in counts.items() if n > 0}
 
 
 # The manifest's label columns, as the task votes of `task_balanced_weights` name them.
-TASK_VOTE_NAMES = {"boxes": "has_boxes", "class": "has_class"}
+TASK_VOTE_NAMES = {task.name: task.label for task in TASKS}
 
 
 def task_votes(votes: dict | None = None) -> dict:
-    """{"boxes": v, "class": v}: the given task votes, 1 for a task not named; a bad setting is named."""
+    """{"boxes": v, "class": v, "masks": v}: the given task votes, 1 for a task not named; a bad
+    setting is named."""
     votes = {**dict.fromkeys(TASK_VOTE_NAMES, 1.0), **(votes or {})}
     unknown = set(votes) - set(TASK_VOTE_NAMES)
     if unknown or any(not float(v) >= 0 for v in votes.values()):
@@ -106,8 +131,9 @@ def task_balanced_weights(samples: dict, votes: dict | None = None) -> dict:
     """Each site's weight for the shared backbone when each task, not each image, gets a vote.
 
     samples: {site: {group: images}} as the sites report them. Each task (box
-    labels, counted by `neck`; disaster labels, by `cls_head`) hands out its
-    vote (`votes`, {"boxes": v, "class": v}; 1 each by default), split over the
+    labels, counted by `neck`; disaster labels, by `cls_head`; masks, by `seg_head`) hands
+    out its vote (`votes`, {"boxes": v, "class": v, "masks": v}; 1 each by default; a task
+    no site holds hands out nothing), split over the
     sites by their share of that task's images; a site's weight is the sum of
     its shares. Why: weighted by image counts, a large classification-only site
     dominates the shared backbone and the detector's features drift towards
@@ -125,16 +151,17 @@ def task_balanced_weights(samples: dict, votes: dict | None = None) -> dict:
     return weights
 
 
-def weight_components(group: str, backbone_weighting: str, votes: dict | None = None) -> dict:
+def weight_components(group: str, backbone_weighting: str, votes: dict | None = None, groups=None) -> dict:
     """{component: (group whose image count weighs it, vote or None)}: how a group's mean splits into sums.
 
     A masked sum (src/secure_aggregation.py) can only carry weights a site knows on
     its own: its image counts. Sample weighting is one sum per group; the backbone's
     `task_balanced` weighting is one sum per task, each weighted by that task's count
-    (task_balanced_weights is linear in them: see mean_of_component_sums)."""
+    (task_balanced_weights is linear in them: see mean_of_component_sums), over the tasks of
+    the model's `groups` (default DEFAULT_GROUPS): a sum for a head no model has is never sent."""
     if group == "backbone" and backbone_weighting == "task_balanced":
         votes = task_votes(votes)
-        return {task: (LABEL_GROUPS[label][0], votes[task]) for task, label in TASK_VOTE_NAMES.items()}
+        return {task.name: (task.groups[0], votes[task.name]) for task in tasks_of(groups)}
     return {"samples": (group, None)}
 
 

@@ -4,15 +4,17 @@ import pytest
 import keras
 
 from src.model import build_model, task_group_of, TASK_GROUPS
-from src.model.config import ModelConfig, full_variant, variant_config
+from src.model.config import ModelConfig, full_variant, model_task_groups, variant_config
 
 
-def test_every_weight_has_a_task_group_and_a_unique_path(tiny_config):
-    model = build_model(tiny_config)
+@pytest.mark.parametrize("mask_classes", [0, 4])
+def test_every_weight_has_a_task_group_and_a_unique_path(tiny_config, mask_classes):
+    config = tiny_config.with_overrides(num_mask_classes=mask_classes)
+    model = build_model(config)
     paths = [w.path for w in model.weights]
     assert len(paths) == len(set(paths))
     groups = {task_group_of(p) for p in paths}
-    assert groups == set(TASK_GROUPS)
+    assert groups == set(model_task_groups(config)) == set(TASK_GROUPS) - ({"seg_head"} if not mask_classes else set())
     for layer in model.layers[1:]:
         assert task_group_of(layer.name) in TASK_GROUPS
 

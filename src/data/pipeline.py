@@ -4,6 +4,12 @@ Boxes travel padded to `max_boxes` with class -1 as padding (keras-cv's dense
 box format), so every batch has static shapes and the label encoder is
 vectorised. Augmentation uses keras-cv layers that move boxes with pixels.
 
+With a segmentation head (`ModelConfig.num_mask_classes`) each element also
+carries its mask: read as class indices (a palette PNG's indices, not its
+colours, which ``tf.io.decode_png`` would return), letterboxed nearest-neighbour
+with ``IGNORE_INDEX`` in the bars, flipped and scale-jittered with its image, and
+all ``IGNORE_INDEX`` for an image without a mask. Without the head no mask is read.
+
 Images are checked when records are loaded (``formats.check_image``: size
 limit, truncation, format), so a bad file normally never gets here. One that
 still fails to read or decode (deleted or replaced since, or corrupt in a way
@@ -21,6 +27,7 @@ import keras_cv
 import numpy as np
 import tensorflow as tf
 
+from src.data.formats.masks import IGNORE_INDEX, mask_class_map, read_mask
 from src.data.records import Record
 from src.model.config import ModelConfig
 from src.model.targets import encode_targets
@@ -49,8 +56,9 @@ def pipeline_options(cfg: dict) -> PipelineOptions:
     return PipelineOptions(seed=cfg["seed"], **p)
 
 
-def records_to_arrays(records: list[Record], max_boxes: int) -> dict:
-    """Stack records into padded numpy arrays (boxes in original-image pixels)."""
+def records_to_arrays(records: list[Record], max_boxes: int, masks: bool = False) -> dict:
+    """Stack records into padded numpy arrays (boxes in original-image pixels); with `masks`,
+    each record's mask file ("" when it holds none) and its has_mask flag."""
     n = len(records)
     boxes = np.zeros((n, max_boxes, 4), np.float32)
     classes = np.full((n, max_boxes), -1, np.int32)
@@ -63,7 +71,7 @@ def records_to_arrays(records: list[Record], max_boxes: int) -> dict:
     if truncated:
         log.warning("%d images have more than max_boxes=%d boxes; extra boxes are dropped",
                     truncated, max_boxes)
-    return {
+    arrays = {
         "index": np.arange(n, dtype=np.int64),
         "path": np.array([r.image_path for r in records]),
         "boxes": boxes,
@@ -72,6 +80,18 @@ def records_to_arrays(records: list[Record], max_boxes: int) -> dict:
         "has_boxes": np.array([r.has_boxes for r in records], np.float32),
         "has_class": np.array([r.has_class for r in records], np.float32),
     }
+    if masks:
+        arrays["mask_path"] = np.array([r.mask_path if r.has_mask else "" for r in records])
+        arrays["has_mask"] = np.array([r.has_mask for r in records], np.float32)
+    return arrays
+
+
+def _letterbox_geometry(image_hw, size: int):
+    """(scale, resized (h, w), pad_y, pad_x) that fit an image of `image_hw` into size x size."""
+    shape = tf.cast(image_hw, tf.float32)
+    scale = tf.minimum(size / shape[0], size / shape[1])
+    new_hw = tf.cast(tf.round(shape * scale), tf.int32)
+    return scale, new_hw, (size - new_hw[0]) // 2, (size - new_hw[1]) // 2
 
 
 def letterbox(image, boxes, size: int):
@@ -80,15 +100,45 @@ def letterbox(image, boxes, size: int):
     Returns (image (size, size, 3) float32 in [0, 1], boxes, scale, offset_xy),
     where scale/offset map original pixels to model pixels: p' = p * scale + offset.
     """
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = tf.minimum(size / shape[0], size / shape[1])
-    new_hw = tf.cast(tf.round(shape * scale), tf.int32)
+    scale, new_hw, pad_y, pad_x = _letterbox_geometry(tf.shape(image)[:2], size)
     resized = tf.image.resize(image, new_hw)
-    pad_y = (size - new_hw[0]) // 2
-    pad_x = (size - new_hw[1]) // 2
     padded = tf.image.pad_to_bounding_box(resized - LETTERBOX_FILL, pad_y, pad_x, size, size)
     offset = tf.cast(tf.stack([pad_x, pad_y, pad_x, pad_y]), tf.float32)
     return padded + LETTERBOX_FILL, boxes * scale + offset, scale, offset[:2]
+
+
+def letterbox_mask(mask, size: int):
+    """A (h, w) uint8 mask moved as `letterbox` moves its image: nearest-neighbour (a class
+    index has no in-between), IGNORE_INDEX in the bars, which show no scene."""
+    _, new_hw, pad_y, pad_x = _letterbox_geometry(tf.shape(mask)[:2], size)
+    resized = tf.image.resize(mask[..., None], new_hw, method="nearest")[..., 0]
+    return tf.pad(resized, [[pad_y, size - new_hw[0] - pad_y], [pad_x, size - new_hw[1] - pad_x]],
+                  constant_values=IGNORE_INDEX)
+
+
+def mask_in_image(mask, image_hw, scale: float, offset_xy) -> np.ndarray:
+    """A letterboxed (size, size) mask back on the original image's (h, w) pixels: the bars
+    cut off, then nearest-neighbour to the image's size (the inverse of `letterbox_mask`)."""
+    h, w = (int(v) for v in image_hw)
+    new_h, new_w = int(round(h * float(scale))), int(round(w * float(scale)))
+    x0, y0 = (int(round(float(v))) for v in offset_xy)
+    inner = np.asarray(mask)[y0:y0 + new_h, x0:x0 + new_w]
+    rows = np.minimum(((np.arange(h) + 0.5) * new_h / h).astype(np.int64), new_h - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * new_w / w).astype(np.int64), new_w - 1)
+    return inner[rows[:, None], cols[None, :]]
+
+
+def _mask_reader(num_classes: int):
+    """numpy reader of one record's mask at its image's (h, w): file values are class indices
+    (the readers check every mask against classes.mask when records load); all IGNORE_INDEX
+    for an empty path (no mask)."""
+    lookup = mask_class_map([str(i) for i in range(num_classes)])
+
+    def read(path, image_hw):
+        if not path:
+            return np.full(tuple(image_hw), IGNORE_INDEX, np.uint8)
+        return read_mask(path.decode(), lookup, (int(image_hw[1]), int(image_hw[0])))
+    return read
 
 
 def decode_pixels(path):
@@ -102,10 +152,19 @@ def load_image(path):
     return tf.image.convert_image_dtype(decode_pixels(path), tf.float32)
 
 
-def _with_pixels(item):
-    out = dict(item)
-    out["images"] = decode_pixels(item["path"])
-    return out
+def _with_pixels(num_mask_classes: int):
+    read = _mask_reader(num_mask_classes) if num_mask_classes else None
+
+    def fn(item):
+        out = dict(item)
+        out["images"] = decode_pixels(item["path"])
+        if read is not None:
+            image_hw = tf.shape(out["images"])[:2]
+            mask = tf.numpy_function(read, [item["mask_path"], image_hw], tf.uint8, stateful=False)
+            out["masks"] = tf.ensure_shape(mask, [None, None])
+            out["image_hw"] = image_hw
+        return out
+    return fn
 
 
 def _letterboxed(size: int):
@@ -116,22 +175,27 @@ def _letterboxed(size: int):
         boxes = tf.where(valid[:, None], boxes, 0.0)
         out = dict(item)
         out.update(images=image, boxes=boxes, scale=scale, offset=offset)
+        if "masks" in item:
+            out["masks"] = tf.ensure_shape(letterbox_mask(item["masks"], size), [size, size])
         return out
     return fn
 
 
-def _decoded(ds: tf.data.Dataset, size: int) -> tf.data.Dataset:
-    """Per-record decode + letterbox; a record whose image cannot be read or decoded is dropped.
+def _decoded(ds: tf.data.Dataset, config: ModelConfig) -> tf.data.Dataset:
+    """Per-record decode + letterbox; a record whose image (or mask) cannot be read or decoded
+    is dropped.
 
     Only the read + decode step may fail quietly (a bug further on still
     raises), and it hands on uint8 pixels, a quarter of their float size.
     """
-    ds = ds.map(_with_pixels, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
-    return ds.map(_letterboxed(size), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(_with_pixels(config.num_mask_classes), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.ignore_errors(log_warning=True)
+    return ds.map(_letterboxed(config.input_size), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 class Augmenter:
-    """keras-cv flip, scale jitter, brightness and contrast on a letterboxed batch."""
+    """keras-cv flip, scale jitter, brightness and contrast on a letterboxed batch; masks, when
+    the batch has them, take the same flip and jitter as their images."""
 
     def __init__(self, size: int, options: PipelineOptions):
         seed = options.seed
@@ -156,6 +220,8 @@ class Augmenter:
         data = {"images": batch["images"],
                 "bounding_boxes": {"boxes": batch["boxes"],
                                    "classes": tf.cast(batch["classes"], tf.float32)}}
+        if "masks" in batch:  # shifted by 1: the 0 the layers pad with becomes IGNORE_INDEX below
+            data["segmentation_masks"] = tf.cast(batch["masks"], tf.float32)[..., None] + 1.0
         for layer in self.layers:
             data = layer(data)
         boxes = keras_cv.bounding_box.to_dense(data["bounding_boxes"], max_boxes=self.max_boxes)
@@ -166,6 +232,10 @@ class Augmenter:
         out["images"] = tf.clip_by_value(images, 0.0, 1.0)
         out["boxes"] = tf.reshape(boxes["boxes"], tf.shape(batch["boxes"]))
         out["classes"] = tf.reshape(tf.cast(boxes["classes"], tf.int32), tf.shape(batch["classes"]))
+        if "masks" in batch:
+            shifted = tf.cast(tf.round(data["segmentation_masks"][..., 0]), tf.int32)
+            masks = tf.where(shifted == 0, IGNORE_INDEX, shifted - 1)
+            out["masks"] = tf.reshape(tf.cast(masks, tf.uint8), tf.shape(batch["masks"]))
         return out
 
 
@@ -180,13 +250,17 @@ def _drop_degenerate(batch, min_size: float = 1.0):
 
 
 def _targets(batch, config: ModelConfig) -> dict:
-    """The loss's targets for a batch: encoded detector grids, boxes, labels and masks."""
+    """The loss's targets for a batch: encoded detector grids, boxes, labels and label flags
+    (and the segmentation masks, when the batch carries them)."""
     batch = _drop_degenerate(batch)
     s8, s16, s32 = encode_targets(batch["boxes"], batch["classes"], config)
-    return {"det_s8": s8, "det_s16": s16, "det_s32": s32,
-            "gt_boxes": batch["boxes"], "gt_classes": batch["classes"],
-            "has_boxes": batch["has_boxes"], "disaster": batch["disaster"],
-            "has_class": batch["has_class"]}
+    targets = {"det_s8": s8, "det_s16": s16, "det_s32": s32,
+               "gt_boxes": batch["boxes"], "gt_classes": batch["classes"],
+               "has_boxes": batch["has_boxes"], "disaster": batch["disaster"],
+               "has_class": batch["has_class"]}
+    if "masks" in batch:
+        targets.update(segmentation=batch["masks"], has_mask=batch["has_mask"])
+    return targets
 
 
 def _to_model_io(config: ModelConfig):
@@ -217,13 +291,13 @@ def training_dataset(records: list[Record], config: ModelConfig,
     that takes (a site with few labels training as many steps as one with many)."""
     if not records:
         raise ValueError("training_dataset: no records (nothing labeled to train on)")
-    arrays = records_to_arrays(records, options.max_boxes)
+    arrays = records_to_arrays(records, options.max_boxes, masks=bool(config.num_mask_classes))
     ds = tf.data.Dataset.from_tensor_slices(arrays)
     ds = ds.shuffle(min(len(records), options.shuffle_buffer), seed=options.seed,
                     reshuffle_each_iteration=True)
     if num_batches is not None:
         ds = ds.repeat()
-    ds = _decoded(ds, config.input_size)
+    ds = _decoded(ds, config)
     ds = ds.batch(options.batch_size,
                   drop_remainder=num_batches is not None or len(records) >= options.batch_size)
     if num_batches is not None:
@@ -238,11 +312,12 @@ def inference_dataset(records: list[Record], config: ModelConfig, batch_size: in
     """Letterboxed batches in record order, with the scale/offset to map boxes back.
 
     A record whose image cannot be decoded is missing from the batches; each
-    batch's ``index`` says which records it holds.
+    batch's ``index`` says which records it holds. With a segmentation head, each
+    batch also holds ``image_hw``, the original sizes its masks map back to.
     """
-    arrays = records_to_arrays(records, max_boxes)
+    arrays = records_to_arrays(records, max_boxes, masks=bool(config.num_mask_classes))
     ds = tf.data.Dataset.from_tensor_slices(arrays)
-    ds = _decoded(ds, config.input_size)
+    ds = _decoded(ds, config)
     ds = ds.batch(batch_size)
     return _without_autotune_model(ds.prefetch(tf.data.AUTOTUNE))
 

@@ -21,7 +21,30 @@ from pathlib import Path
 from typing import Sequence
 
 # Order matters only for display; membership is what the federation uses.
-TASK_GROUPS = ("backbone", "neck", "det_head", "cls_head")
+TASK_GROUPS = ("backbone", "neck", "det_head", "cls_head", "seg_head")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One kind of label and the part of the model it trains: the single place that names a task.
+
+    name: its vote and manifest-column name; label: the Record flag saying an image holds it;
+    groups: the task groups below the backbone its loss reaches; outputs: the model outputs
+    its loss reads. Task groups, sample counts, votes and the outputs a site computes all
+    read this table, so a further task is an entry here plus its head, loss term and config.
+    """
+
+    name: str
+    label: str
+    groups: tuple
+    outputs: tuple
+
+
+TASKS = (
+    Task("boxes", "has_boxes", ("neck", "det_head"), ("det_s8", "det_s16", "det_s32")),
+    Task("class", "has_class", ("cls_head",), ("disaster",)),
+    Task("masks", "has_mask", ("seg_head",), ("segmentation",)),
+)
 
 # Darknet-53: filters per stage at width 1.0 and residual blocks per stage.
 DARKNET53_FILTERS = (64, 128, 256, 512, 1024)
@@ -65,6 +88,7 @@ class ModelConfig:
     width scales every filter count; depth gives residual blocks per Darknet
     stage; anchors are (w, h) in input pixels, 3 per stride 8/16/32.
     centre_range: how the heads' centres decode (see CENTRE_RANGE_YOLOV3).
+    num_mask_classes: classes of the segmentation head (`seg_head`); 0 builds no such head.
     stem_stride: 1 is Darknet's full-resolution stem; 2 starts at half resolution (as
     YOLOv5/v8 stems do), which the small variant's step time is dominated by otherwise.
     """
@@ -84,12 +108,17 @@ class ModelConfig:
     cls_head_expansion: int = 2
     cls_head_dropout: float = 0.2
     centre_range: float = CENTRE_RANGE_SCALED
+    num_mask_classes: int = 0          # 0: no segmentation head
 
     def __post_init__(self):
         for name in ("input_size", "num_victim_classes", "num_disaster_classes", "cls_head_blocks"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.num_mask_classes, numbers.Integral) or isinstance(self.num_mask_classes, bool) \
+                or not 0 <= self.num_mask_classes < 255:
+            raise ValueError(f"model.num_mask_classes must be an integer from 0 (no segmentation head) to 254, "
+                             f"got {self.num_mask_classes!r}")
         for name in ("width", "cls_head_expansion", "centre_range"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or isinstance(value, bool) or value <= 0:
@@ -137,6 +166,12 @@ class ModelConfig:
 
     def with_overrides(self, **kw) -> "ModelConfig":
         return replace(self, **kw)
+
+
+def model_task_groups(config: ModelConfig) -> tuple[str, ...]:
+    """The task groups of the model `config` builds: every group but seg_head when it has no
+    segmentation head (num_mask_classes 0)."""
+    return tuple(g for g in TASK_GROUPS if g != "seg_head" or config.num_mask_classes)
 
 
 def full_variant(**kw) -> ModelConfig:

@@ -1,4 +1,4 @@
-"""Multi-task loss: YOLOv3 detection loss + disaster cross-entropy, masked per sample.
+"""Multi-task loss: YOLOv3 detection loss + disaster cross-entropy (+ segmentation), masked per sample.
 
 Detection, per image (YOLOv3 sums over cells, per image):
   box:  (1 - CIoU) from keras-cv, weighted by (2 - w*h/area) so small boxes count more;
@@ -8,7 +8,8 @@ Detection, per image (YOLOv3 sums over cells, per image):
 Each image's detection term is multiplied by `has_boxes`, its disaster term by
 `has_class`, so a sample contributes zero gradient to a task it has no labels
 for (sites hold partial labels). Each task is averaged over the samples that
-have its label. A task whose outputs are absent (a site that computes only the
+have its label. With a segmentation head, `seg_loss.segmentation_loss` adds its
+term, masked by `has_mask` and by the ignore index. A task whose outputs are absent (a site that computes only the
 part of the model its labels train) contributes zero.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tensorflow as tf
 
 from src.model.config import STRIDES, ModelConfig
 from src.model.decode import decode_scale, scale_anchors
+from src.model.seg_loss import segmentation_loss
 
 DETECTION_KEYS = ("det_s8", "det_s16", "det_s32")
 UNIT_BOX = tf.constant([0.0, 0.0, 1.0, 1.0])
@@ -36,6 +38,10 @@ class LossWeights:
     # Objectness target at a positive: 1 - r + r * IoU(predicted box, its truth) (YOLOv5's
     # `gr`). r > 0 ranks well-placed boxes above loose ones, which mAP@0.5:0.95 rewards.
     objectness_iou: float = 0.0
+    segmentation: float = 1.0
+    # Soft Dice next to the pixel cross-entropy (seg_loss.py): counters small regions against
+    # background; off by default, which keeps the segmentation term plain cross-entropy.
+    seg_dice: float = 0.0
 
 
 def matched_iou(a, b):
@@ -137,7 +143,7 @@ class MultiTaskLoss:
         has_class = tf.cast(targets["has_class"], tf.float32)
 
         zero = tf.constant(0.0)
-        box = obj = cls = disaster = zero
+        box = obj = cls = disaster = segmentation = zero
         if all(k in outputs for k in DETECTION_KEYS):
             box, obj, cls = self.detection_per_image(targets, outputs)
             det_images = tf.maximum(tf.reduce_sum(has_boxes), 1.0)
@@ -146,8 +152,11 @@ class MultiTaskLoss:
             cls = tf.reduce_sum(has_boxes * cls) / det_images
         if "disaster" in outputs:
             disaster = self.disaster_loss(targets, outputs)
+        if "segmentation" in outputs:
+            segmentation = segmentation_loss(targets["segmentation"], outputs["segmentation"],
+                                             targets["has_mask"], w.seg_dice)["segmentation"]
 
         detection = w.box * box + w.objectness * obj + w.victim_class * cls
-        total = detection + w.disaster * disaster
+        total = detection + w.disaster * disaster + w.segmentation * segmentation
         return {"loss": total, "detection": detection, "box": box, "objectness": obj,
-                "victim_class": cls, "disaster": disaster}
+                "victim_class": cls, "disaster": disaster, "segmentation": segmentation}
