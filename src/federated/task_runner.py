@@ -37,9 +37,8 @@ from src.evaluation import Predictor, score_predictions
 from src.federated.checkpoint import assign_weights
 from src.federated.update_checks import update_problem
 from src.model import build_model
-from src.model.config import task_group_of
-from src.task_groups import (group_sample_counts, load_group_weights, model_for_groups, model_groups,
-                              starts_from_checkpoint)
+from src.model.config import TASK_GROUPS, task_group_of
+from src.task_groups import group_sample_counts, load_group_weights, model_for_groups, starts_from_checkpoint
 from src.training import Trainer, class_prior
 
 log = logging.getLogger(__name__)
@@ -182,7 +181,7 @@ class MultiTaskRunner(KerasTaskRunner):
         reached = self._trainer().reached  # weights this site's losses reach (task_groups)
         upload = {k: v for k, v in global_out.items() if "metric" in k.tags or (
             task_group_of(k.tensor_name) in self.group_samples and k.tensor_name in reached)}
-        for group in model_groups(self.model):  # the groups this model has (no seg_head without the head)
+        for group in TASK_GROUPS:
             key = TensorKey(f"samples_{group}", col_name, round_num, True, ("metric",))
             upload[key] = np.array(float(self.group_samples.get(group, 0)))
         for name, value in labeling_metric_values(self.labeling_metrics).items():
@@ -207,7 +206,7 @@ class MultiTaskRunner(KerasTaskRunner):
         shapes = {v.path: tuple(v.shape) for v in self.model.weights}
         plain = {k.tensor_name: v for k, v in upload.items() if "metric" not in k.tags}
         problem = update_problem(plain, shapes)
-        counts = {g: float(self.group_samples.get(g, 0)) for g in model_groups(self.model)}
+        counts = {g: float(self.group_samples.get(g, 0)) for g in TASK_GROUPS}
         if problem is not None:
             log.warning("round %d: this site's update is not sent (%s); it abstains this round", round_num, problem)
             for key in [k for k in upload if k.tensor_name.startswith("samples_")]:
