@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     if args.one_seed is not None:
         cfg = load_config(None, {**overrides, "seed": args.one_seed})
         result = train_and_score(cfg, minutes, args.out.with_suffix(".keras"))
-        result.update(settings=overrides, minutes=minutes, commit=run_record("bench.quality_vs_time", argv)["commit"])
+        result.update(settings=overrides, minutes=minutes, commit=git_commit(REPO))
         args.out.write_text(json.dumps(result, indent=2))
         return 0
     seeds = [int(s) for s in args.seeds.split(",")]
