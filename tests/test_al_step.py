@@ -97,6 +97,32 @@ def test_hybrid_candidate_factor_one_is_pure_uncertainty_sampling(scorer, tiny_d
     assert len(acquired["hybrid"]) == 3 and acquired["hybrid"] == acquired["entropy"]
 
 
+def test_pool_sample_scores_a_seeded_random_subset_and_picks_from_it(scorer, tiny_data, tmp_path):
+    """pool_sample (a plan setting) bounds what a step scores: that many unlabeled images,
+    drawn afresh per round from the seed, and the picks come from them."""
+    scored = []
+
+    class CountingScorer:
+        tasks = scorer.tasks
+
+        def score(self, keyed_records, *args):
+            scored.append(set(keyed_records))
+            return scorer.score(keyed_records, *args)
+
+        def embed(self, *args):
+            return scorer.embed(*args)
+
+    for name, round_num in (("a", 1), ("b", 1), ("c", 2)):
+        pool = LabelPool.from_site(write_pool_site(tmp_path / name, tiny_data), tmp_path / f"{name}.json",
+                                   VICTIM, DISASTER)
+        unlabeled = set(pool.unlabeled_records())
+        label_step(pool, CountingScorer(), SimulatedOracle(pool.held_back()), "hybrid", budget=2,
+                   round_num=round_num, seed=7, pool_sample=5, progress=False)
+        assert len(scored[-1]) == 5 < len(unlabeled) and scored[-1] <= unlabeled
+        assert unlabeled - set(pool.unlabeled_records()) <= scored[-1]
+    assert scored[0] == scored[1] and scored[2] != scored[0]
+
+
 def test_detection_weight_decides_which_task_ranks_a_both_task_site(scorer, tiny_data, tmp_path):
     """detection_weight (a plan setting) reaches the ranking: at 0 `entropy` labels the
     pool's highest disaster-head entropies, at 1 its highest detection uncertainties."""
@@ -138,6 +164,7 @@ def test_a_human_oracle_step_does_not_block_and_leaves_the_choice_pending(scorer
     ({"budget": 5, "epoch_images": "some"}, "epoch_images 'some'"),
     ({"budget": 5, "candidate_factor": 0.5}, "candidate_factor must be >= 1"),
     ({"budget": 5, "detection_weight": -0.1}, "detection_weight must be in [0, 1]"),
+    ({"budget": 5, "pool_sample": 0}, "pool_sample must be >= 1 or null"),
 ])
 def test_plan_labeling_settings_are_checked_with_the_field_named(settings, fragment):
     from src.active_learning.site_labeling import LabelingSettings

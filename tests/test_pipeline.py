@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from src.data.pipeline import (PipelineOptions, inference_dataset, letterbox, records_to_arrays,
+from src.data.pipeline import (PipelineOptions, RecordStream, inference_dataset, letterbox, records_to_arrays,
                                training_dataset, validation_dataset)
 from src.data.formats import check_image
 from src.data.records import Record
@@ -70,6 +70,20 @@ def test_a_fixed_number_of_batches_repeats_few_records(tiny_config, bright_box_r
     assert len(one_pass) == 1 and int(one_pass[0][0].shape[0]) == 3
 
 
+def test_a_record_stream_trains_on_the_records_given_last_from_one_pipeline(tiny_config, bright_box_records):
+    """A site's labeled set grows between rounds: the stream's next pass draws from the new
+    records only, through the same built pipeline, num_batches full batches each pass."""
+    first = [replace(r, disaster_class=0, has_class=True) for r in bright_box_records[:6]]
+    later = [replace(r, disaster_class=2, has_class=True) for r in bright_box_records[6:13]]
+    stream = RecordStream(tiny_config, PipelineOptions(batch_size=4, seed=1), num_batches=3)
+    ds = stream.dataset(first)
+    for records, disaster in ((first, 0), (later, 2), (later, 2)):
+        assert stream.dataset(records) is ds
+        batches = [targets["disaster"].numpy() for _, targets in ds]
+        assert [len(b) for b in batches] == [4, 4, 4]
+        assert all((b == disaster).all() for b in batches), (disaster, batches)
+
+
 def test_datasets_run_without_the_autotune_model(tiny_config, bright_box_records):
     """Every dataset the project iterates has tf.data's autotuning model off: destroying
     an iterator waited up to ~37 s for its sleeping optimizer thread (the end of an
@@ -78,6 +92,7 @@ def test_datasets_run_without_the_autotune_model(tiny_config, bright_box_records
     records = bright_box_records[:4]
     for ds in (training_dataset(records, tiny_config, PipelineOptions(batch_size=2)),
                training_dataset(records, tiny_config, PipelineOptions(batch_size=2), num_batches=3),
+               RecordStream(tiny_config, PipelineOptions(batch_size=2), num_batches=3).dataset(records),
                inference_dataset(records, tiny_config, batch_size=2),
                validation_dataset(records, tiny_config, batch_size=2)):
         assert ds.options().autotune.enabled is False

@@ -8,7 +8,8 @@ number of query rounds), query_every (rounds), oracle (simulated | human),
 seed, candidate_factor (`hybrid`: how many times the budget uncertainty
 pre-selects before diversity picks), detection_weight (at a site with both
 tasks, the detector's share of the combined uncertainty), epoch_images (what
-one training epoch covers, see `epoch_size`), and where the site keeps its
+one training epoch covers, see `epoch_size`), pool_sample (how many pool images a query
+scores, drawn at random; see step.sampled_pool), and where the site keeps its
 labeled set (`state`, under its local state so a restart resumes) and its
 human queue.
 A query runs before a round's training, on the global model the site just
@@ -36,6 +37,9 @@ from src.evaluation import Predictor
 log = logging.getLogger(__name__)
 ORACLES = ("simulated", "human")
 EPOCH_IMAGES = ("all", "labeled")
+# Pool images a query scores, a fresh random sample each time (null: every one): bounds a
+# label step at a large site (the default federation's class-only site has ~1,700).
+POOL_SAMPLE = 600
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class LabelingSettings:
     candidate_factor: float = CANDIDATE_FACTOR
     detection_weight: float = DETECTION_WEIGHT
     epoch_images: str = "all"
+    pool_sample: int | None = POOL_SAMPLE
     state: str = "local_state/al_{site}.json"
     queue: str = "al_queue/{site}"
 
@@ -76,6 +81,8 @@ class LabelingSettings:
             raise ValueError(f"active_learning.candidate_factor must be >= 1, got {out.candidate_factor}")
         if not 0 <= out.detection_weight <= 1:
             raise ValueError(f"active_learning.detection_weight must be in [0, 1], got {out.detection_weight}")
+        if out.pool_sample is not None and out.pool_sample < 1:
+            raise ValueError(f"active_learning.pool_sample must be >= 1 or null (the whole pool), got {out.pool_sample}")
         if out.query_every < 1:
             raise ValueError(f"active_learning.query_every must be >= 1, got {out.query_every}")
         return out
@@ -161,7 +168,7 @@ class SiteLabeling:
         s = self.settings
         return label_step(self.pool, self.scorer, self.oracle, s.strategy, self.budget, round_num,
                           seed=s.seed, candidate_factor=s.candidate_factor,
-                          detection_weight=s.detection_weight, progress=False)
+                          detection_weight=s.detection_weight, pool_sample=s.pool_sample, progress=False)
 
     def labeled_records(self) -> list:
         return self.pool.labeled_records()

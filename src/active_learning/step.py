@@ -27,21 +27,35 @@ def pool_uncertainty(strategy: str, scores: PoolScores, tasks,
         "boxes" in tasks, "class" in tasks, detection_weight)
 
 
+def sampled_pool(unlabeled: dict, size: int | None, rng: np.random.Generator) -> dict:
+    """`size` of the unlabeled images at random (all when None or the pool is smaller).
+    Ranking a random subset rather than the whole pool is common practice for large pools
+    (Yoo and Kweon 2019 score 10,000 random pool images): scoring costs a forward pass per
+    image, and the uncertain images of a uniform sample stand in for those of the pool."""
+    if size is None or len(unlabeled) <= size:
+        return unlabeled
+    keys = sorted(unlabeled)
+    return {keys[i]: unlabeled[keys[i]] for i in sorted(rng.choice(len(keys), size=size, replace=False))}
+
+
 def label_step(pool: LabelPool, scorer: PoolScorer, oracle: Oracle, strategy: str, budget: int,
                round_num: int, seed: int = 0, batch_size: int = 16, progress: bool = True,
                candidate_factor: float = CANDIDATE_FACTOR,
-               detection_weight: float = DETECTION_WEIGHT) -> dict:
+               detection_weight: float = DETECTION_WEIGHT, pool_sample: int | None = None) -> dict:
     """Pick `budget` unlabeled images by `strategy`, send them to `oracle`, ingest every
     answer that is in (a human oracle's may come rounds later). Returns the site's
     counts (labeled, pool, pending, ...) and the chosen batch's mean uncertainty and
     predicted disaster-class histogram. `hybrid` also keeps picks away from what is
     already labeled (one more pass, through the backbone only, over the labeled images).
+    pool_sample: score only this many unlabeled images, drawn at random afresh each step
+    (None: all), so a step's cost stays flat however large the pool is (`sampled_pool`).
     `scorer` must score every task the pool's site trains."""
     missing = sorted(set(pool.tasks) - set(scorer.tasks))
     if missing:
         raise ValueError(f"the site trains {list(pool.tasks)} but its pool scorer scores {list(scorer.tasks)} "
                          f"only (build PoolScorer with tasks={list(pool.tasks)})")
-    scores = scorer.score(pool.unlabeled_records(), batch_size, progress)
+    candidates = sampled_pool(pool.unlabeled_records(), pool_sample, np.random.default_rng([seed, round_num, 1]))
+    scores = scorer.score(candidates, batch_size, progress)
     uncertainty = (pool_uncertainty(strategy, scores, pool.tasks, detection_weight) if scores.keys
                    else np.zeros(0))
     labeled = None

@@ -14,7 +14,7 @@ from openfl.federated.data.loader_keras import KerasDataLoader
 
 from src.data.pipeline import pipeline_options
 from src.data.manifests import load_site
-from src.data.pipeline import training_dataset, validation_dataset
+from src.data.pipeline import RecordStream, training_dataset, validation_dataset
 from src.settings import resolve
 from src.task_groups import TASK_VOTE_NAMES
 
@@ -118,22 +118,36 @@ class SiteDataLoader(KerasDataLoader):
         return max((n for kind, n in self.repeat_to_batches.items() if kind in held), default=0)
 
     def get_train_loader(self, batch_size=None, num_batches=None):
-        """The training batches for one epoch. Built once and reused while the records
-        stay the same list (active learning assigns a new one when labels arrive):
-        building traces the decode/augment/encode functions, about 4 s on this CPU
-        every epoch; each pass over the dataset reshuffles and draws new augmentations."""
+        """The training batches for one epoch, from a pipeline built once and reused:
+        building traces the decode/augment/encode functions, about 4 s on this CPU. An
+        epoch of a set number of batches (active learning, repeat_to_batches) reads the
+        records through a `RecordStream`, so labels that arrive (active learning assigns
+        a new list) need no new build; a one-pass epoch is rebuilt when its records
+        change. Each pass reshuffles and draws new augmentations."""
         if num_batches is None and (self.epoch_images or self.repeat_floor()):
             num_batches = self.train_batches_per_epoch(batch_size)
         batch_size = self.train_batch_size(batch_size)
-        built_from = (self.train_records, len(self.train_records), batch_size, num_batches)
+        if num_batches is not None:
+            if self._train_built_from != (batch_size, num_batches):
+                self._train_dataset = self._timed(lambda: RecordStream(self.model_config, self._options(batch_size),
+                                                                       num_batches).built(self.train_records))
+                self._train_built_from = (batch_size, num_batches)
+            return self._train_dataset.dataset(self.train_records)
+        built_from = (self.train_records, len(self.train_records), batch_size)
         previous = self._train_built_from
-        if previous is None or previous[0] is not built_from[0] or previous[1:] != built_from[1:]:
-            started = time.perf_counter()
-            self._train_dataset = training_dataset(self.train_records, self.model_config,
-                                                   self._options(batch_size), num_batches=num_batches)
+        if previous is None or len(previous) != 3 or previous[0] is not built_from[0] or previous[1:] != built_from[1:]:
+            self._train_dataset = self._timed(lambda: training_dataset(self.train_records, self.model_config,
+                                                                       self._options(batch_size)))
             self._train_built_from = built_from
-            self.build_seconds += time.perf_counter() - started
         return self._train_dataset
+
+    def _timed(self, build):
+        """build(), its time added to build_seconds."""
+        started = time.perf_counter()
+        try:
+            return build()
+        finally:
+            self.build_seconds += time.perf_counter() - started
 
     def get_valid_loader(self, batch_size=None):
         return validation_dataset(self.val_records, self.model_config, batch_size or self.batch_size)
