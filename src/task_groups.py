@@ -79,10 +79,18 @@ def starts_from_checkpoint(backbone_mode: str, backbone_init: str) -> bool:
     return backbone_mode == "frozen" or backbone_init == "checkpoint"
 
 
-def model_groups(model: keras.Model) -> tuple[str, ...]:
-    """The task groups `model` has weights in, in TASK_GROUPS order (no seg_head without the head)."""
-    present = {task_group_of(v.path) for v in model.weights}
+def groups_of_names(names) -> tuple[str, ...]:
+    """The task groups of weight names (`task_group_of`), in TASK_GROUPS order."""
+    present = {task_group_of(name) for name in names}
     return tuple(g for g in TASK_GROUPS if g in present)
+
+
+def model_groups(model: keras.Model) -> tuple[str, ...]:
+    """The task groups `model` has weights in, in TASK_GROUPS order (no seg_head without the head).
+
+    A federation's groups are those of the model its plan builds: the sites read them off
+    their model, the aggregator off the initial state that model wrote (the same names)."""
+    return groups_of_names(v.path for v in model.weights)
 
 
 def group_sample_counts(records, backbone_mode: str = "joint", exchange: str = "decoupled",

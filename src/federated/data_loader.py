@@ -15,7 +15,7 @@ from openfl.federated.data.loader_keras import KerasDataLoader
 from src.data.pipeline import pipeline_options
 from src.data.manifests import load_site
 from src.data.pipeline import RecordStream, training_dataset, validation_dataset
-from src.settings import resolve
+from src.settings import model_config, resolve
 from src.task_groups import TASK_VOTE_NAMES
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,15 @@ class SiteDataLoader(KerasDataLoader):
         self.build_seconds = 0.0  # spent building training datasets so far (the task runner reports it)
         self.site_name, self.site_folder, self.site = None, data_path, None
         if data_path is not None:
+            # a segmenting model's classes.mask name what the mask values index (checked against the data)
+            mask_classes = self.cfg["classes"].get("mask") if model_config(self.cfg).num_mask_classes else None
             site = load_site(data_path, self.cfg["classes"]["victim"], self.cfg["classes"]["disaster"],
-                             on_error=on_error)
+                             on_error=on_error, mask_classes=mask_classes)
             self.site = site  # all of it, pool rows included (active learning)
             self.site_name = site.name
             self.train_records, self.val_records = site.train, site.val
-            log.info("site %s: %d train / %d val images; boxes: %s, classes: %s", site.name,
-                     len(site.train), len(site.val), site.has_boxes, site.has_class)
+            log.info("site %s: %d train / %d val images; boxes: %s, classes: %s, masks: %s", site.name,
+                     len(site.train), len(site.val), site.has_boxes, site.has_class, site.has_mask)
 
     def bind_model(self, model_config):
         """The task runner tells the loader the model's input size and anchors."""

@@ -52,11 +52,12 @@ from src.federated.aggregator import PromptAggregator
 from src.federated.secure_sums import REGISTER_TASK, ROSTER, TAGS, RosterBook, group_layout, is_message, \
     json_tensor, message_name
 from src.federated.update_checks import update_problem
-from src.model.config import TASK_GROUPS, task_group_of
+from src.model.config import task_group_of
 from src.privacy import DifferentialPrivacy, check_budget, privatize
 from src.robust_aggregation import bound_updates, check_clip
 from src.secure_aggregation import SecureAggregationError, from_wire, unflatten, unmasked_sum
-from src.task_groups import mean_of_component_sums, task_balanced_weights, task_votes, weight_components
+from src.task_groups import (groups_of_names, mean_of_component_sums, task_balanced_weights, task_votes,
+                             weight_components)
 
 BACKBONE_WEIGHTINGS = ("samples", "task_balanced")
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class DecoupledAggregator(PromptAggregator):
         self._noise = np.random.default_rng()  # fresh OS entropy: DP noise must not be reproducible
         if self.privacy is not None:
             self._check_privacy_plan(int(kwargs.get("rounds_to_train", 256)), kwargs.get("assigner"))
-        self.rosters = None
+        self.rosters, self._groups = None, None
         if pairwise_masking:
             self.rosters = self._roster_book(kwargs.get("persistent_db_path"), kwargs.get("assigner"))
         self._roster_lock = threading.Lock()
@@ -94,11 +95,22 @@ class DecoupledAggregator(PromptAggregator):
         if any(refused.values()):
             raise ValueError(f"pairwise_masking hides each site's update, which {[k for k, v in refused.items() if v]} "
                              "need: use one or the other (docs/privacy.md)")
-        components = {g: {c: [count, vote] for c, (count, vote) in
-                          weight_components(g, self.backbone_weighting, self.backbone_task_votes).items()}
-                      for g in TASK_GROUPS}
         path = os.path.join(os.path.dirname(db_path), "secagg_rosters.json") if db_path else None
-        return RosterBook(path, components)
+        return RosterBook(path, self._roster_components)
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The federation's task groups: those of the model the plan builds, as its initial
+        state holds them (the sites read the same off their model: task_groups.model_groups)."""
+        if self._groups is None:
+            self._groups = groups_of_names(t.name for t in self.model.tensors)
+        return self._groups
+
+    def _roster_components(self) -> dict:
+        """{group: {component: [count group, vote]}}: the masked sums each group's mean is formed from."""
+        return {g: {c: [count, vote] for c, (count, vote) in
+                    weight_components(g, self.backbone_weighting, self.backbone_task_votes, self.groups).items()}
+                for g in self.groups}
 
     def send_local_task_results(self, collaborator_name, round_number, task_name, data_size, named_tensors):
         if task_name != REGISTER_TASK:
@@ -187,7 +199,7 @@ class DecoupledAggregator(PromptAggregator):
             self._keep_unsent(self._aggregate_masked(task_name, trained))
             return
         sites = [k.owner for k in trained]
-        weight = {site: {g: self._group_weight(task_name, site, g) for g in TASK_GROUPS} for site in sites}
+        weight = {site: {g: self._group_weight(task_name, site, g) for g in self.groups} for site in sites}
         trained = self._reject_broken_updates(task_name, trained, weight)
         sites = [k.owner for k in trained]
         weight = {site: weight[site] for site in sites}
@@ -196,7 +208,7 @@ class DecoupledAggregator(PromptAggregator):
             for site in sites:
                 weight[site]["backbone"] = shared[site]
         if self.privacy is not None:
-            weight = {site: {g: 1.0 for g in TASK_GROUPS} for site in sites}  # bounded influence per site
+            weight = {site: {g: 1.0 for g in self.groups} for site in sites}  # bounded influence per site
         self._defend(task_name, trained)
         senders = {}  # aggregated tensor key -> {collaborator: weight}
         for result_key, tensor_keys in trained.items():
@@ -238,7 +250,7 @@ class DecoupledAggregator(PromptAggregator):
                 continue
             for tk in tensor_keys:
                 messages.setdefault(tk.tensor_name, {})[site] = from_wire(self.tensor_db.get_tensor_from_cache(tk))
-        weight = {k.owner: {g: self._group_weight(task_name, k.owner, g) for g in TASK_GROUPS} for k in trained}
+        weight = {k.owner: {g: self._group_weight(task_name, k.owner, g) for g in self.groups} for k in trained}
         function = self.assigner.get_aggregation_type_for_task(task_name)
         aggregated = set()
         for group, components in self.rosters.components.items():

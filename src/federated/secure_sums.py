@@ -150,15 +150,23 @@ class SiteMasking:
 class RosterBook:
     """The aggregator's registrations and per-round rosters (see the module docstring)."""
 
-    def __init__(self, path: Path | None, components: dict):
+    def __init__(self, path: Path | None, components):
+        """components: {group: {component: [count group, vote]}}, or a function giving it (read at
+        first use: the aggregator knows its model's groups only once it has loaded the model)."""
         self.path = Path(path) if path else None
-        self.components = components  # {group: {component: [count group, vote]}}
+        self._components = components
         self.registrations: dict = {}
         self.rosters: dict = {}
         if self.path is not None and self.path.exists():
             state = json.loads(self.path.read_text())
             self.registrations = state["registrations"]
             self.rosters = {int(r): v for r, v in state["rosters"].items()}
+
+    @property
+    def components(self) -> dict:
+        if callable(self._components):
+            self._components = self._components()
+        return self._components
 
     def register(self, site: str, named_tensors) -> str | None:
         """Record a site's registration; returns a problem to log, or None."""

@@ -37,8 +37,9 @@ from src.evaluation import Predictor, score_predictions
 from src.federated.checkpoint import assign_weights
 from src.federated.update_checks import update_problem
 from src.model import build_model
-from src.model.config import TASK_GROUPS, task_group_of
-from src.task_groups import group_sample_counts, load_group_weights, model_for_groups, starts_from_checkpoint
+from src.model.config import TASKS, task_group_of
+from src.task_groups import (group_sample_counts, load_group_weights, model_for_groups, model_groups,
+                             starts_from_checkpoint, tasks_of)
 from src.training import Trainer, class_prior
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,18 @@ def labeling_metric_values(metrics: dict) -> dict:
     return out
 
 
+def untrained_labels(records, groups) -> str:
+    """What a site whose labels count for nothing holds, and what the model's `groups` train."""
+    held = [task.name for task in TASKS if any(getattr(r, task.label) for r in records)]
+    trained = [task.name for task in tasks_of(groups)]
+    return (f"it holds {held or 'no labels'}, the model trains {trained}: a task's head is in the model when "
+            "the settings ask for it, e.g. model.segmentation: true for masks")
+
+
 def validation_score(result: dict) -> float:
-    """Mean of mAP@0.5 and accuracy over the tasks this site can score."""
-    parts = [result[k] for k in ("map50", "accuracy") if k in result and np.isfinite(result[k])]
+    """Mean of mAP@0.5, accuracy and mIoU over the tasks this site can score (mIoU: a segmenting
+    model at a site holding masks), so every kind of site has a say in which model is best."""
+    parts = [result[k] for k in ("map50", "accuracy", "miou") if result.get(k) is not None and np.isfinite(result[k])]
     return float(np.mean(parts)) if parts else 0.0
 
 
@@ -94,6 +104,7 @@ class MultiTaskRunner(KerasTaskRunner):
         super().__init__(data_loader=data_loader, **kwargs)
         keras.utils.set_random_seed(cfg["seed"])
         self.model = build_model(self.model_config)
+        self.groups = model_groups(self.model)  # the federation's task groups (the aggregator reads the same)
         if starts_from_checkpoint(backbone_mode, backbone_init):
             checkpoint = cfg.get("pretrain", {}).get("checkpoint")
             if not checkpoint:
@@ -110,10 +121,10 @@ class MultiTaskRunner(KerasTaskRunner):
             if self.labeling.settings.epoch_images == "all":
                 data_loader.epoch_images = self.labeling.epoch_size()
         records = data_loader.train_records if data_loader is not None else []
-        self.group_samples = group_sample_counts(records, backbone_mode, exchange)
+        self.group_samples = group_sample_counts(records, backbone_mode, exchange, self.groups)
         if records and not self.group_samples:
             raise ValueError(f"site {data_loader.site_name}: none of its {len(records)} training "
-                             "images has a label this federation trains")
+                             f"images has a label this federation trains ({untrained_labels(records, self.groups)})")
         self.backbone_mode, self.exchange = backbone_mode, exchange
         self.pairwise_masking, self.masking = bool(pairwise_masking), None
         self.rounds = int(rounds)
@@ -161,13 +172,13 @@ class MultiTaskRunner(KerasTaskRunner):
         if len(labeled) != len(self.data_loader.train_records):
             self.data_loader.train_records = labeled
         self.group_samples = group_sample_counts(self.data_loader.train_records, self.backbone_mode,
-                                                 self.exchange)
+                                                 self.exchange, self.groups)
         log.info("active learning, round %d: %s", round_num, self.labeling_metrics)
 
     def train_task(self, col_name, round_num, input_tensor_dict, metrics, epochs=1, batch_size=None,
                    **kwargs):
         """The stock task, then the upload cut down to the groups this site trained,
-        plus one `samples_<group>` metric per group (0 = not trained here) and, with
+        plus one `samples_<group>` metric per group of the model (0 = not trained here) and, with
         active learning, `al_<count>` metrics (labeled, pool, pending, mean_uncertainty
         and `al_chosen_class_<i>`: the predicted disaster classes of the chosen batch)."""
         if self.epochs_per_round is None:
@@ -181,7 +192,7 @@ class MultiTaskRunner(KerasTaskRunner):
         reached = self._trainer().reached  # weights this site's losses reach (task_groups)
         upload = {k: v for k, v in global_out.items() if "metric" in k.tags or (
             task_group_of(k.tensor_name) in self.group_samples and k.tensor_name in reached)}
-        for group in TASK_GROUPS:
+        for group in self.groups:
             key = TensorKey(f"samples_{group}", col_name, round_num, True, ("metric",))
             upload[key] = np.array(float(self.group_samples.get(group, 0)))
         for name, value in labeling_metric_values(self.labeling_metrics).items():
@@ -206,7 +217,7 @@ class MultiTaskRunner(KerasTaskRunner):
         shapes = {v.path: tuple(v.shape) for v in self.model.weights}
         plain = {k.tensor_name: v for k, v in upload.items() if "metric" not in k.tags}
         problem = update_problem(plain, shapes)
-        counts = {g: float(self.group_samples.get(g, 0)) for g in TASK_GROUPS}
+        counts = {g: float(self.group_samples.get(g, 0)) for g in self.groups}
         if problem is not None:
             log.warning("round %d: this site's update is not sent (%s); it abstains this round", round_num, problem)
             for key in [k for k in upload if k.tensor_name.startswith("samples_")]:

@@ -7,7 +7,11 @@ sites, each looked up and cached several times) cost 8-38 s per round end on
 this CPU even for a tiny model, and grew with the rounds kept. Keyed by the
 TensorKey fields, a lookup or insert is a dict operation.
 
-Semantics kept from the stock class (tests/test_tensor_db.py runs both on the
+One difference: a metric (tag `metric`) some sites do not report is averaged over
+the sites that do (their weights renormalized), where the stock class returns None and
+the aggregator's float() of it stops the round: sites holding different label kinds
+report different label counts (e.g. active learning's per-task `al_labeled_<task>`).
+Otherwise semantics are kept from the stock class (tests/test_tensor_db.py runs both on the
 same calls): the first value cached under a key is the
 one returned (the stock lookup takes the first matching row); `clean_up` keeps
 the last `remove_older_than` rounds plus every `report` tensor; aggregation
@@ -122,10 +126,17 @@ class KeyedTensorDB(TensorDB):
         local_tensors = []
         for col, weight in collaborator_weight_dict.items():
             value = self._rows.get(_key((tensor_name, origin, fl_round, report, change_tags(tags, add_field=col))))
+            if value is None and "metric" in tags:
+                continue  # a metric only some sites report (a label kind they hold): their mean
             if value is None:
                 log.warning("no %s from collaborator %s in round %s: not aggregated", tensor_name, col, fl_round)
                 return None
             local_tensors.append(LocalTensor(col_name=col, tensor=value, weight=weight))
+        if not local_tensors:
+            return None
+        reported = sum(t.weight for t in local_tensors)
+        if reported < sum(collaborator_weight_dict.values()):
+            local_tensors = [LocalTensor(t.col_name, t.tensor, t.weight / reported) for t in local_tensors]
         if getattr(aggregation_function, "_privileged", False):
             frame = self.tensor_db
             agg = aggregation_function(local_tensors, frame, tensor_name, fl_round, tags)

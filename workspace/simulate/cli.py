@@ -1,7 +1,7 @@
 """`make simulate`: a whole OpenFL federation on one machine, for real.
 
 python -m workspace.simulate [--rounds N] [--sites N] [--seed S] [--split data_splits/NAME]
-    [--labels both,boxes,class] [--backbone-mode joint|frozen] [--exchange decoupled|full]
+    [--labels both,boxes,class,masks] [--backbone-mode joint|frozen] [--exchange decoupled|full]
     [--active-learning STRATEGY [--seed-fraction 0.1] [--final-fraction 0.3]]
     [--set KEY=VALUE ...] [--plan-set SECTION.KEY=VALUE ...]
 
@@ -13,6 +13,10 @@ starts `fx aggregator start` and one `fx collaborator start -n SITE` per site
 as separate processes on localhost with mutual TLS, prints one progress line
 per round, and finally evaluates the best global model on the held-out test
 split and writes metrics.json, curves.png, detections.png and model.keras.
+A new split of the built-in data cycles its sites' labels over both, boxes, class
+and masks: --sites 4 adds a mask-only site to the default three. Whenever a site
+of the split holds masks, the model has the segmentation head (the run overrides
+model.segmentation: true unless --set names it) and the report adds the test mIoU.
 With --active-learning each site starts with a seed fraction of its training
 images labeled and labels more every round with the strategy and a simulated
 oracle (src/active_learning/), up to the final fraction.
@@ -34,7 +38,7 @@ import yaml
 
 from src.run_record import run_record
 from workspace.simulate import RunFailed
-from workspace.simulate.data import ensure_backbone_checkpoint, provide_split
+from workspace.simulate.data import ensure_backbone_checkpoint, provide_split, settings_for_split
 from workspace.simulate.events import FederationEvents, progress_lines
 from workspace.simulate.final_report import final_report, summary_lines
 from workspace.simulate.fx_workspace import (EVENT_LOG, REPO, certify, prepare_workspace, split_sites,
@@ -60,8 +64,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=Path, default=None,
                    help="a split folder (data_splits/NAME from src.data.splits); sites are its folders")
     p.add_argument("--labels", default=None,
-                   help="label set per site of a new split, cycled: both|boxes|class "
-                        "(default both,boxes,class: the committed default split)")
+                   help="label set per site of a new split, cycled: both|boxes|class|masks "
+                        "(default both,boxes,class,masks: 3 sites are the committed default split, a "
+                        "4th holds masks only; a site holding masks turns model.segmentation on)")
     p.add_argument("--backbone-mode", choices=("joint", "frozen"), default=None,
                    help="default: the plan's (joint); frozen needs the pretrained backbone "
                         "(made here with src.central.pretrain when missing)")
@@ -174,9 +179,12 @@ def main(argv=None) -> int:
         marks.mark("split")
         ws = run_dir / "workspace"
         port = free_port()
+        needed = settings_for_split(split_dir, settings)  # e.g. the segmentation head for a site's masks
+        if needed:
+            log.info("the split's labels need %s (run overrides)", needed)
         try:
             plan = edit_plan(repo_plan, plan_values(args, plan_set, rounds, port),
-                             overrides={"seed": args.seed, **settings})
+                             overrides={"seed": args.seed, **needed, **settings})
         except ValueError as err:
             raise RunFailed(str(err)) from None
         ensure_backbone_checkpoint(plan, settings)

@@ -15,6 +15,12 @@ from workspace.simulate.plan_edits import settings_overrides
 
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
 DEFAULT_SPLIT = REPO / "data_splits" / "default"
+# What the sites of a new split of the built-in data hold, cycled over them: the 3 sites of the
+# default federation (its committed split), then a site holding masks only (SITES=4), so a
+# larger federation has every kind of site the decoupled exchange is built for.
+SITE_LABEL_CYCLE = ("both", "boxes", "class", "masks")
+# The settings each task's labels need in the model, by the manifest column that holds them.
+SETTINGS_FOR_LABELS = {"masks": {"model.segmentation": True}}
 
 log = logging.getLogger("simulate")
 
@@ -35,12 +41,12 @@ def provide_split(run_dir: Path, split: Path | None, sites: int, seed: int, alph
                             "build one with `python -m src.data.splits --seed-fraction 0.1`")
         return split.resolve()
     from src.settings import load_config
-    from src.data.splits import DEFAULT_LABELS, build_site_splits
+    from src.data.splits import DEFAULT_LABELS, build_site_splits, site_labels
     from src.data.synthetic import generate_from_config
 
     cfg = load_config(DEFAULT_CONFIG)
     generate_from_config(cfg, REPO / cfg["data"]["root"])
-    labels = list(labels or DEFAULT_LABELS)
+    labels = list(labels) if labels else site_labels(sites, SITE_LABEL_CYCLE)
     fraction = 1.0 if seed_fraction is None else seed_fraction
     if (sites == 3 and seed == 0 and alpha == 0.5 and labels == list(DEFAULT_LABELS)
             and fraction == 1.0 and DEFAULT_SPLIT.exists()):
@@ -58,6 +64,25 @@ def split_has_pool(split_dir: Path) -> bool:
 
     return any(row[1] == "pool" for site in split_sites(split_dir)
                for row in read_manifest(split_dir / site / "manifest.tsv"))
+
+
+def held_labels(split_dir: Path) -> list[str]:
+    """The label kinds (manifest columns: boxes, class, masks) some site of the split holds."""
+    from src.data.manifests import read_manifest
+    from src.data.splits import LABEL_KINDS
+
+    rows = [row for site in split_sites(split_dir)
+            for row in read_manifest(split_dir / site / "manifest.tsv", with_masks=True)]
+    return [kind for i, kind in enumerate(LABEL_KINDS) if any(row[2 + i] for row in rows)]
+
+
+def settings_for_split(split_dir: Path, settings: Mapping) -> dict:
+    """The settings the split's labels need in the model (`SETTINGS_FOR_LABELS`: a site holding
+    masks needs the segmentation head), as run overrides; a key the run sets itself is kept."""
+    needed = {}
+    for kind in held_labels(split_dir):
+        needed.update(SETTINGS_FOR_LABELS.get(kind, {}))
+    return {key: value for key, value in needed.items() if key not in settings}
 
 
 def ensure_backbone_checkpoint(plan: dict, pretrain_overrides: Mapping | None = None) -> None:

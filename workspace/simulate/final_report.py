@@ -53,8 +53,10 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, events: FederationEve
     runner = plan["task_runner"]["settings"]
     cfg = load_config(ws / runner.get("config", "configs/default.yaml"), settings_overrides(plan))
     mcfg = model_config(cfg)
+    # a segmenting model's mask classes: what the test masks' values index, and the per-class IoU names
+    mask_classes = {"mask_classes": cfg["classes"]["mask"]} if mcfg.num_mask_classes else {}
     records = load_test_split(split_dir, cfg["classes"]["victim"], cfg["classes"]["disaster"],
-                              default_data_root=REPO / cfg["data"]["root"])
+                              default_data_root=REPO / cfg["data"]["root"], **mask_classes)
     loss_weights = train_options(cfg).loss_weights
 
     # one model and one compiled pass for every state: each state only assigns its weights
@@ -69,7 +71,8 @@ def final_report(run_dir: Path, ws: Path, split_dir: Path, events: FederationEve
                 return weights, *result[:2], state_round
         assign_weights(model, weights)
         predictions, mean_loss = predictor.predict_with_loss(records, loss, progress=True)
-        result = score_predictions(predictions, records, mcfg)
+        result = score_predictions(predictions, records, mcfg,
+                                   mask_class_names=mask_classes.get("mask_classes"))
         result["loss"] = mean_loss
         evaluated.append((weights, (predictions, result)))
         return weights, predictions, result, state_round
@@ -126,13 +129,17 @@ def summary_lines(metrics: dict, rounds: int, run_dir: Path) -> list[str]:
              f"median idle {metrics['median_idle_s'] or 0:.2f} s/round | wall {metrics['wall_s']:.0f} s "
              f"(federation {metrics['federation_s']:.0f} s, then the test evaluation)",
              f"test (aggregate after the last round): mAP50 {la.get('map50', nan):.3f} "
-             f"accuracy {la.get('accuracy', nan):.3f}",
+             f"accuracy {la.get('accuracy', nan):.3f}" + (f" mIoU {la['miou']:.3f}" if "miou" in la else ""),
              f"upload per round ({metrics['exchange']}, backbone {metrics['backbone_mode']}; "
              f"full model {(metrics['model_bytes'] or 0) / 1e6:.2f} MB): " + " | ".join(
                  f"{site} {s['upload_bytes_per_round'] / 1e6:.2f} MB "
                  f"({100 * (s['upload_fraction_of_model'] or 0):.1f} %: "
                  + ", ".join(f"{g} {b / 1e6:.2f}" for g, b in s["upload_bytes_by_group"].items()) + ")"
                  for site, s in metrics["traffic"].items())]
+    if "miou" in t:  # the model segments (a site held masks)
+        lines.insert(1, f"test segmentation (best global model): mIoU {t['miou']:.3f} over "
+                        f"{t['segmentation_images']} images | per class IoU " + " ".join(
+                            f"{name} {_iou(iou)}" for name, iou in t["per_class_iou"].items()))
     if metrics["active_learning"]:
         last = metrics["rounds"][rounds - 1]["sites"]
         lines.append(f"labeled at the end ({metrics['active_learning']['strategy']}, simulated oracle): " + " | ".join(
@@ -142,6 +149,10 @@ def summary_lines(metrics: dict, rounds: int, run_dir: Path) -> list[str]:
         lines += phase_lines(metrics["phases"], rounds)
     lines.append(f"report: {run_dir}/(metrics.json, curves.png, detections.png, model.keras)")
     return lines
+
+
+def _iou(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"  # None: a class neither truth nor prediction shows
 
 
 def load_central(repo: Path) -> dict | None:
