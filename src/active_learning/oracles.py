@@ -68,6 +68,9 @@ ANSWER_COLUMNS = ("image", "disaster_class", "done")
 NOT_DONE = frozenset({"", "0", "no", "n", "false"})
 PREDICTIONS_FILE = "predictions.json"
 PREDICTED_BOXES = 20  # per image, the highest-scoring detections kept as pre-annotations
+# What the queue asks an annotator for: boxes (a YOLO file) and a disaster class (the sheet).
+# Masks are painted in a mask editor, which the queue has no place for yet.
+QUEUE_TASKS = ("boxes", "class")
 
 
 class Oracle(Protocol):
@@ -81,19 +84,21 @@ class Oracle(Protocol):
 
 
 class SimulatedOracle:
-    """Answers at once with the labels the pool's Records hold (manifest-masked truth)."""
+    """Answers at once with the labels the pool's Records hold (manifest-masked truth), of
+    `tasks` (the site's) only."""
 
     name = "simulated"
 
-    def __init__(self, held_back: Mapping[str, Record]):
+    def __init__(self, held_back: Mapping[str, Record], tasks: Sequence[str] = TASKS):
         self._held_back = dict(held_back)
+        self.tasks = tuple(tasks)
         self._answers: dict[str, Answer] = {}
 
     def request(self, records: Mapping[str, Record], round_num: int) -> None:
         unknown = [k for k in records if k not in self._held_back]
         if unknown:
             raise ValueError(f"simulated oracle: no held-back labels for {unknown[:3]}")
-        self._answers.update((k, Answer.of_record(self._held_back[k])) for k in records)
+        self._answers.update((k, Answer.of_record(self._held_back[k], self.tasks)) for k in records)
 
     def collect(self) -> dict[str, Answer]:
         return dict(self._answers)
@@ -171,10 +176,14 @@ class HumanOracle:
     name = "human"
 
     def __init__(self, queue_dir, victim_classes: Sequence[str], disaster_classes: Sequence[str],
-                 tasks: Sequence[str] = TASKS, predictor=None):
+                 tasks: Sequence[str] = QUEUE_TASKS, predictor=None):
         """predictor: anything with ``predict(records) -> [dict | None]`` as src.evaluation.Predictor
         (boxes in pixels, scores, classes, disaster_probs), run on the model that chose the images;
         its detections go beside the queue (predictions.json) for labeling tools to start from."""
+        unasked = sorted(set(tasks) - set(QUEUE_TASKS))
+        if unasked:
+            raise ValueError(f"the human label queue asks for {list(QUEUE_TASKS)} only, not {unasked}: a site "
+                             "labeling masks uses the simulated oracle (active_learning.oracle: simulated)")
         self.queue_dir = Path(queue_dir)
         self.victim_classes, self.disaster_classes = list(victim_classes), list(disaster_classes)
         self.tasks = tuple(tasks)

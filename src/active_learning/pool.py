@@ -21,14 +21,18 @@ State file (JSON)::
     version: 1
     site: site name (a state file of another site is refused)
     seed: the seed keys at the last save (informational)
-    acquired: {key: {round, requested_round, strategy, oracle, tasks: [boxes, class],
+    acquired: {key: {round, requested_round, strategy, oracle, tasks: [boxes, class, masks],
                boxes: [[x0, y0, x1, y1], ...] (pixels), victim_classes: [name, ...],
-               disaster_class: name or null}}
+               disaster_class: name or null, mask: path or null}}
     pending: {key: {round, strategy, oracle}}   requested, not answered yet
     history: [{event: requested | labeled, round, strategy, oracle, keys: [...]}]
 
 Classes are stored by name, as in the label files, so that reordering the
-class lists in the config cannot relabel acquired images.
+class lists in the config cannot relabel acquired images. An acquired mask is a
+label map (a PNG), not a list: the pool copies the oracle's file beside the
+state file (``<state stem>_masks/<key>.png``, before the state names it) and the
+entry names the copy relative to that folder, so the label outlives the oracle's
+files (a human queue cleared, a data folder moved).
 """
 from __future__ import annotations
 
@@ -43,13 +47,16 @@ import yaml
 
 from src.atomic_files import write_bytes_atomically
 from src.data.manifests import SiteData, load_site
-from src.data.formats import DataError, read_text_file
+from src.data.formats import DataError, inside_folder, read_text_file
 from src.data.records import Record
+from src.model.config import TASKS as MODEL_TASKS
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-TASKS = ("boxes", "class")
+TASKS = tuple(task.name for task in MODEL_TASKS)  # boxes, class, masks
+LABEL_FLAGS = {task.name: task.label for task in MODEL_TASKS}  # the Record flag of each task's label
+COUNTED_ALWAYS = ("boxes", "class")  # labeled_<task> counts every site reports; others where trained
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,8 @@ class Answer:
 
     boxes: (N, 4) float32 xyxy pixels and victim_classes (N,) indices, read
     when has_boxes (an empty list then means "no victims"); disaster_class:
-    an index, read when has_class.
+    an index, read when has_class; mask_path: the image's label map (a PNG of
+    mask class indices, as ``Record.mask_path``), read when has_mask.
     """
 
     boxes: np.ndarray
@@ -66,36 +74,42 @@ class Answer:
     disaster_class: int = -1
     has_boxes: bool = False
     has_class: bool = False
+    mask_path: str | None = None
+    has_mask: bool = False
 
     def __post_init__(self):
         probe = Record("answer", self.boxes, self.victim_classes, self.disaster_class,
-                       self.has_boxes, self.has_class)  # the Record's own shape checks
+                       self.has_boxes, self.has_class, mask_path=self.mask_path,
+                       has_mask=self.has_mask)  # the Record's own shape checks
         object.__setattr__(self, "boxes", probe.boxes)
         object.__setattr__(self, "victim_classes", probe.victim_classes)
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return tuple(t for t, has in zip(TASKS, (self.has_boxes, self.has_class)) if has)
+        return tuple(t for t in TASKS if getattr(self, LABEL_FLAGS[t]))
 
     @classmethod
-    def of_record(cls, record: Record) -> "Answer":
-        """The labels a Record holds (what the simulated oracle reveals)."""
-        return cls(record.boxes, record.victim_classes, record.disaster_class, record.has_boxes,
-                   record.has_class)
+    def of_record(cls, record: Record, tasks=TASKS) -> "Answer":
+        """The labels of `tasks` a Record holds (what the simulated oracle reveals)."""
+        held = {t: bool(getattr(record, LABEL_FLAGS[t])) and t in tasks for t in TASKS}
+        return cls(record.boxes, record.victim_classes, record.disaster_class if held["class"] else -1,
+                   held["boxes"], held["class"], record.mask_path if held["masks"] else None, held["masks"])
 
 
 def without_labels(record: Record) -> Record:
     """The record as an unlabeled pool image: nothing a scorer could cheat with."""
     return replace(record, boxes=np.zeros((0, 4), np.float32), victim_classes=np.zeros((0,), np.int32),
                    disaster_class=-1, has_boxes=False, has_class=False,
-                   crowd_boxes=np.zeros((0, 4), np.float32), crowd_classes=np.zeros((0,), np.int32))
+                   crowd_boxes=np.zeros((0, 4), np.float32), crowd_classes=np.zeros((0,), np.int32),
+                   mask_path=None, has_mask=False)
 
 
 def with_answer(record: Record, answer: Answer) -> Record:
     """The record carrying exactly the labels of `answer` (nothing held back besides)."""
     return replace(without_labels(record), boxes=answer.boxes, victim_classes=answer.victim_classes,
                    disaster_class=answer.disaster_class if answer.has_class else -1,
-                   has_boxes=answer.has_boxes, has_class=answer.has_class)
+                   has_boxes=answer.has_boxes, has_class=answer.has_class,
+                   mask_path=answer.mask_path if answer.has_mask else None, has_mask=answer.has_mask)
 
 
 def site_keys(site_folder, records: Iterable[Record]) -> dict[str, Record]:
@@ -110,7 +124,7 @@ class LabelPool:
     """A site's labeled images (seed + acquired) and its unlabeled pool; see the module docstring.
 
     Build it with ``load_or_create`` (or ``from_site``); every change is saved at once.
-    tasks: which labels the site trains ("boxes", "class"); default: those its seed or pool hold.
+    tasks: which labels the site trains ("boxes", "class", "masks"); default: those its seed or pool hold.
     """
 
     def __init__(self, state_path, site: str, seed: Mapping[str, Record], pool: Mapping[str, Record],
@@ -123,7 +137,7 @@ class LabelPool:
         self._seed, self._pool = dict(seed), dict(pool)
         held = list(seed.values()) + list(pool.values())
         self.tasks = tuple(tasks) if tasks is not None else tuple(
-            t for t, flag in zip(TASKS, ("has_boxes", "has_class")) if any(getattr(r, flag) for r in held))
+            t for t in TASKS if any(getattr(r, LABEL_FLAGS[t]) for r in held))
         self._acquired: dict[str, dict] = {}  # key -> state entry
         self._answers: dict[str, Answer] = {}
         self._pending: dict[str, dict] = {}
@@ -191,6 +205,11 @@ class LabelPool:
         self._pending = {k: v for k, v in (state.get("pending") or {}).items() if k not in labeled}
         self._history = list(state.get("history") or [])
 
+    @property
+    def mask_dir(self) -> Path:
+        """Where acquired masks are kept: beside the state file (see the module docstring)."""
+        return self.state_path.with_name(f"{self.state_path.stem}_masks")
+
     def _answer_from_entry(self, entry: dict, where: str) -> Answer:
         victims = {name: i for i, name in enumerate(self.victim_classes)}
         disasters = {name: i for i, name in enumerate(self.disaster_classes)}
@@ -201,8 +220,15 @@ class LabelPool:
             if unknown:
                 raise DataError(f"{where}: unknown class name(s) {unknown} (victim: {self.victim_classes}, "
                                 f"disaster: {self.disaster_classes})")
+            mask = None
+            if "masks" in tasks:
+                mask = inside_folder(self.mask_dir / entry["mask"], self.mask_dir, "mask file")
+                if not mask.is_file():
+                    raise DataError(f"{where}: its mask {mask} is missing; restore it, or remove the entry "
+                                    "from the state file (its label is lost then)")
             return Answer(np.asarray(entry["boxes"], np.float32), [victims[n] for n in names],
-                          disasters[disaster] if "class" in tasks else -1, "boxes" in tasks, "class" in tasks)
+                          disasters[disaster] if "class" in tasks else -1, "boxes" in tasks, "class" in tasks,
+                          str(mask) if mask else None, "masks" in tasks)
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, DataError):
                 raise
@@ -253,8 +279,8 @@ class LabelPool:
         labeled = self.labeled_records()
         return {"labeled": len(labeled), "seed": len(self._seed), "acquired": len(labeled) - len(self._seed),
                 "pool": len(self._pool) - (len(labeled) - len(self._seed)), "pending": len(self._pending),
-                "labeled_boxes": sum(r.has_boxes for r in labeled),
-                "labeled_class": sum(r.has_class for r in labeled)}
+                **{f"labeled_{t}": sum(getattr(r, LABEL_FLAGS[t]) for r in labeled)
+                   for t in TASKS if t in COUNTED_ALWAYS or t in self.tasks}}
 
     # ------------------------------------------------------------------ changing (each change saved)
 
@@ -286,17 +312,29 @@ class LabelPool:
             if not (np.all((answer.victim_classes >= 0) & (answer.victim_classes < len(self.victim_classes)))
                     and answer.disaster_class < len(self.disaster_classes)):
                 raise ValueError(f"site {self.site}: {key}: answer has a class index out of range")
+            if answer.has_mask and not Path(answer.mask_path).is_file():
+                raise ValueError(f"site {self.site}: {key}: the answer's mask {answer.mask_path} is not a file")
         for key in new:
-            answer, asked = answers[key], self._pending.pop(key)
+            answer, asked = self._kept_mask(key, answers[key]), self._pending.pop(key)
             self._answers[key] = answer
             self._acquired[key] = {
                 "round": int(round_num), "requested_round": asked["round"], "strategy": asked["strategy"],
                 "oracle": asked["oracle"], "tasks": list(answer.tasks), "boxes": answer.boxes.tolist(),
                 "victim_classes": [self.victim_classes[i] for i in answer.victim_classes],
-                "disaster_class": self.disaster_classes[answer.disaster_class] if answer.has_class else None}
+                "disaster_class": self.disaster_classes[answer.disaster_class] if answer.has_class else None,
+                "mask": Path(answer.mask_path).relative_to(self.mask_dir).as_posix() if answer.has_mask else None}
         if new:
             oracles = sorted({self._acquired[k]["oracle"] for k in new})
             self._history.append({"event": "labeled", "round": int(round_num), "strategy": None,
                                   "oracle": ",".join(oracles), "keys": new})
             self.save()
         return new
+
+    def _kept_mask(self, key: str, answer: Answer) -> Answer:
+        """`answer` with its mask copied under mask_dir (atomically), as the state will name it."""
+        if not answer.has_mask:
+            return answer
+        kept = inside_folder(self.mask_dir / f"{key}.png", self.mask_dir, "mask file")
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomically(kept, Path(answer.mask_path).read_bytes())
+        return replace(answer, mask_path=str(kept))

@@ -32,6 +32,11 @@ CANDIDATE_FACTOR = 3
 # (the disaster head has the rest): equal by default; a site whose detector is
 # still too weak for its confidences to mean much can lower it.
 DETECTION_WEIGHT = 0.5
+# At a site with masks, the mask uncertainty's share before the shares are normalised over
+# the tasks the site trains (the detector has detection_weight, the disaster head the rest
+# of 1): the detector's default, so every task of a three-task site weighs alike by default.
+MASK_WEIGHT = 0.5
+BACKGROUND_CLASS = "background"  # the mask class that is no disaster region (classes.mask)
 _CHUNK = 1024  # labeled embeddings compared at a time (bounds memory)
 
 
@@ -81,6 +86,38 @@ def detection_uncertainty(scores: Sequence[np.ndarray],
                      for s in (np.ravel(s) for s in scores)], np.float64)
 
 
+def mask_uncertainty(probs: np.ndarray, valid: np.ndarray | None = None, background: int = 0) -> np.ndarray:
+    """Per image, the mean normalised pixel entropy over the pixels predicted as foreground, in [0, 1].
+
+    probs: (B, H, W, K) per-pixel class probabilities (softmax of the segmentation logits);
+    valid: (B, H, W) True where a pixel shows the image (False in the letterbox bars, which
+    show no scene); background: the index of the class that is no disaster region.
+    Foreground only, because background fills most of a disaster image and the model is
+    soon sure of it: a mean over every pixel would rank images by how little flood, fire
+    or rubble they show, and an uncertain flood edge would vanish in confident sky. The mean
+    (not the sum) keeps images with large regions from outranking everything, as the
+    detector's mean over detections does. An image with no predicted foreground gets 0: the
+    model claims no region there to be unsure of (`hybrid`'s diversity still reaches such
+    images). Entropy is divided by log(K), so the value means the same for any class count.
+    """
+    probs = np.asarray(probs, np.float64)
+    if probs.ndim != 4 or probs.shape[-1] < 2:
+        raise ValueError(f"probs must be (batch, height, width, classes >= 2), got shape {probs.shape}")
+    entropy = -np.sum(probs * np.log(np.maximum(probs, EPS)), axis=-1) / np.log(probs.shape[-1])
+    foreground = probs.argmax(axis=-1) != background
+    if valid is not None:
+        foreground &= np.asarray(valid, bool)
+    counts = foreground.sum(axis=(1, 2))
+    totals = np.where(foreground, entropy, 0.0).sum(axis=(1, 2))
+    return np.divide(totals, counts, out=np.zeros(len(probs)), where=counts > 0)
+
+
+def background_index(mask_classes) -> int:
+    """The index of BACKGROUND_CLASS in the mask class names (classes.mask), else 0."""
+    names = list(mask_classes or ())
+    return names.index(BACKGROUND_CLASS) if BACKGROUND_CLASS in names else 0
+
+
 # --------------------------------------------------------------------------- pool-level combination
 
 def percentile_rank(values: np.ndarray) -> np.ndarray:
@@ -94,28 +131,47 @@ def percentile_rank(values: np.ndarray) -> np.ndarray:
     return ranks / max(len(values) - 1, 1)
 
 
+def task_weights(detection_weight: float = DETECTION_WEIGHT, mask_weight: float = MASK_WEIGHT) -> dict:
+    """Each task's share of the combined uncertainty, before normalising over the tasks a
+    site trains: the detector detection_weight, the disaster head the rest of 1, the
+    masks mask_weight (so a two-task site weighs exactly as detection_weight says)."""
+    for name, value in (("detection_weight", detection_weight), ("mask_weight", mask_weight)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return {"boxes": detection_weight, "class": 1.0 - detection_weight, "masks": mask_weight}
+
+
+def combined_task_uncertainty(uncertainties: dict, weights: dict) -> np.ndarray:
+    """One per-image uncertainty over the pool from {task: (N,) uncertainty} of the tasks
+    this site trains.
+
+    Several tasks: the weighted mean of each task's percentile rank (`weights`, normalised
+    over these tasks), so no task's scale dominates. One task: its values unchanged
+    (already in [0, 1])."""
+    if not uncertainties:
+        raise ValueError("a site without labels of any task (boxes, class, masks) has nothing to be "
+                         "uncertain about")
+    used = {task: np.asarray(u, np.float64) for task, u in uncertainties.items()}
+    for task, u in used.items():
+        if not np.all(np.isfinite(u)):
+            raise ValueError(f"uncertainty of a task the site trains ({task}) must be finite")
+    if len(used) == 1:
+        return next(iter(used.values()))
+    total = sum(weights[task] for task in used)
+    if total <= 0:
+        raise ValueError(f"the weights of the tasks {sorted(used)} sum to 0: {dict(weights)}")
+    return sum(weights[task] / total * percentile_rank(u) for task, u in used.items())
+
+
 def combined_uncertainty(det_u: np.ndarray | None, cls_u: np.ndarray | None,
                          has_boxes_task: bool, has_class_task: bool,
                          detection_weight: float = DETECTION_WEIGHT) -> np.ndarray:
-    """One per-image uncertainty over the pool from the tasks this site trains.
-
-    Both tasks: a weighted mean of each task's percentile rank (the detector's
-    weight `detection_weight`, the disaster head's the rest), so neither task's
-    scale dominates. One task: that task's values unchanged (already in
-    [0, 1]); the other task's array may be None or NaN and is not read.
-    """
-    if not 0.0 <= detection_weight <= 1.0:
-        raise ValueError(f"detection_weight must be in [0, 1], got {detection_weight}")
-    used = [u for u, has in ((det_u, has_boxes_task), (cls_u, has_class_task)) if has]
-    if not used:
-        raise ValueError("a site without boxes or disaster labels has nothing to be uncertain about")
-    used = [np.asarray(u, np.float64) for u in used]
-    for u in used:
-        if not np.all(np.isfinite(u)):
-            raise ValueError("uncertainty of a task the site trains must be finite")
-    if len(used) == 1:
-        return used[0]
-    return detection_weight * percentile_rank(used[0]) + (1.0 - detection_weight) * percentile_rank(used[1])
+    """`combined_task_uncertainty` of a site's boxes and class tasks: the detector's weight
+    `detection_weight`, the disaster head's the rest; a task the site does not train may be
+    None or NaN and is not read."""
+    used = {task: u for task, u, has in (("boxes", det_u, has_boxes_task), ("class", cls_u, has_class_task))
+            if has}
+    return combined_task_uncertainty(used, task_weights(detection_weight))
 
 
 # --------------------------------------------------------------------------- strategies
@@ -147,7 +203,8 @@ def select_emh(budget: int, uncertainty: np.ndarray, rng: np.random.Generator,
     hardest band with room first.
     """
     if margins is None:
-        raise ValueError("emh needs the raw disaster margins (top2_margin)")
+        raise ValueError("emh needs the raw disaster margins (top2_margin), from the disaster head, which "
+                         "a site with masks only does not run: choose another strategy there")
     order = np.argsort(-np.asarray(margins, np.float64), kind="stable")
     bands = np.array_split(order, 3)  # easy (large margin), moderate, hard
     quota = [budget // 3] * 3

@@ -7,7 +7,8 @@ each site turns into its own per-query budget from its pool size and the
 number of query rounds), query_every (rounds), oracle (simulated | human),
 seed, candidate_factor (`hybrid`: how many times the budget uncertainty
 pre-selects before diversity picks), detection_weight (at a site with both
-tasks, the detector's share of the combined uncertainty), epoch_images (what
+tasks, the detector's share of the combined uncertainty), mask_weight (at a site
+with masks, their share before the shares are normalised over its tasks), epoch_images (what
 one training epoch covers, see `epoch_size`), pool_sample (how many pool images a query
 scores, drawn at random; see step.sampled_pool), and where the site keeps its
 labeled set (`state`, under its local state so a restart resumes) and its
@@ -28,9 +29,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from src.active_learning.oracles import HumanOracle, SimulatedOracle, ingest_answers
-from src.active_learning.pool import LabelPool
-from src.active_learning.scoring import PoolScorer
-from src.active_learning.selection import CANDIDATE_FACTOR, DETECTION_WEIGHT, STRATEGIES
+from src.active_learning.pool import LABEL_FLAGS, LabelPool
+from src.active_learning.scoring import PoolScorer, model_tasks
+from src.active_learning.selection import (CANDIDATE_FACTOR, DETECTION_WEIGHT, MASK_WEIGHT, STRATEGIES,
+                                           background_index)
 from src.active_learning.step import label_step
 from src.evaluation import Predictor
 
@@ -52,6 +54,7 @@ class LabelingSettings:
     seed: int = 0
     candidate_factor: float = CANDIDATE_FACTOR
     detection_weight: float = DETECTION_WEIGHT
+    mask_weight: float = MASK_WEIGHT
     epoch_images: str = "all"
     pool_sample: int | None = POOL_SAMPLE
     state: str = "local_state/al_{site}.json"
@@ -81,6 +84,8 @@ class LabelingSettings:
             raise ValueError(f"active_learning.candidate_factor must be >= 1, got {out.candidate_factor}")
         if not 0 <= out.detection_weight <= 1:
             raise ValueError(f"active_learning.detection_weight must be in [0, 1], got {out.detection_weight}")
+        if not 0 <= out.mask_weight <= 1:
+            raise ValueError(f"active_learning.mask_weight must be in [0, 1], got {out.mask_weight}")
         if out.pool_sample is not None and out.pool_sample < 1:
             raise ValueError(f"active_learning.pool_sample must be >= 1 or null (the whole pool), got {out.pool_sample}")
         if out.query_every < 1:
@@ -92,22 +97,27 @@ class SiteLabeling:
     """The site's LabelPool, oracle and scorer, driven round by round."""
 
     def __init__(self, settings: LabelingSettings, site_data, site_folder, model, model_config,
-                 victim_classes, disaster_classes, rounds: int):
+                 victim_classes, disaster_classes, rounds: int, mask_classes=None):
         """site_data: the site as its data loader read it (src.data.manifests.SiteData);
-        rounds: how many rounds the federation runs (for a final_fraction budget)."""
+        rounds: how many rounds the federation runs (for a final_fraction budget);
+        mask_classes: classes.mask, whose `background` the mask uncertainty leaves out."""
         self.settings = settings
         self.rounds = rounds
         site = site_data.name
+        # the tasks the site holds labels of and the model has heads for (no masks without the head)
+        held = site_data.train + site_data.pool
+        tasks = tuple(t for t in model_tasks(model) if any(getattr(r, LABEL_FLAGS[t]) for r in held))
         self.pool = LabelPool.from_site_data(site_data, site_folder, Path(settings.state.format(site=site)),
-                                             victim_classes, disaster_classes)
+                                             victim_classes, disaster_classes, tasks)
         if settings.oracle == "simulated":
-            self.oracle = SimulatedOracle(self.pool.held_back())
+            self.oracle = SimulatedOracle(self.pool.held_back(), self.pool.tasks)
         else:
             # the model that picks the images also pre-annotates them (predictions.json in the queue)
             self.oracle = HumanOracle(Path(settings.queue.format(site=site)), victim_classes,
                                       disaster_classes, tasks=self.pool.tasks,
                                       predictor=Predictor(model, model_config))
-        self.scorer = PoolScorer(model, model_config, tasks=self.pool.tasks)
+        self.scorer = PoolScorer(model, model_config, tasks=self.pool.tasks,
+                                 background_class=background_index(mask_classes))
         self.budget = self._budget_per_query()
         self._ask_again_for_pending()
         log.info("site %s: active learning %s, %d labeled, %d in the pool, %d per query", site, settings,
@@ -168,7 +178,8 @@ class SiteLabeling:
         s = self.settings
         return label_step(self.pool, self.scorer, self.oracle, s.strategy, self.budget, round_num,
                           seed=s.seed, candidate_factor=s.candidate_factor,
-                          detection_weight=s.detection_weight, pool_sample=s.pool_sample, progress=False)
+                          detection_weight=s.detection_weight, pool_sample=s.pool_sample,
+                          mask_weight=s.mask_weight, progress=False)
 
     def labeled_records(self) -> list:
         return self.pool.labeled_records()

@@ -13,18 +13,19 @@ import numpy as np
 from src.active_learning.oracles import Oracle, ingest_answers, request_labels
 from src.active_learning.pool import LabelPool
 from src.active_learning.scoring import PoolScorer, PoolScores
-from src.active_learning.selection import (CANDIDATE_FACTOR, DETECTION_WEIGHT, combined_uncertainty, select,
-                                           selection_summary, strategy_named, top2_margin)
+from src.active_learning.selection import (CANDIDATE_FACTOR, DETECTION_WEIGHT, MASK_WEIGHT,
+                                           combined_task_uncertainty, select, selection_summary, strategy_named,
+                                           task_weights, top2_margin)
 
 
-def pool_uncertainty(strategy: str, scores: PoolScores, tasks,
-                     detection_weight: float = DETECTION_WEIGHT) -> np.ndarray:
-    """Per pool image, the uncertainty `strategy` ranks by, over the tasks the site trains."""
-    disaster_score = strategy_named(strategy).disaster_score
-    return combined_uncertainty(
-        scores.detection_uncertainty if "boxes" in tasks else None,
-        disaster_score(scores.disaster_probs) if "class" in tasks else None,
-        "boxes" in tasks, "class" in tasks, detection_weight)
+def pool_uncertainty(strategy: str, scores: PoolScores, tasks, detection_weight: float = DETECTION_WEIGHT,
+                     mask_weight: float = MASK_WEIGHT) -> np.ndarray:
+    """Per pool image, the uncertainty `strategy` ranks by, over the tasks the site trains: the
+    disaster head's by the strategy's disaster score, the others' as the scorer measured them."""
+    per_task = dict(scores.task_uncertainty)
+    if "class" in tasks:
+        per_task["class"] = strategy_named(strategy).disaster_score(scores.disaster_probs)
+    return combined_task_uncertainty({t: per_task[t] for t in tasks}, task_weights(detection_weight, mask_weight))
 
 
 def sampled_pool(unlabeled: dict, size: int | None, rng: np.random.Generator) -> dict:
@@ -41,11 +42,12 @@ def sampled_pool(unlabeled: dict, size: int | None, rng: np.random.Generator) ->
 def label_step(pool: LabelPool, scorer: PoolScorer, oracle: Oracle, strategy: str, budget: int,
                round_num: int, seed: int = 0, batch_size: int = 16, progress: bool = True,
                candidate_factor: float = CANDIDATE_FACTOR,
-               detection_weight: float = DETECTION_WEIGHT, pool_sample: int | None = None) -> dict:
+               detection_weight: float = DETECTION_WEIGHT, pool_sample: int | None = None,
+               mask_weight: float = MASK_WEIGHT) -> dict:
     """Pick `budget` unlabeled images by `strategy`, send them to `oracle`, ingest every
     answer that is in (a human oracle's may come rounds later). Returns the site's
     counts (labeled, pool, pending, ...) and the chosen batch's mean uncertainty and
-    predicted disaster-class histogram. `hybrid` also keeps picks away from what is
+    predicted disaster-class histogram (where the scorer runs the disaster head). `hybrid` also keeps picks away from what is
     already labeled (one more pass, through the backbone only, over the labeled images).
     pool_sample: score only this many unlabeled images, drawn at random afresh each step
     (None: all), so a step's cost stays flat however large the pool is (`sampled_pool`).
@@ -56,17 +58,18 @@ def label_step(pool: LabelPool, scorer: PoolScorer, oracle: Oracle, strategy: st
                          f"only (build PoolScorer with tasks={list(pool.tasks)})")
     candidates = sampled_pool(pool.unlabeled_records(), pool_sample, np.random.default_rng([seed, round_num, 1]))
     scores = scorer.score(candidates, batch_size, progress)
-    uncertainty = (pool_uncertainty(strategy, scores, pool.tasks, detection_weight) if scores.keys
+    uncertainty = (pool_uncertainty(strategy, scores, pool.tasks, detection_weight, mask_weight) if scores.keys
                    else np.zeros(0))
     labeled = None
     if strategy_named(strategy).uses_labeled_embeddings and scores.keys:
         labeled_records = pool.labeled_records()
         labeled = scorer.embed(labeled_records, batch_size, progress) if labeled_records else None
-    chosen = select(strategy, budget, uncertainty, margins=top2_margin(scores.disaster_probs),
+    probs = scores.disaster_probs
+    chosen = select(strategy, budget, uncertainty, margins=None if probs is None else top2_margin(probs),
                     embeddings=scores.embeddings, rng=np.random.default_rng([seed, round_num]),
                     candidate_factor=candidate_factor, labeled_embeddings=labeled)
     request_labels(pool, oracle, [scores.keys[i] for i in chosen], round_num, strategy)
     ingest_answers(pool, oracle, round_num)
-    summary = selection_summary(chosen, uncertainty, scores.disaster_probs.argmax(axis=1),
-                                scores.disaster_probs.shape[1])
+    summary = selection_summary(chosen, uncertainty, None if probs is None else probs.argmax(axis=1),
+                                None if probs is None else probs.shape[1])
     return {**pool.counts(), **summary}

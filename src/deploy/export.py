@@ -10,7 +10,7 @@ architecture then comes from the config). Formats:
 | format | file | precision |
 |---|---|---|
 | keras | model.keras | float32 |
-| savedmodel | saved_model/ | float32; endpoints `serve` (raw heads) and `detect` (decode + NMS in the graph) |
+| savedmodel | saved_model/ | float32; endpoints `serve` (raw heads) and `detect` (decode + NMS in the graph, and a segmenting model's per-pixel class `mask`) |
 | tflite-fp32 / -fp16 / -int8 | model_{fp32,fp16,int8}.tflite | int8: weights and activations, float32 in/out, calibrated |
 | openvino-fp32 / -fp16 / -int8 | openvino_{fp32,fp16,int8}/model.xml | int8: NNCF post-training quantization, calibrated |
 
@@ -20,7 +20,9 @@ regressed size) in float32 under int8, and needs no TensorFlow on the device.
 Calibration uses letterboxed images from the training split, never the test split.
 `deploy.json` beside the files holds the input size, anchors, class names and the
 heads' centre decoding (`centre_range`: the one a `.keras` model records, else the
-settings'); every runtime decodes with it. Input it cannot use ends the command
+settings'); every runtime decodes with it. A model with a segmentation head carries
+its `segmentation` logits through every format, and deploy.json its mask classes
+(`classes.mask`) with an overlay colour each (`mask_palette`). Input it cannot use ends the command
 with one `error:` line and exit code 2.
 """
 from __future__ import annotations
@@ -45,6 +47,7 @@ FORMATS = ("keras", "savedmodel", "tflite-fp32", "tflite-fp16", "tflite-int8",
 DEFAULT_FORMATS = FORMATS
 DEFAULT_CALIBRATION_IMAGES = 300
 HEAD_OUTPUT_PATTERN = ".*det_head_s[0-9]+_out.*"  # src.model.det_head names them det_head_<scale>_out
+SEG_OUTPUT_PATTERN = ".*seg_head_logits.*"  # src.model.seg_head's logits and their upsampling
 
 
 def artefact_path(out_dir: Path, fmt: str) -> Path:
@@ -72,11 +75,24 @@ def size_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
+def mask_palette(count: int) -> list[list[int]]:
+    """An overlay colour per mask class: the synthetic masks' PNG palette (the colours a viewer
+    shows the label maps in), then evenly spread hues for classes beyond it."""
+    import colorsys
+
+    from src.data.synthetic.regions import PALETTE
+
+    spread = [[int(255 * v) for v in colorsys.hsv_to_rgb(i / max(count, 1), 0.8, 0.9)] for i in range(count)]
+    return [list(PALETTE[i]) if i < len(PALETTE) else spread[i] for i in range(count)]
+
+
 def metadata_for(mcfg, cfg: dict) -> ModelMetadata:
     """deploy.json for a model decoded as `mcfg` says, with the class names of the settings `cfg`."""
+    mask_classes = list(cfg["classes"]["mask"]) if mcfg.num_mask_classes else []
     return ModelMetadata(input_size=mcfg.input_size, anchors=[list(map(float, a)) for a in mcfg.anchors],
                          victim_classes=list(cfg["classes"]["victim"]),
-                         disaster_classes=list(cfg["classes"]["disaster"]), centre_range=mcfg.centre_range)
+                         disaster_classes=list(cfg["classes"]["disaster"]), centre_range=mcfg.centre_range,
+                         mask_classes=mask_classes, mask_palette=mask_palette(len(mask_classes)))
 
 
 def calibration_images(cfg: dict, count: int, size: int, train=None) -> np.ndarray:
@@ -94,10 +110,11 @@ def calibration_images(cfg: dict, count: int, size: int, train=None) -> np.ndarr
 
 def write_savedmodel(model, mcfg, cfg: dict, path: Path, size: int):
     """SavedModel with `serve` (raw heads, the default signature) and `detect` (decode as `mcfg`
-    says, and NMS, in the graph)."""
+    says, and NMS, in the graph; a segmenting model's per-pixel class `mask` besides)."""
     import keras
     import tensorflow as tf
 
+    from src.evaluation import with_mask
     from src.model.decode import detect
 
     spec = [tf.TensorSpec([None, size, size, 3], tf.float32, name="images")]
@@ -105,8 +122,11 @@ def write_savedmodel(model, mcfg, cfg: dict, path: Path, size: int):
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", lambda images: model(images, training=False), input_signature=spec)
-    archive.add_endpoint("detect", lambda images: detect(model(images, training=False), mcfg, **evaluation),
-                         input_signature=spec)
+
+    def detect_with_mask(images):
+        outputs = model(images, training=False)
+        return with_mask(detect(outputs, mcfg, **evaluation), outputs)
+    archive.add_endpoint("detect", detect_with_mask, input_signature=spec)
     archive.write_out(str(path), verbose=False)
 
 
@@ -133,8 +153,9 @@ def write_openvino(saved_model: Path, path: Path, precision: str, calibration: n
         dataset = nncf.Dataset(list(calibration), lambda image: image[None])
         # The 1x1 output convs of the YOLO heads emit box offsets, log sizes and
         # logits in one tensor; one int8 scale over all of them loses detection
-        # quality, so they stay in float.
-        float_outputs = nncf.IgnoredScope(patterns=[HEAD_OUTPUT_PATTERN], validate=False)
+        # quality, so they stay in float; so do the segmentation logits, whose argmax
+        # flips wherever two classes are close.
+        float_outputs = nncf.IgnoredScope(patterns=[HEAD_OUTPUT_PATTERN, SEG_OUTPUT_PATTERN], validate=False)
         model = nncf.quantize(model, dataset, subset_size=len(calibration),
                               preset=nncf.QuantizationPreset.MIXED, ignored_scope=float_outputs)
     path.parent.mkdir(parents=True, exist_ok=True)

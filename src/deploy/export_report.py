@@ -4,7 +4,8 @@ python -m src.deploy.export_report [--model workspace/runs/central/model.keras] 
     [--out workspace/runs/export] [--rounds 3] [--latency-images 40]
 
 Exports the model to every format, then for each: victim mAP@0.5 (and
-0.5:0.95), disaster accuracy (and macro-F1) on the test split, their change
+0.5:0.95), disaster accuracy (and macro-F1), and a segmenting model's mIoU
+(on the test images with masks) on the test split, their change
 against the Keras float32 model, latency per image at batch 1 (median) and
 the images/s that follows, and file size. Every format gets the same numpy
 letterbox and post-processing, so differences are the runtime's and the
@@ -46,12 +47,13 @@ def preprocess(records, size: int):
 
 
 def predict_all(runtime, meta: ModelMetadata, images, scales, offsets, thresholds: Thresholds,
-                batch_size: int = 16) -> list[dict]:
+                batch_size: int = 16, image_hws=None) -> list[dict]:
     results = []
     for start in range(0, len(images), batch_size):
         end = start + batch_size
         raw = runtime.raw(images[start:end])
-        results += detections(raw, meta, thresholds, scales[start:end], offsets[start:end])
+        results += detections(raw, meta, thresholds, scales[start:end], offsets[start:end],
+                              None if image_hws is None else image_hws[start:end])
     return results
 
 
@@ -79,14 +81,17 @@ def run(model_path: Path, cfg: dict, out_dir: Path, rounds: int = 3, latency_ima
     mcfg = model_config(cfg)
     test = splits["test"]
     images, scales, offsets = preprocess(test, meta.input_size)
+    # a segmenting model's masks map back to each image's own size to be scored
+    image_hws = [read_image(r.image_path).shape[:2] for r in test] if meta.mask_classes else None
     evaluation = cfg.get("evaluation", {})
     thresholds = Thresholds(evaluation.get("score_threshold", 0.01), evaluation.get("iou_threshold", 0.45),
                             evaluation.get("max_detections", 100))
     runtimes = {fmt: open_runtime(info["runtime"], info["path"]) for fmt, info in written.items()}
     rows = {}
     for fmt, runtime in tqdm(runtimes.items(), desc="evaluate", unit="format"):
-        scores = score_predictions(predict_all(runtime, meta, images, scales, offsets, thresholds), test, mcfg)
-        rows[fmt] = {k: scores[k] for k in ("map50", "map50_95", "accuracy", "macro_f1") if k in scores}
+        predictions = predict_all(runtime, meta, images, scales, offsets, thresholds, image_hws=image_hws)
+        scores = score_predictions(predictions, test, mcfg, mask_class_names=meta.mask_classes or None)
+        rows[fmt] = {k: scores[k] for k in ("map50", "map50_95", "accuracy", "macro_f1", "miou") if k in scores}
         rows[fmt]["bytes"] = written[fmt]["bytes"]
         log.info("%-14s mAP50 %.4f accuracy %.4f", fmt, rows[fmt].get("map50", float("nan")),
                  rows[fmt].get("accuracy", float("nan")))
@@ -107,6 +112,8 @@ def run(model_path: Path, cfg: dict, out_dir: Path, rounds: int = 3, latency_ima
             row.update(delta_map50=row["map50"] - base["map50"],
                        delta_accuracy=row["accuracy"] - base["accuracy"],
                        speedup_vs_keras=base_latency / latency)
+            if "miou" in row and "miou" in base:
+                row["delta_miou"] = row["miou"] - base["miou"]
     report = {
         "source": str(model_path), "baseline": BASELINE, "test_images": len(test),
         "latency": {"batch": 1, "rounds": rounds, "images_per_round": len(sample),
@@ -124,14 +131,17 @@ def run(model_path: Path, cfg: dict, out_dir: Path, rounds: int = 3, latency_ima
 
 
 def markdown_table(report: dict) -> str:
+    masks = any("miou" in r for r in report["formats"].values())  # a segmenting model's columns
     lines = [f"Held-out test split: {report['test_images']} images; latency at batch 1, median of "
              f"{report['latency']['rounds']} x {report['latency']['images_per_round']} calls "
              f"({report['latency']['includes']}).", "",
-             "| format | mAP@0.5 | Δ mAP | accuracy | Δ acc | latency ms | images/s | x Keras | size MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| format | mAP@0.5 | Δ mAP | accuracy | Δ acc | " + ("mIoU | Δ mIoU | " if masks else "")
+             + "latency ms | images/s | x Keras | size MB |",
+             "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if masks else "")]
     for fmt, r in report["formats"].items():
+        miou = f"{r.get('miou', float('nan')):.4f} | {r.get('delta_miou', 0):+.4f} | " if masks else ""
         lines.append(f"| {fmt} | {r['map50']:.4f} | {r.get('delta_map50', 0):+.4f} | {r['accuracy']:.4f} | "
-                     f"{r.get('delta_accuracy', 0):+.4f} | {r['latency_ms']:.1f} | {r['images_per_s']:.1f} | "
+                     f"{r.get('delta_accuracy', 0):+.4f} | {miou}{r['latency_ms']:.1f} | {r['images_per_s']:.1f} | "
                      f"{r.get('speedup_vs_keras', float('nan')):.2f} | {r['bytes'] / 1e6:.2f} |")
     return "\n".join(lines) + "\n"
 

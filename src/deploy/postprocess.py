@@ -6,12 +6,14 @@ out, without TensorFlow, so a drone or a laptop runs them with the runtime
 alone. The decode mirrors `src.model.decode` and the NMS mirrors keras-cv's
 `NonMaxSuppression` (class-agnostic greedy NMS on the best class score,
 scores strictly above the threshold); a test checks both against the
-TensorFlow path on the same raw outputs.
+TensorFlow path on the same raw outputs. A model with a segmentation head also
+outputs per-pixel logits; their argmax, mapped from the letterboxed input back onto
+the original image, is each result's `mask` (as `src.evaluation.Predictor` maps it).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from PIL import Image
 
 HEAD_NAMES = ("det_s8", "det_s16", "det_s32")
 DISASTER_NAME = "disaster"
+SEGMENTATION_NAME = "segmentation"  # present when the model has a segmentation head
 STRIDES = (8, 16, 32)
 ANCHORS_PER_SCALE = 3
 MAX_LOG_WH = 6.0             # as src.model.decode
@@ -26,6 +29,7 @@ CENTRE_RANGE_SCALED = 2.0    # as src.model.config
 LETTERBOX_FILL = 0.5         # as src.data.pipeline
 METADATA_FILE = "deploy.json"
 REQUIRED_FIELDS = ("input_size", "anchors", "victim_classes", "disaster_classes")
+OPTIONAL_FIELDS = ("centre_range", "mask_classes", "mask_palette")
 
 
 @dataclass(frozen=True)
@@ -33,17 +37,23 @@ class ModelMetadata:
     """What an exported model needs besides its graph: written as deploy.json.
 
     centre_range: how the heads' box centres decode (src.model.config); a
-    deploy.json without the field decodes with the YOLOv4/v5 range."""
+    deploy.json without the field decodes with the YOLOv4/v5 range.
+    mask_classes, mask_palette: a segmenting model's mask class names (classes.mask)
+    and an (r, g, b) colour per class for overlays; both empty (and absent from
+    deploy.json) for a model without the segmentation head."""
 
     input_size: int
     anchors: list
     victim_classes: list
     disaster_classes: list
     centre_range: float = CENTRE_RANGE_SCALED
+    mask_classes: list = field(default_factory=list)
+    mask_palette: list = field(default_factory=list)
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / METADATA_FILE
-        path.write_text(json.dumps(asdict(self), indent=2))
+        fields = {k: v for k, v in asdict(self).items() if k not in ("mask_classes", "mask_palette") or v}
+        path.write_text(json.dumps(fields, indent=2))
         return path
 
     @classmethod
@@ -60,12 +70,18 @@ class ModelMetadata:
         missing = set(REQUIRED_FIELDS) - set(data)
         if missing:
             raise ValueError(f"{path}: missing fields {sorted(missing)}")
-        meta = cls(**{k: data[k] for k in REQUIRED_FIELDS + ("centre_range",) if k in data})
+        meta = cls(**{k: data[k] for k in REQUIRED_FIELDS + OPTIONAL_FIELDS if k in data})
         if np.asarray(meta.anchors, dtype=object).shape != (len(STRIDES) * ANCHORS_PER_SCALE, 2):
             raise ValueError(f"{path}: anchors must be {len(STRIDES) * ANCHORS_PER_SCALE} (w, h) pairs")
         if isinstance(meta.centre_range, bool) or not isinstance(meta.centre_range, (int, float)) \
                 or meta.centre_range < 1:
             raise ValueError(f"{path}: centre_range must be a number >= 1, got {meta.centre_range!r}")
+        colours = meta.mask_palette
+        if not isinstance(colours, list) or len(colours) != len(meta.mask_classes) or not all(
+                isinstance(c, list) and len(c) == 3 and all(type(v) is int and 0 <= v <= 255 for v in c)
+                for c in colours):
+            raise ValueError(f"{path}: mask_palette must hold one [r, g, b] (integers 0-255) per mask class "
+                             f"{meta.mask_classes}, got {meta.mask_palette!r}")
         return meta
 
 
@@ -142,12 +158,31 @@ def nms(boxes: np.ndarray, scores: np.ndarray, thresholds: Thresholds) -> np.nda
     return np.array(keep, np.int64)
 
 
+def _source_pixels(count: int, inner: int) -> np.ndarray:
+    """For each of `count` output pixels, the one of `inner` source pixels under its centre."""
+    return np.minimum(((np.arange(count) + 0.5) * inner / count).astype(np.int64), inner - 1)
+
+
+def mask_on_image(mask: np.ndarray, image_hw, scale: float, offset) -> np.ndarray:
+    """A letterboxed (size, size) class map back on the original image's (h, w) pixels: the
+    bars cut off, then nearest-neighbour by pixel centres, as `src.data.pipeline.mask_in_image`
+    maps it for evaluation (a test holds the two equal; that one lives beside TensorFlow)."""
+    h, w = (int(v) for v in image_hw)
+    x0, y0 = (int(round(float(v))) for v in offset)
+    rows = y0 + _source_pixels(h, int(round(h * float(scale))))
+    cols = x0 + _source_pixels(w, int(round(w * float(scale))))
+    return np.asarray(mask, np.uint8)[np.ix_(rows, cols)]
+
+
 def detections(raw: dict, meta: ModelMetadata, thresholds: Thresholds,
-               scales=None, offsets=None) -> list[dict]:
+               scales=None, offsets=None, image_hws=None) -> list[dict]:
     """Per image: boxes (K, 4) in original pixels (input px when no scale is given),
-    scores (K,), classes (K,), disaster_probs (D,)."""
+    scores (K,), classes (K,), disaster_probs (D,); with a segmentation output also
+    mask, (h, w) uint8 mask class indices on the original image ((size, size) on the
+    letterboxed input when no image_hws (h, w) are given)."""
     boxes, scores = decode(raw, meta)
     disaster = np.asarray(raw[DISASTER_NAME], np.float32)
+    masks = np.argmax(raw[SEGMENTATION_NAME], axis=-1).astype(np.uint8) if SEGMENTATION_NAME in raw else None
     results = []
     for i in range(len(boxes)):
         best = scores[i].max(axis=-1)
@@ -158,4 +193,7 @@ def detections(raw: dict, meta: ModelMetadata, thresholds: Thresholds,
         results.append({"boxes": kept.astype(np.float32), "scores": best[keep].astype(np.float32),
                         "classes": scores[i][keep].argmax(axis=-1).astype(np.int32),
                         "disaster_probs": disaster[i]})
+        if masks is not None:
+            results[-1]["mask"] = masks[i] if image_hws is None else \
+                mask_on_image(masks[i], image_hws[i], scales[i], offsets[i])
     return results

@@ -10,6 +10,12 @@ unless given; `deploy.json` (written by the export) must sit beside the model.
 Writes into --out: an annotated copy of every image (same relative path) or
 video (`NAME.annotated.mp4`), and `detections.json` + `detections.csv` (one
 row per box; videos get a `frame` number). Boxes are in original pixels, xyxy.
+A model with a segmentation head (deploy.json names its mask classes) also
+paints each pixel's predicted class over the annotated copies and frames, a
+translucent colour per class (deploy.json's `mask_palette`; background is left
+clear), writes each image's class map as `NAME.mask.png` (pixel value = mask
+class index, palette coloured) and gives every image and frame the share of
+its pixels per mask class in detections.json (`mask_fractions`).
 Input it cannot use ends the command with one `error:` line and exit code 2.
 """
 from __future__ import annotations
@@ -35,6 +41,8 @@ log = logging.getLogger("predict")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v"}
 BOX_COLOUR = (255, 40, 40)
+MASK_ALPHA = 0.45  # overlay opacity: the scene stays readable under the colours
+BACKGROUND_CLASS = "background"  # the mask class the overlay leaves clear
 
 
 def metadata_folder(model_path: Path) -> Path:
@@ -59,13 +67,38 @@ class Detector:
         boxed = [letterbox(image, self.meta.input_size) for image in images]
         batch = np.stack([b[0] for b in boxed])
         raw = self.runtime.raw(batch)
-        return detections(raw, self.meta, self.thresholds,
-                          scales=[b[1] for b in boxed], offsets=[b[2] for b in boxed])
+        return detections(raw, self.meta, self.thresholds, scales=[b[1] for b in boxed],
+                          offsets=[b[2] for b in boxed], image_hws=[image.shape[:2] for image in images])
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, meta: ModelMetadata, alpha: float = MASK_ALPHA) -> np.ndarray:
+    """`image` with each pixel of a mask class but background blended with that class's colour."""
+    colours = np.asarray(meta.mask_palette, np.float32).reshape(-1, 3)
+    painted = np.ones(len(colours), bool)
+    if BACKGROUND_CLASS in meta.mask_classes:
+        painted[meta.mask_classes.index(BACKGROUND_CLASS)] = False
+    where = painted[mask][..., None]
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colours[mask]
+    return np.where(where, np.round(blended), image).astype(np.uint8)
+
+
+def mask_fractions(mask: np.ndarray, meta: ModelMetadata) -> dict:
+    """{mask class: share of the image's pixels predicted as it}."""
+    counts = np.bincount(mask.ravel(), minlength=len(meta.mask_classes))
+    return {name: round(float(n) / mask.size, 6) for name, n in zip(meta.mask_classes, counts)}
+
+
+def write_mask(mask: np.ndarray, meta: ModelMetadata, path: Path) -> None:
+    """The class map as an index PNG whose palette is the overlay's colours."""
+    image = Image.fromarray(mask.astype(np.uint8))
+    image.putpalette([v for colour in meta.mask_palette for v in colour])  # L -> P, values kept
+    image.save(path)
 
 
 def annotate(image: np.ndarray, result: dict, meta: ModelMetadata) -> np.ndarray:
-    """Boxes with scores, and the disaster class with its probability in the top-left corner."""
-    canvas = Image.fromarray(image)
+    """The mask overlay (a segmenting model's), boxes with scores, and the disaster class with
+    its probability in the top-left corner."""
+    canvas = Image.fromarray(mask_overlay(image, result["mask"], meta) if "mask" in result else image)
     draw = ImageDraw.Draw(canvas)
     for (x1, y1, x2, y2), score, cls in zip(result["boxes"], result["scores"], result["classes"]):
         draw.rectangle([x1, y1, x2, y2], outline=BOX_COLOUR, width=2)
@@ -158,7 +191,10 @@ def run(model, inputs: list[str], out_dir: Path, runtime: str | None = None,
 
     def record(source, frame, result):
         common, rows = _rows(source, frame, result, detector.meta)
-        summaries.append({**common, "detections": len(rows)})
+        summary = {**common, "detections": len(rows)}
+        if "mask" in result:
+            summary["mask_fractions"] = mask_fractions(result["mask"], detector.meta)
+        summaries.append(summary)
         boxes.extend(rows)
 
     images = [(f, rel) for f, rel in files if f.suffix.lower() in IMAGE_SUFFIXES]
@@ -169,10 +205,13 @@ def run(model, inputs: list[str], out_dir: Path, runtime: str | None = None,
         pixels = [read_image(f) for f, _ in chunk]
         for (f, rel), image, result in zip(chunk, pixels, detector(pixels)):
             record(str(f), None, result)
-            if annotate_output:
-                target = out_dir / rel
+            target = out_dir / rel
+            if annotate_output or "mask" in result:
                 target.parent.mkdir(parents=True, exist_ok=True)
+            if annotate_output:
                 Image.fromarray(annotate(image, result, detector.meta)).save(target.with_suffix(".png"))
+            if "mask" in result:
+                write_mask(result["mask"], detector.meta, target.with_suffix(".mask.png"))
     for f, rel in videos:
         target = (out_dir / rel).with_suffix(".annotated.mp4") if annotate_output else None
         if target is not None:
@@ -203,7 +242,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-detections", type=positive_int, default=Thresholds.max_detections)
     p.add_argument("--threads", type=positive_int, help="runtime threads (default: all cores)")
     p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--no-annotate", action="store_true", help="only write detections.json/.csv")
+    p.add_argument("--no-annotate", action="store_true",
+                   help="only write detections.json/.csv (and a segmenting model's NAME.mask.png)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return run_command(lambda: run(args.model, args.inputs, Path(args.out), args.runtime,

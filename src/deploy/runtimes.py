@@ -2,7 +2,8 @@
 
 `open_runtime(kind, path)` returns an object whose `raw(images)` maps a
 float32 batch (B, S, S, 3) of letterboxed images to the raw heads
-(det_s8, det_s16, det_s32, disaster) as numpy arrays; `src.deploy.postprocess`
+(det_s8, det_s16, det_s32, disaster, and a segmenting model's per-pixel
+`segmentation` logits) as numpy arrays; `src.deploy.postprocess`
 turns those into detections the same way for all of them, so a difference
 between runtimes is the runtime's, never the post-processing's.
 
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from src.deploy.postprocess import DISASTER_NAME, HEAD_NAMES
+from src.deploy.postprocess import DISASTER_NAME, HEAD_NAMES, SEGMENTATION_NAME
 
 OUTPUT_NAMES = HEAD_NAMES + (DISASTER_NAME,)
+OPTIONAL_OUTPUT_NAMES = (SEGMENTATION_NAME,)  # the outputs of heads a model may not have
 RUNTIMES = ("keras", "savedmodel", "tflite", "openvino")
 
 
@@ -85,7 +87,7 @@ class TFLiteRuntime:
 
     def raw(self, images: np.ndarray) -> dict:
         outs = [self.runner(images=images[i:i + 1]) for i in range(len(images))]
-        return {k: np.concatenate([o[k] for o in outs]) for k in OUTPUT_NAMES}
+        return {k: np.concatenate([o[k] for o in outs]) for k in _model_outputs(outs[0])}
 
 
 class OpenVINORuntime:
@@ -108,7 +110,12 @@ class OpenVINORuntime:
     def raw(self, images: np.ndarray) -> dict:
         result = self.request.infer({0: images})
         by_name = {out.get_any_name(): result[out] for out in self.compiled.outputs}
-        return {k: np.array(by_name[k]) for k in OUTPUT_NAMES}
+        return {k: np.array(by_name[k]) for k in _model_outputs(by_name)}
+
+
+def _model_outputs(available) -> tuple[str, ...]:
+    """The output names a runtime returns: every head output, and the optional ones the model has."""
+    return OUTPUT_NAMES + tuple(k for k in OPTIONAL_OUTPUT_NAMES if k in available)
 
 
 _BY_KIND = {"keras": KerasRuntime, "savedmodel": SavedModelRuntime,
