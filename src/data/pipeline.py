@@ -314,32 +314,34 @@ def _augmented_batches(ds: tf.data.Dataset, config: ModelConfig, options: Pipeli
 
 
 class RecordStream:
-    """`num_batches` training batches per pass, as `training_dataset` makes them, over
-    records that can be replaced between passes without building the pipeline again.
+    """`num_batches` training batches per epoch, as `training_dataset` makes them, over
+    records that can be replaced between epochs without building the pipeline again.
 
     Building a pipeline traces its decode, augment and encode functions, about 3-4 s on
     this CPU; a federated site whose labeled set grows every round (active learning)
     would pay that every round. Here the records enter through a Python generator that
-    reads `records` afresh at the start of each pass (each new iterator), reshuffled by
-    a generator seeded with (seed, pass), so one build serves every round."""
+    reads `records` afresh at the start of each epoch (each new iterator) and hands them
+    over a whole shuffled pass at a time, seeded with (seed, epoch), so one build serves
+    every round."""
 
     def __init__(self, config: ModelConfig, options: PipelineOptions, num_batches: int):
         self.records: list[Record] = []
         self.config, self.options, self.num_batches = config, options, num_batches
         self.masks = bool(config.num_mask_classes)
-        self._passes = 0
+        self._epochs = 0
         self._dataset = None
 
     def dataset(self, records: list[Record]) -> tf.data.Dataset:
-        """The batches of one pass (each iteration is a new pass) over `records` from now on."""
+        """The batches of one epoch (each iteration is a new epoch) over `records` from now on."""
         if not records:
             raise ValueError("RecordStream: no records (nothing labeled to train on)")
         self.records = list(records)
         if self._dataset is None:  # built at the first records, which give the elements' types
             first = records_to_arrays(self.records[:1], self.options.max_boxes, masks=self.masks)
-            signature = {k: tf.TensorSpec(v.shape[1:], tf.string if v.dtype.kind == "U" else tf.as_dtype(v.dtype))
+            signature = {k: tf.TensorSpec((None, *v.shape[1:]),
+                                          tf.string if v.dtype.kind == "U" else tf.as_dtype(v.dtype))
                          for k, v in first.items()}
-            source = tf.data.Dataset.from_generator(self._elements, output_signature=signature)
+            source = tf.data.Dataset.from_generator(self._shuffled_passes, output_signature=signature).unbatch()
             self._dataset = _augmented_batches(source, self.config, self.options, self.num_batches,
                                                drop_remainder=True)
         return self._dataset
@@ -349,13 +351,16 @@ class RecordStream:
         self.dataset(records)
         return self
 
-    def _elements(self):
+    def _shuffled_passes(self):
+        """The records' arrays, reshuffled, over and over: one Python call per pass over the
+        records (the pipeline unbatches them), not one per image, which would contend for
+        the interpreter with the training loop."""
         arrays = records_to_arrays(self.records, self.options.max_boxes, masks=self.masks)
-        rng = np.random.default_rng([self.options.seed, self._passes])
-        self._passes += 1
+        rng = np.random.default_rng([self.options.seed, self._epochs])
+        self._epochs += 1
         while True:  # the pipeline takes its num_batches, then drops this generator
-            for i in rng.permutation(len(self.records)):
-                yield {k: v[i] for k, v in arrays.items()}
+            order = rng.permutation(len(self.records))
+            yield {k: v[order] for k, v in arrays.items()}
 
 
 def inference_dataset(records: list[Record], config: ModelConfig, batch_size: int = 16,
