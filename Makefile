@@ -78,6 +78,17 @@ al-experiment: setup
 	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m workspace.al_experiment $(if $(AL_CONFIG),--config $(AL_CONFIG)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STRATEGIES),--strategies $(STRATEGIES)) \
 		$(if $(ROUNDS),--rounds $(ROUNDS))
 
+# Issue 33's re-measurements (configs/paired_experiment.yaml, a reduced data set and 128 px,
+# the default plan): per seed the default federation (hybrid active learning), with full
+# exchange, with random picks, with every label, and the centralized trainer on the same
+# labels; paired per-seed differences with 95 % t-intervals. SEEDS=0,1 ROUNDS= ARMS=
+# override it -> workspace/runs/paired/{report.json,report.md}, docs/results/paired.md
+# through `make results`. Finished runs are kept and reused.
+.PHONY: paired-experiment
+paired-experiment: setup
+	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m workspace.paired_experiment $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(ARMS),--arms $(ARMS))
+
 # Issue 31's measurements on a reduced federation (configs/privacy_experiment.yaml, or
 # PRIVACY_CONFIG=): test quality without and with differential privacy at epsilon ~1, 4, 8,
 # and one site attacking (x10, sign flip, backdoor) without and with the poisoning
@@ -153,6 +164,12 @@ comma := ,
 bench-quality: setup
 	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m bench.quality_vs_time --seeds $(or $(SEEDS),0$(comma)1$(comma)2) --minutes $(MINUTES) \
 		$(foreach s,$(SET),--set $(s)) $(if $(OUT),--out $(OUT))
+
+# make simulate's wall time and test quality, median of 3 seeds run one after the other
+# (~30 min, alone on the machine) -> bench/simulate_time.json (SEEDS=0 for one)
+.PHONY: bench-simulate
+bench-simulate: setup
+	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m bench.simulate_time --seeds $(or $(SEEDS),0$(comma)1$(comma)2)
 
 # Export the model to every runtime and measure quality vs speed on the test split
 # (trains the centralized reference first when it is the model asked for and missing).

@@ -2,7 +2,8 @@
 
 python -m workspace.results [--simulate workspace/runs/latest/metrics.json]
     [--bench bench/results.json] [--quality bench/quality_vs_time.json] [--al workspace/runs/al/report.json ...]
-    [--privacy workspace/runs/privacy/report.json] [--out docs/results]
+    [--privacy workspace/runs/privacy/report.json] [--paired workspace/runs/paired/report.json]
+    [--out docs/results]
 
 Every number on a page is copied from one JSON file, beside where it comes from
 (date, commit, command, machine: the file's `run` block, src/run_record.py), so
@@ -11,8 +12,9 @@ simulate.md (`make simulate`'s metrics.json), bench.md (`make bench`),
 quality_vs_time.md (`make bench-quality`, with bench/quality_ablation.json), and one page
 per active-learning experiment (`make al-experiment`'s report.json: active_learning.md
 for workspace/runs/al, active_learning_<name>.md for workspace/runs/al-<name>), and
-privacy.md (`make privacy-experiment`'s report.json). A page whose JSON is missing is
-not written; the output says so.
+privacy.md (`make privacy-experiment`'s report.json), and paired.md (`make
+paired-experiment`'s report.json). A page whose JSON is missing is not written; the
+output says so.
 """
 from __future__ import annotations
 
@@ -225,6 +227,15 @@ def privacy_page(report: dict) -> list[str]:
             *secure_aggregation_lines(SECURE_AGGREGATION_BENCH)]
 
 
+def paired_page(report: dict) -> list[str]:
+    """`make paired-experiment`: federated vs centralized, decoupled vs full exchange, hybrid vs
+    random, as paired per-seed differences."""
+    from workspace.paired_experiment.report import markdown
+
+    title, body = markdown(report)
+    return [f"# `make paired-experiment`: {title}", "", *run_table(report.get("run")), "", *body]
+
+
 def secure_aggregation_lines(path: Path) -> list[str]:
     """The cost of pairwise masking on the default federation (`python -m bench.secure_aggregation`)."""
     if not path.exists():
@@ -315,6 +326,14 @@ def privacy_report() -> Path:
     return REPO / read_experiment_file(DEFAULT_CONFIG).get("out", PRIVACY_OUT) / "report.json"
 
 
+def paired_report() -> Path:
+    """report.json of configs/paired_experiment.yaml (its `out:`)."""
+    from workspace.al_experiment.experiment import read_experiment_file
+    from workspace.paired_experiment.experiment import DEFAULT_CONFIG, DEFAULT_OUT as PAIRED_OUT
+
+    return REPO / read_experiment_file(DEFAULT_CONFIG).get("out", PAIRED_OUT) / "report.json"
+
+
 def active_learning_page_name(report_path: Path) -> str:
     """active_learning.md for an experiment in .../al/, active_learning_<name>.md in .../al-<name>/."""
     folder = report_path.parent.name
@@ -337,6 +356,8 @@ def main(argv=None) -> int:
                    help="a `make al-experiment` report.json (default: those of configs/al_experiment*.yaml)")
     p.add_argument("--privacy", type=Path, default=None,
                    help="`make privacy-experiment`'s report.json (default: that of configs/privacy_experiment.yaml)")
+    p.add_argument("--paired", type=Path, default=None,
+                   help="`make paired-experiment`'s report.json (default: that of configs/paired_experiment.yaml)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the pages go")
     p.add_argument("--readme", default=str(README),
                    help="the README whose results table follows the simulate run ('' = leave it)")
@@ -348,6 +369,7 @@ def main(argv=None) -> int:
     for report in args.al or experiment_reports():
         write_page(report, args.out / active_learning_page_name(report), active_learning_page)
     write_page(args.privacy or privacy_report(), args.out / "privacy.md", privacy_page)
+    write_page(args.paired or paired_report(), args.out / "paired.md", paired_page)
     return 0
 
 

@@ -20,10 +20,11 @@ The experiment file names settings keys under `config:` and plan values under
 `plan:` (as `make simulate`'s --set and --plan-set do), and the experiment's own
 keys: sites, labels, alpha, rounds, the budget (seed_fraction, final_fraction,
 query_every, epoch_images), strategies, seeds, `variants:` (a strategy with its
-own active-learning settings, say hybrid over a wider candidate set, run side by
-side) and `deterministic: true` (TensorFlow's ops deterministic and its global
-random generator seeded per run, so two runs differ by their settings, not by
-thread scheduling of float sums).
+own active-learning settings, say hybrid over a wider candidate set, or its own plan
+values, say task_runner.settings.exchange: full, run side by side) and
+`deterministic: true` (TensorFlow's ops deterministic and its global random
+generator seeded per run, so two runs differ by their settings, not by thread
+scheduling of float sums).
 
 Score = mean of victim mAP@0.5 and disaster accuracy of the last aggregate
 (the sites' validation score, on the test split); macro-F1 of the disaster
@@ -47,23 +48,33 @@ from workspace.simulate.fx_workspace import REPO
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(prog="python -m workspace.al_experiment", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    p.add_argument("--out", type=Path, default=None,
-                   help=f"results folder (default: the config's `out`, else {DEFAULT_OUT.relative_to(REPO)})")
-    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
-                   help="comma-separated seeds (default: the config's)")
+    p = experiment_parser("python -m workspace.al_experiment", __doc__, DEFAULT_CONFIG, DEFAULT_OUT)
     p.add_argument("--strategies", type=lambda t: t.split(","), default=None,
                    help="comma-separated strategies (default: the config's)")
-    p.add_argument("--rounds", type=int, default=None)
     args = p.parse_args(argv)
     run = run_record("workspace.al_experiment", argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("openfl", "src", "absl", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    experiment_logging()
     exp = load_experiment(args.config, args.seeds, args.strategies, args.rounds)
     out = (args.out or REPO / exp.get("out", DEFAULT_OUT)).resolve()
     run_experiment(exp, out, run)
     print((out / "report.md").read_text())
     return 0
+
+
+def experiment_parser(prog: str, doc: str, default_config: Path, default_out: Path) -> argparse.ArgumentParser:
+    """The options an experiment of this kind takes: --config, --out, --seeds, --rounds."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=default_config)
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"results folder (default: the config's `out`, else {default_out.relative_to(REPO)})")
+    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
+                   help="comma-separated seeds (default: the config's)")
+    p.add_argument("--rounds", type=int, default=None, help="federation rounds (default: the config's)")
+    return p
+
+
+def experiment_logging() -> None:
+    """One line per run and round: the experiment's own log, the libraries' warnings only."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("openfl", "src", "absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

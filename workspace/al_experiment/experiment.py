@@ -23,7 +23,9 @@ FULL = "full_labels"  # the runs with every label, the reference each strategy i
 # experiment settings that only runs with active learning read: changing them keeps
 # the all-labels runs (a variant of a strategy reuses its baseline)
 ACTIVE_LEARNING_ONLY = ("seed_fraction", "final_fraction", "query_every", "epoch_images", "active_learning")
-VARIANT_KEYS = {"strategy", "active_learning"}
+# a variant: its strategy, its own active-learning settings, its own plan values (say
+# task_runner.settings.exchange: full, to run a strategy under another plan side by side)
+VARIANT_KEYS = {"strategy", "active_learning", "plan"}
 # mappings an `extends:` file merges entry by entry (the others it replaces whole)
 MERGED_KEYS = ("config", "plan")
 KNOWN_KEYS = {"config", "plan", "sites", "labels", "alpha", "rounds", "seed_fraction", "final_fraction",
@@ -47,29 +49,36 @@ def read_experiment_file(path: Path) -> dict:
 
 def load_experiment(path: Path, seeds=None, strategies=None, rounds=None) -> dict:
     """The experiment settings, command-line choices applied, checked."""
-    from src.active_learning.selection import STRATEGIES
-    from src.active_learning.site_labeling import LabelingSettings
-
     exp = read_experiment_file(Path(path))
-    unknown_keys = sorted(set(exp) - KNOWN_KEYS)
-    if unknown_keys:
-        raise SystemExit(f"{path}: unknown keys {unknown_keys}; known: {sorted(KNOWN_KEYS)} (settings keys "
-                         "go under `config:`, plan values under `plan:`)")
-    exp.setdefault("config", {})
-    exp.setdefault("plan", {})
     if seeds is not None:
         exp["seeds"] = seeds
     if strategies is not None:
         exp["strategies"] = strategies
     if rounds is not None:
         exp["rounds"] = rounds
+    return check_experiment(exp, path)
+
+
+def check_experiment(exp: dict, path) -> dict:
+    """The experiment `exp` (read from `path`, named in the errors) with its defaults, checked:
+    a misspelt key, strategy or setting fails here, not an hour into the runs."""
+    from src.active_learning.selection import STRATEGIES
+    from src.active_learning.site_labeling import LabelingSettings
+
+    unknown_keys = sorted(set(exp) - KNOWN_KEYS)
+    if unknown_keys:
+        raise SystemExit(f"{path}: unknown keys {unknown_keys}; known: {sorted(KNOWN_KEYS)} (settings keys "
+                         "go under `config:`, plan values under `plan:`)")
+    exp.setdefault("config", {})
+    exp.setdefault("plan", {})
     variants = exp.setdefault("variants", {})
     for name, variant in variants.items():
         if name in STRATEGIES or name == FULL:
             raise SystemExit(f"{path}: variant {name!r} has the name of a strategy; give it its own")
-        if not isinstance(variant, dict) or set(variant) - VARIANT_KEYS or variant.get("strategy") not in STRATEGIES:
+        if (not isinstance(variant, dict) or set(variant) - VARIANT_KEYS or variant.get("strategy") not in STRATEGIES
+                or not isinstance(variant.get("plan", {}), dict)):
             raise SystemExit(f"{path}: variant {name!r} must be {{strategy: one of {sorted(STRATEGIES)}, "
-                             f"active_learning: {{...}}}}, got {variant!r}")
+                             f"active_learning: {{...}}, plan: {{plan path: value}}}}, got {variant!r}")
     unknown = [s for s in exp["strategies"] if s not in STRATEGIES and s not in variants]
     if unknown:
         raise SystemExit(f"{path}: unknown strategies {unknown}; known: {sorted(STRATEGIES)}, "
@@ -92,6 +101,11 @@ def strategy_settings(exp: dict, name: str) -> tuple[str, dict]:
     strategy with its own settings on top."""
     variant = exp.get("variants", {}).get(name, {"strategy": name})
     return variant["strategy"], {**exp.get("active_learning", {}), **variant.get("active_learning", {})}
+
+
+def variant_plan(exp: dict, name: str) -> dict:
+    """The plan values of the run named `name` beyond the experiment's `plan:` (a variant's own)."""
+    return dict(exp.get("variants", {}).get(name, {}).get("plan", {}))
 
 
 def labeling_settings(exp: dict, name: str, seed: int) -> dict:

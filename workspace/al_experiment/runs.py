@@ -19,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from workspace.al_experiment.experiment import FULL, base_config, experiment_settings, labeling_settings, run_key
+from workspace.al_experiment.experiment import (FULL, base_config, experiment_settings, labeling_settings, run_key,
+                                                variant_plan)
 from workspace.simulate.data import ensure_backbone_checkpoint
 from workspace.simulate.fx_workspace import EVENT_LOG, REPO, prepare_workspace, split_sites, workspace_values
 from workspace.simulate.plan_edits import edit_plan
@@ -36,7 +37,8 @@ log = logging.getLogger("al_experiment")
 
 def experiment_plan(exp: dict, strategy: str, seed: int) -> dict:
     """plan/plan.yaml with the experiment's plan values and settings for one run."""
-    values = {**exp.get("plan", {}), **IN_PROCESS_PLAN, **workspace_values(exp["rounds"], port=0)}
+    values = {**exp.get("plan", {}), **variant_plan(exp, strategy), **IN_PROCESS_PLAN,
+              **workspace_values(exp["rounds"], port=0)}
     if strategy != FULL:
         values["task_runner.settings.active_learning"] = labeling_settings(exp, strategy, seed)
     repo_plan = yaml.safe_load((REPO / "plan" / "plan.yaml").read_text())
@@ -86,8 +88,10 @@ def labeled_per_round(ws: Path, sites: dict[str, tuple[int, int]], rounds: int) 
             for r in range(rounds)]
 
 
-def run_one(exp: dict, cfg: dict, out: Path, split_dir: Path, strategy: str, seed: int, test_records) -> dict:
-    """One federation; the test metrics of the global model after every round."""
+def run_one(exp: dict, cfg: dict, out: Path, split_dir: Path, strategy: str, seed: int, test_records,
+            every_round: bool = True) -> dict:
+    """One federation; the test metrics of the global model after every round (every_round
+    False: after the last round only, the others' entries hold their labeled counts only)."""
     import keras
 
     from src.settings import model_config
@@ -107,10 +111,13 @@ def run_one(exp: dict, cfg: dict, out: Path, split_dir: Path, strategy: str, see
     per_round = {}
 
     def evaluate(aggregator, closed_round):
+        if not every_round and closed_round != exp["rounds"] - 1:
+            return
         assign_weights(model, aggregator.global_tensors())
         result = score_predictions(predictor.predict(test_records), test_records, mcfg)
-        per_round[closed_round] = {"map50": result["map50"], "accuracy": result["accuracy"],
-                                   "macro_f1": result["macro_f1"], "score": validation_score(result)}
+        per_round[closed_round] = {"map50": result["map50"], "map50_95": result["map50_95"],
+                                   "accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
+                                   "score": validation_score(result)}
         log.info("  %s seed %d round %d: test mAP@0.5 %.3f accuracy %.3f macro-F1 %.3f", strategy, seed,
                  closed_round, result["map50"], result["accuracy"], result["macro_f1"])
 
@@ -124,7 +131,7 @@ def run_one(exp: dict, cfg: dict, out: Path, split_dir: Path, strategy: str, see
     sites = site_images(split_dir)
     labeled = labeled_per_round(ws, sites, exp["rounds"])
     total = sum(train + pool for train, pool in sites.values())
-    rounds = [{"round": r, "labeled": labeled[r], **per_round[r]} for r in range(exp["rounds"])]
+    rounds = [{"round": r, "labeled": labeled[r], **per_round.get(r, {})} for r in range(exp["rounds"])]
     keras.backend.clear_session()
     gc.collect()
     return {"strategy": strategy, "seed": seed, "rounds": rounds, "final": rounds[-1],
@@ -163,10 +170,9 @@ def op_determinism(seed: int, enabled: bool):
         tf.random.set_global_generator(previous)
 
 
-def run_all(exp: dict, out: Path) -> list[dict]:
-    """Every run of the experiment, seed by seed, each kept in out/runs/<name>-seed<S>.json
-    and reused while its settings (run_key) are unchanged."""
-    from src.data.manifests import load_test_split
+def prepare_data(exp: dict) -> dict:
+    """The experiment's settings (base_config) with its data set generated when missing, its
+    data root absolute, and the backbone checkpoint the runs start from made when missing."""
     from src.data.synthetic import generate_from_config
 
     cfg = base_config(exp)
@@ -175,26 +181,49 @@ def run_all(exp: dict, out: Path) -> list[dict]:
     log.info("data set %s (%d images; generated when missing)", data_root, cfg["data"]["num_images"])
     generate_from_config(cfg, data_root)
     cfg["data"]["root"] = str(data_root)
+    return cfg
+
+
+def held_out_test(cfg: dict, split_dir: Path) -> list:
+    """The held-out test split the split folder names (the same for every seed of an experiment)."""
+    from src.data.manifests import load_test_split
+
+    return load_test_split(split_dir, cfg["classes"]["victim"], cfg["classes"]["disaster"],
+                           default_data_root=cfg["data"]["root"])
+
+
+def kept_or_run(path: Path, key: str, label: str, run, logger: logging.Logger) -> tuple[dict, bool]:
+    """(result, kept): the finished run kept at `path` when it was made with the settings
+    hashed to `key`; else run() with `key` added, written to `path` for a restart to reuse."""
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    if earlier.get("key") == key:
+        logger.info("%s: kept from an earlier run", label)
+        return earlier, True
+    logger.info("%s ...", label)
+    result = {**run(), "key": key}
+    path.write_text(json.dumps(result, indent=1))
+    return result, False
+
+
+def run_all(exp: dict, out: Path) -> list[dict]:
+    """Every run of the experiment, seed by seed, each kept in out/runs/<name>-seed<S>.json
+    and reused while its settings (run_key) are unchanged."""
+    cfg = prepare_data(exp)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     todo = [(s, seed) for seed in exp["seeds"] for s in [FULL] + list(exp["strategies"])]
     runs, started, test = [], time.monotonic(), None
     for i, (strategy, seed) in enumerate(todo, 1):
-        kept = out / "runs" / f"{strategy}-seed{seed}.json"
-        key = run_key(exp, strategy, seed)
-        earlier = json.loads(kept.read_text()) if kept.exists() else {}
-        if earlier.get("key") == key:
-            runs.append(earlier)
-            log.info("[%d/%d] %s seed %d: kept from an earlier run", i, len(todo), strategy, seed)
-            continue
-        splits = build_splits(exp, cfg, out, seed)
-        if test is None:  # one test split for every seed (the config's seed draws it)
-            test = load_test_split(splits["full"], cfg["classes"]["victim"], cfg["classes"]["disaster"],
-                                   default_data_root=data_root)
-        log.info("[%d/%d] %s seed %d ...", i, len(todo), strategy, seed)
-        result = run_one(exp, cfg, out, splits["full" if strategy == FULL else "al"], strategy, seed, test)
-        result["key"] = key
-        kept.write_text(json.dumps(result, indent=1))
+        def run(strategy=strategy, seed=seed):
+            nonlocal test
+            splits = build_splits(exp, cfg, out, seed)
+            test = test or held_out_test(cfg, splits["full"])  # one for every seed (the config's seed draws it)
+            return run_one(exp, cfg, out, splits["full" if strategy == FULL else "al"], strategy, seed, test)
+
+        result, kept = kept_or_run(out / "runs" / f"{strategy}-seed{seed}.json", run_key(exp, strategy, seed),
+                                   f"[{i}/{len(todo)}] {strategy} seed {seed}", run, log)
         runs.append(result)
+        if kept:
+            continue
         f = result["final"]
         log.info("[%d/%d] %s seed %d: %.1f%% labeled, test mAP@0.5 %.3f accuracy %.3f score %.3f (%.0f s; "
                  "%.0f s so far)", i, len(todo), strategy, seed, 100 * result["labeled_fraction"], f["map50"],
