@@ -78,7 +78,8 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     kept = args.out.with_suffix(".seeds")
     runs = [seed_summary(run_seed(s, kept / f"seed{s}.json")) for s in seeds]
-    result = {**summarize(runs), "commit": git_commit(REPO), "run": run_record("bench.simulate_time", argv or sys.argv[1:])}
+    result = {**summarize(runs), "commit": git_commit(REPO),
+              "run": run_record("bench.simulate_time", argv or sys.argv[1:])}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     m = result["median"]
     log.info("median over seeds %s: wall %.0f s (max %.0f), round %.1f s, test mAP50 %.3f mAP50-95 %.3f "

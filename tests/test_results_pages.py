@@ -192,3 +192,25 @@ def test_quality_vs_time_page_shows_the_medians_and_every_seed(tmp_path):
     assert "| 5 min | 0.338 | 0.093 | 0.936 | 0.338 / 0.301 / 0.350 | 5.0 |" in page
     assert "`make simulate ROUNDS=2`" in page and "Medians of 3 seeds (0, 1, 2)" in page
     assert "peer YOLOv8n 0.350" in page
+
+
+def test_simulate_time_page_shows_every_seed_and_the_medians(tmp_path):
+    def seed(s, wall, map50):
+        return {"seed": s, "commit": "0123456789abcdef", "date": "2026-12-07", "wall_s": wall, "training_rounds_s": 500,
+                "round_s": 66.44, "setup_s": 12.2, "cold_start_s": 11.6, "final_evaluation_s": 20.9,
+                "map50": map50, "map50_95": 0.07, "accuracy": 0.96}
+
+    result = {"seeds": [seed(0, 571.2, 0.254), seed(1, 590.6, 0.231), seed(2, 560.4, 0.262)],
+              "median": {"wall_s": 571.2, "round_s": 66.44, "map50": 0.254, "map50_95": 0.07, "accuracy": 0.96},
+              "max_wall_s": 590.6, "run": RUN}
+    source = tmp_path / "simulate_time.json"
+    source.write_text(json.dumps(result))
+    out = tmp_path / "pages"
+    main(["--simulate", str(tmp_path / "none.json"), "--bench", str(tmp_path / "none.json"),
+          "--quality", str(tmp_path / "none.json"), "--simulate-time", str(source), "--al", str(tmp_path / "none.json"),
+          "--privacy", str(tmp_path / "none.json"), "--paired", str(tmp_path / "none.json"),
+          "--out", str(out), "--readme", ""])
+    page = (out / "simulate_time.md").read_text()
+    assert "| 1 | `0123456789` | 591 | 66.4 | 12 | 12 | 21 | 0.231 | 0.070 | 0.960 |" in page
+    assert "| median |  | 571 | 66.4 |  |  |  | 0.254 | 0.070 | 0.960 |" in page
+    assert "seeds 0, 1, 2" in page and "Slowest run: 591 s." in page and "`make simulate ROUNDS=2`" in page

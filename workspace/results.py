@@ -1,7 +1,8 @@
 """`make results`: the Markdown pages of docs/results/, generated from the runs' JSON.
 
 python -m workspace.results [--simulate workspace/runs/latest/metrics.json]
-    [--bench bench/results.json] [--quality bench/quality_vs_time.json] [--al workspace/runs/al/report.json ...]
+    [--bench bench/results.json] [--quality bench/quality_vs_time.json] [--simulate-time bench/simulate_time.json]
+    [--al workspace/runs/al/report.json ...]
     [--privacy workspace/runs/privacy/report.json] [--paired workspace/runs/paired/report.json]
     [--out docs/results]
 
@@ -9,7 +10,8 @@ Every number on a page is copied from one JSON file, beside where it comes from
 (date, commit, command, machine: the file's `run` block, src/run_record.py), so
 a page can always be regenerated and never drifts from its measurement. Pages:
 simulate.md (`make simulate`'s metrics.json), bench.md (`make bench`),
-quality_vs_time.md (`make bench-quality`, with bench/quality_ablation.json), and one page
+quality_vs_time.md (`make bench-quality`, with bench/quality_ablation.json), simulate_time.md
+(`make bench-simulate`), and one page
 per active-learning experiment (`make al-experiment`'s report.json: active_learning.md
 for workspace/runs/al, active_learning_<name>.md for workspace/runs/al-<name>), and
 privacy.md (`make privacy-experiment`'s report.json), and paired.md (`make
@@ -32,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SIMULATE = REPO / "workspace" / "runs" / "latest" / "metrics.json"
 DEFAULT_BENCH = REPO / "bench" / "results.json"
 DEFAULT_QUALITY = REPO / "bench" / "quality_vs_time.json"
+DEFAULT_SIMULATE_TIME = REPO / "bench" / "simulate_time.json"
 SECURE_AGGREGATION_BENCH = REPO / "bench" / "secure_aggregation.json"
 DEFAULT_OUT = REPO / "docs" / "results"
 README = REPO / "README.md"
@@ -178,6 +181,25 @@ def bench_page(bench: dict) -> list[str]:
             f"Median of {bench.get('repeats')} repeats.", "",
             *table(["variant", "input px", "parameters", "train batch", "train images/s", "inference batch",
                     "inference images/s"], rows)]
+
+
+def simulate_time_page(result: dict) -> list[str]:
+    """`make bench-simulate`: make simulate's wall time and test quality over seeds."""
+    seeds = result["seeds"]
+    rows = [[s["seed"], f"`{s['commit'][:10]}`", num(s["wall_s"], 0), num(s["round_s"], 1), num(s["setup_s"], 0),
+             num(s["cold_start_s"], 0), num(s["final_evaluation_s"], 0), num(s["map50"]), num(s["map50_95"]),
+             num(s["accuracy"])] for s in seeds]
+    m = result["median"]
+    rows.append(["median", "", num(m["wall_s"], 0), num(m["round_s"], 1), "", "", "", num(m["map50"]),
+                 num(m["map50_95"]), num(m["accuracy"])])
+    return ["# `make simulate` over seeds: wall time and test quality", "", *run_table(result.get("run")), "",
+            f"`make simulate SEED=S` for seeds {', '.join(str(s['seed']) for s in seeds)}, one after the other with "
+            "the machine to itself (warm `.venv`): the default federation, real `fx` processes and certificates, "
+            "hybrid active learning. Test scores: the best global model on the held-out test split. Seconds: the "
+            "whole run, a typical round (median), setup, the collaborators' cold start and the test evaluation "
+            f"(`metrics.json` `phases`). Slowest run: {num(result['max_wall_s'], 0)} s.", "",
+            *table(["seed", "commit", "wall s", "round s", "setup s", "cold start s", "test evaluation s",
+                    "mAP@0.5", "mAP@0.5:0.95", "accuracy"], rows)]
 
 
 def quality_vs_time_page(result: dict) -> list[str]:
@@ -352,6 +374,7 @@ def main(argv=None) -> int:
     p.add_argument("--simulate", type=Path, default=DEFAULT_SIMULATE, help="a `make simulate` run's metrics.json")
     p.add_argument("--bench", type=Path, default=DEFAULT_BENCH, help="`make bench`'s results.json")
     p.add_argument("--quality", type=Path, default=DEFAULT_QUALITY, help="`make bench-quality`'s JSON")
+    p.add_argument("--simulate-time", type=Path, default=DEFAULT_SIMULATE_TIME, help="`make bench-simulate`'s JSON")
     p.add_argument("--al", type=Path, action="append", default=None, metavar="REPORT_JSON",
                    help="a `make al-experiment` report.json (default: those of configs/al_experiment*.yaml)")
     p.add_argument("--privacy", type=Path, default=None,
@@ -366,6 +389,7 @@ def main(argv=None) -> int:
         update_readme(Path(args.readme), json.loads(args.simulate.read_text()))
     write_page(args.bench, args.out / "bench.md", bench_page)
     write_page(args.quality, args.out / "quality_vs_time.md", quality_vs_time_page)
+    write_page(args.simulate_time, args.out / "simulate_time.md", simulate_time_page)
     for report in args.al or experiment_reports():
         write_page(report, args.out / active_learning_page_name(report), active_learning_page)
     write_page(args.privacy or privacy_report(), args.out / "privacy.md", privacy_page)
