@@ -299,6 +299,7 @@ def test_simulate_options_become_typed_plan_values_applied_once():
     args, settings, plan_set = parse(["--rounds", "2", "--backbone-mode", "frozen", "--stock-polling",
                                       "--set", "model.input_size=96", "--set", "model.depth=[1, 1, 1, 1, 1]",
                                       "--plan-set", "aggregator.settings.backbone_weighting=samples",
+                                      "--plan-set", "task_runner.settings.active_learning.epoch_images=labeled",
                                       "--active-learning", "hybrid"])
     assert settings == {"model.input_size": 96, "model.depth": [1, 1, 1, 1, 1]}
     values = plan_values(args, plan_set, rounds=2, port=50123)
@@ -310,7 +311,7 @@ def test_simulate_options_become_typed_plan_values_applied_once():
     assert runner["rounds"] == plan["aggregator"]["settings"]["rounds_to_train"] == 2
     assert plan["aggregator"]["settings"]["backbone_weighting"] == "samples"
     assert runner["active_learning"] == {"strategy": "hybrid", "final_fraction": 0.3, "query_every": 1,
-                                         "oracle": "simulated", "seed": 0}
+                                         "oracle": "simulated", "seed": 0, "epoch_images": "labeled"}
     assert runner["overrides"] is loader["overrides"]  # one mapping, as the plan's YAML anchor makes it
     assert runner["overrides"] == {**repo_plan["task_runner"]["settings"]["overrides"], "seed": 0, **settings}
     assert repo_plan["task_runner"]["settings"]["overrides"].get("model.input_size") is None  # (a copy is edited)

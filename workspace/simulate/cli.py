@@ -116,7 +116,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict, dict]:
 
 def plan_values(args: argparse.Namespace, plan_set: dict, rounds: int, port: int) -> dict:
     """The run's plan edits by plan path, in the order they apply: the shorthand options,
-    --plan-set, active learning, then what every run sets (rounds, port, event log)."""
+    active learning, --plan-set (which can refine either, e.g.
+    task_runner.settings.active_learning.epoch_images), then what every run sets (rounds,
+    port, event log)."""
     values: dict = {}
 
     def put(path: str, value):
@@ -126,11 +128,11 @@ def plan_values(args: argparse.Namespace, plan_set: dict, rounds: int, port: int
     for key in ("backbone_mode", "backbone_init", "exchange"):
         if getattr(args, key) is not None:
             put(f"task_runner.settings.{key}", getattr(args, key))
-    for path, value in plan_set.items():
-        put(path, value)
     if args.active_learning:
         put("task_runner.settings.active_learning",
             simulated_labeling(args.active_learning, args.final_fraction, args.seed))
+    for path, value in plan_set.items():
+        put(path, value)
     for path, value in workspace_values(rounds, port).items():
         put(path, value)
     if args.stock_polling:
