@@ -14,8 +14,8 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from src import metrics
-from src.data.formats.masks import mask_class_map, read_mask
-from src.data.pipeline import inference_dataset, inference_dataset_with_targets, mask_in_image
+from src.data.formats.masks import mask_class_map, mask_in_image, read_mask
+from src.data.pipeline import inference_dataset, inference_dataset_with_targets
 from src.data.records import Record
 from src.model.config import ModelConfig
 from src.model.decode import detect

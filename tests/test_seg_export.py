@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from src.data.pipeline import mask_in_image
+from src.data.formats.masks import mask_in_image
 from src.data.synthetic import generate_dataset
 from src.deploy.export import FORMATS, artefact_path, export, metadata_for
 from src.deploy.postprocess import METADATA_FILE, ModelMetadata, Thresholds, letterbox, read_image

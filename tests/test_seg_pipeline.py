@@ -6,8 +6,8 @@ import tensorflow as tf
 from PIL import Image
 
 from src.data.formats.masks import IGNORE_INDEX
-from src.data.pipeline import (PipelineOptions, inference_dataset, letterbox_mask, mask_in_image,
-                               training_dataset)
+from src.data.formats.masks import mask_in_image
+from src.data.pipeline import PipelineOptions, inference_dataset, letterbox_mask, training_dataset
 from src.data.records import Record
 
 SQUARE = 2  # the square's mask class

@@ -116,18 +116,6 @@ def letterbox_mask(mask, size: int):
                   constant_values=IGNORE_INDEX)
 
 
-def mask_in_image(mask, image_hw, scale: float, offset_xy) -> np.ndarray:
-    """A letterboxed (size, size) mask back on the original image's (h, w) pixels: the bars
-    cut off, then nearest-neighbour to the image's size (the inverse of `letterbox_mask`)."""
-    h, w = (int(v) for v in image_hw)
-    new_h, new_w = int(round(h * float(scale))), int(round(w * float(scale)))
-    x0, y0 = (int(round(float(v))) for v in offset_xy)
-    inner = np.asarray(mask)[y0:y0 + new_h, x0:x0 + new_w]
-    rows = np.minimum(((np.arange(h) + 0.5) * new_h / h).astype(np.int64), new_h - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * new_w / w).astype(np.int64), new_w - 1)
-    return inner[rows[:, None], cols[None, :]]
-
-
 def _mask_reader(num_classes: int):
     """numpy reader of one record's mask at its image's (h, w): file values are class indices
     (the readers check every mask against classes.mask when records load); all IGNORE_INDEX
@@ -345,11 +333,6 @@ class RecordStream:
             self._dataset = _augmented_batches(source, self.config, self.options, self.num_batches,
                                                drop_remainder=True)
         return self._dataset
-
-    def built(self, records: list[Record]) -> "RecordStream":
-        """This stream, its pipeline built over `records` (for a caller that times the build)."""
-        self.dataset(records)
-        return self
 
     def _shuffled_passes(self):
         """The records' arrays, reshuffled, over and over: one Python call per pass over the

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from src.data.formats.masks import mask_in_image
+
 HEAD_NAMES = ("det_s8", "det_s16", "det_s32")
 DISASTER_NAME = "disaster"
 SEGMENTATION_NAME = "segmentation"  # present when the model has a segmentation head
@@ -158,22 +160,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, thresholds: Thresholds) -> np.nda
     return np.array(keep, np.int64)
 
 
-def _source_pixels(count: int, inner: int) -> np.ndarray:
-    """For each of `count` output pixels, the one of `inner` source pixels under its centre."""
-    return np.minimum(((np.arange(count) + 0.5) * inner / count).astype(np.int64), inner - 1)
-
-
-def mask_on_image(mask: np.ndarray, image_hw, scale: float, offset) -> np.ndarray:
-    """A letterboxed (size, size) class map back on the original image's (h, w) pixels: the
-    bars cut off, then nearest-neighbour by pixel centres, as `src.data.pipeline.mask_in_image`
-    maps it for evaluation (a test holds the two equal; that one lives beside TensorFlow)."""
-    h, w = (int(v) for v in image_hw)
-    x0, y0 = (int(round(float(v))) for v in offset)
-    rows = y0 + _source_pixels(h, int(round(h * float(scale))))
-    cols = x0 + _source_pixels(w, int(round(w * float(scale))))
-    return np.asarray(mask, np.uint8)[np.ix_(rows, cols)]
-
-
 def detections(raw: dict, meta: ModelMetadata, thresholds: Thresholds,
                scales=None, offsets=None, image_hws=None) -> list[dict]:
     """Per image: boxes (K, 4) in original pixels (input px when no scale is given),
@@ -195,5 +181,5 @@ def detections(raw: dict, meta: ModelMetadata, thresholds: Thresholds,
                         "disaster_probs": disaster[i]})
         if masks is not None:
             results[-1]["mask"] = masks[i] if image_hws is None else \
-                mask_on_image(masks[i], image_hws[i], scales[i], offsets[i])
+                mask_in_image(masks[i], image_hws[i], scales[i], offsets[i])
     return results

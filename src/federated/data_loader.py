@@ -131,8 +131,8 @@ class SiteDataLoader(KerasDataLoader):
         batch_size = self.train_batch_size(batch_size)
         if num_batches is not None:
             if self._train_built_from != (batch_size, num_batches):
-                self._train_dataset = self._timed(lambda: RecordStream(self.model_config, self._options(batch_size),
-                                                                       num_batches).built(self.train_records))
+                self._train_dataset = RecordStream(self.model_config, self._options(batch_size), num_batches)
+                self._timed(lambda: self._train_dataset.dataset(self.train_records))  # the first call builds
                 self._train_built_from = (batch_size, num_batches)
             return self._train_dataset.dataset(self.train_records)
         built_from = (self.train_records, len(self.train_records), batch_size)

@@ -198,3 +198,17 @@ def yolo_mask_lookup(root: Path, mask_classes: Sequence[str] | None = None) -> M
         raise DataError(f"{root / 'masks'}: holds masks but no class list says what their values mean: set "
                         f"classes.mask in the settings, or mask_classes in {manifest}")
     return mask_class_map(classes, where=str(manifest) if mask_classes is None else "classes.mask")
+
+
+def mask_in_image(mask, image_hw, scale: float, offset_xy) -> np.ndarray:
+    """A letterboxed (size, size) mask back on the original image's (h, w) pixels: the bars
+    cut off, then nearest-neighbour to the image's size (the inverse of
+    `src.data.pipeline.letterbox_mask`). numpy only, so the exported runtimes' post-processing
+    maps masks back exactly as evaluation does, without TensorFlow."""
+    h, w = (int(v) for v in image_hw)
+    new_h, new_w = int(round(h * float(scale))), int(round(w * float(scale)))
+    x0, y0 = (int(round(float(v))) for v in offset_xy)
+    inner = np.asarray(mask)[y0:y0 + new_h, x0:x0 + new_w]
+    rows = np.minimum(((np.arange(h) + 0.5) * new_h / h).astype(np.int64), new_h - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * new_w / w).astype(np.int64), new_w - 1)
+    return inner[rows[:, None], cols[None, :]]
