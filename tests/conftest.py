@@ -53,7 +53,8 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "faults: reliability/security scenarios (`make test-faults`; not in `make test`'s time budget)")
     config.addinivalue_line(
-        "markers", "slow: a test over a minute (an end-to-end run over `fx`, a trained model), run by `make test-faults` to keep "
+        "markers", "slow: a test (or a module's shared setup) over ~half a minute (an end-to-end run over `fx`, a trained model, "
+                   "a run of an experiment, an export to every runtime), run by `make test-faults` to keep "
                    "`make test` within ~15 min on this 2-core host")
     config.addinivalue_line(
         "markers", "deploy: the runbook docs/deployment.md played as separate hosts in network namespaces "

@@ -30,6 +30,7 @@ TINY_EXPERIMENT = {
 }
 
 
+@pytest.mark.slow
 def test_experiment_runs_each_strategy_at_the_same_budget_and_reports(tmp_path, caplog):
     spec = {**TINY_EXPERIMENT, "config": {**TINY_EXPERIMENT["config"], "data.root": str(tmp_path / "data")}}
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(spec))

@@ -22,6 +22,7 @@ from src.model import build_model
 from src.settings import model_config
 from tests.test_deploy import tiny_cfg
 
+pytestmark = pytest.mark.slow  # one export to every runtime (~50 s), run by make test-faults
 AGREEMENT = 0.99  # share of pixels whose class every float runtime (fp32, fp16) must give as Keras does
 # int8 quantizes every activation (TFLite: the logits too), so the near-ties of an untrained
 # model's logits flip; measured 0.950 (tflite-int8) and 0.960 (openvino-int8) on this model. A bound

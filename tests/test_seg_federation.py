@@ -123,6 +123,7 @@ def test_a_mask_only_site_trains_and_sends_backbone_and_seg_head_only(seg_sites,
     assert set(model_event["model_bytes_by_group"]) == set(TASK_GROUPS)
 
 
+@pytest.mark.slow
 def test_with_a_frozen_backbone_the_mask_only_site_sends_its_seg_head_alone(seg_sites, tmp_path, monkeypatch):
     from src.settings import load_config, model_config
     from src.model import build_model

@@ -76,6 +76,7 @@ def test_centralized_trainer_writes_metrics_and_a_reloadable_model(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "model.keras"]
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_from_a_disjoint_slice_then_frozen_centralized_training(tmp_path):
     """make pretrain-backbone on its own synthetic slice, then train-central --backbone-mode frozen:
     the backbone stays the checkpoint bit for bit while the task parts train."""
