@@ -64,7 +64,8 @@ def test_each_comparison_changes_one_thing_of_the_default_federation():
     # and make simulate's active learning (hybrid, 30 % at the end, every round, simulated oracle)
     for path in ("task_runner.settings.exchange", "task_runner.settings.backbone_mode",
                  "task_runner.settings.backbone_init", "tasks.train.kwargs.epochs",
-                 "data_loader.settings.min_batches_per_epoch", "data_loader.settings.repeat_to_batches"):
+                 "data_loader.settings.min_batches_per_epoch", "data_loader.settings.repeat_to_batches",
+                 "data_loader.settings.max_images_per_epoch"):
         section = plan
         expected = repo_plan
         for name in path.split("."):

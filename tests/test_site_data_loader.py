@@ -55,6 +55,27 @@ def test_repeat_to_batches_by_label_kind_leaves_other_sites_alone(tiny_config, b
         SiteDataLoader(None, repeat_to_batches={"victims": 5})
 
 
+def test_max_images_per_epoch_shortens_only_a_long_epoch_with_a_new_share_each_round(tiny_config,
+                                                                                      bright_box_records):
+    """A site whose epoch covers more images than max_images_per_epoch trains on that many
+    (smaller batches by min_batches_per_epoch, as at a small site), a different random
+    share each epoch; a shorter epoch (repeats included) is left alone; a negative cap is refused."""
+    records = bright_box_records[:12]
+    capped = _loader(records, tiny_config, batch_size=4, max_images_per_epoch=8)
+    assert capped.capped() and capped.train_batches_per_epoch() == 2
+    assert _batch_sizes(capped) == [4, 4]
+    seen = [sorted(float(x) for x in images.numpy().mean(axis=(1, 2, 3))) for images, _ in capped.get_train_loader()]
+    again = [sorted(float(x) for x in images.numpy().mean(axis=(1, 2, 3))) for images, _ in capped.get_train_loader()]
+    assert seen != again  # the next epoch draws another share (and other augmentations)
+    smaller = _loader(records, tiny_config, batch_size=4, max_images_per_epoch=8, min_batches_per_epoch=4,
+                      min_batch_size=2)
+    assert smaller.train_batch_size() == 2 and smaller.train_batches_per_epoch() == 4
+    short = _loader(records[:6], tiny_config, batch_size=2, max_images_per_epoch=8, repeat_to_batches=5)
+    assert not short.capped() and short.train_batches_per_epoch() == 5
+    with pytest.raises(ValueError, match="max_images_per_epoch"):
+        SiteDataLoader(None, max_images_per_epoch=-3)
+
+
 def test_a_pipeline_setting_in_the_plan_reaches_the_sites_batches(tmp_path, monkeypatch):
     """The plan's shared `overrides` reach the data loader, not only the task runner: both
     are built by OpenFL from the plan and hold one settings object."""

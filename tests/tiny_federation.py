@@ -32,7 +32,8 @@ def write_tiny_plan(workspace: Path, sites_dir: Path, rounds: int, sites=("site1
     # the shipped public backbone fits the default model, not this tiny one
     plan["task_runner"]["settings"].update({"backbone_init": "scratch", **(runner or {})})
     plan["aggregator"]["settings"].update(aggregator or {})
-    plan["data_loader"]["settings"].update(min_batches_per_epoch=None, repeat_to_batches=None)
+    plan["data_loader"]["settings"].update(min_batches_per_epoch=None, repeat_to_batches=None,
+                                            max_images_per_epoch=None)
     (workspace / "plan").mkdir(parents=True)
     (workspace / "plan" / "plan.yaml").write_text(yaml.safe_dump(plan))
     (workspace / "plan" / "cols.yaml").write_text(yaml.safe_dump({"collaborators": list(sites)}))
@@ -79,6 +80,7 @@ class FxFederation:
         # an epoch: these scenarios are about faults, not steps
         plan = edit_plan(plan, {"task_runner.settings.backbone_init": "scratch",
                                 "data_loader.settings.repeat_to_batches": None,
+                                "data_loader.settings.max_images_per_epoch": None,
                                 **workspace_values(rounds, self.port)}, overrides={"seed": 0, **TINY})
         self.ws = root / name
         prepare_workspace(self.ws, plan, split_dir)

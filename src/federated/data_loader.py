@@ -42,14 +42,17 @@ def repeat_floors(setting) -> dict:
 class SiteDataLoader(KerasDataLoader):
     def __init__(self, data_path=None, config: str | None = None, overrides: dict | None = None,
                  on_error: str = "raise", min_batches_per_epoch: int | None = None,
-                 min_batch_size: int = 4, repeat_to_batches: int | dict | None = None, **kwargs):
+                 min_batch_size: int = 4, repeat_to_batches: int | dict | None = None,
+                 max_images_per_epoch: int | None = None, **kwargs):
         """config + overrides: the settings (src/settings.py), the same object the task
         runner resolves from the same plan values; the batch size is pipeline.batch_size.
         min_batches_per_epoch (None = off): a site whose epoch would have fewer
         batches trains with smaller batches, down to min_batch_size (see train_batch_size).
         repeat_to_batches (None = off): a site whose epoch still has fewer batches repeats
         its images (reshuffled, new augmentations) up to that many (train_batches_per_epoch);
-        a mapping by label kind ({boxes: 150}) applies only to sites holding that kind."""
+        a mapping by label kind ({boxes: 150}) applies only to sites holding that kind.
+        max_images_per_epoch (None = off): a site whose epoch would cover more images
+        trains on this many, a fresh random share of them each round (see epoch_image_count)."""
         self.cfg = resolve(config, overrides)
         super().__init__(int(self.cfg["pipeline"]["batch_size"]), **kwargs)
         self.model_config = None
@@ -57,6 +60,9 @@ class SiteDataLoader(KerasDataLoader):
         self.min_batches_per_epoch = int(min_batches_per_epoch) if min_batches_per_epoch else None
         self.min_batch_size = int(min_batch_size)
         self.repeat_to_batches = repeat_floors(repeat_to_batches)
+        self.max_images_per_epoch = int(max_images_per_epoch) if max_images_per_epoch else None
+        if self.max_images_per_epoch is not None and self.max_images_per_epoch < 1:
+            raise ValueError(f"data_loader max_images_per_epoch must be >= 1 or null, got {max_images_per_epoch!r}")
         # None: an epoch is one pass over train_records; else this many images (the task
         # runner sets it when a site's epoch is sized by more than its labels)
         self.epoch_images = None
@@ -98,7 +104,7 @@ class SiteDataLoader(KerasDataLoader):
         requested = int(requested or self.batch_size)
         if not self.min_batches_per_epoch:
             return requested
-        images = self.epoch_images or len(self.train_records)
+        images = self.epoch_image_count()
         return max(min(requested, self.min_batch_size),
                    min(requested, images // self.min_batches_per_epoch))
 
@@ -107,8 +113,21 @@ class SiteDataLoader(KerasDataLoader):
         With repeat_to_batches, at least that many: a small site then takes as many
         local steps per round as the plan asks for, by passing over its images more
         than once (more passes than a centralized epoch makes; say so beside results)."""
-        images = self.epoch_images or len(self.train_records)
+        images = self.epoch_image_count()
         return max(1, images // self.train_batch_size(requested), self.repeat_floor())
+
+    def epoch_image_count(self) -> int:
+        """Images one epoch covers before repeat_to_batches: one pass over train_records (or
+        the task runner's epoch_images), at most max_images_per_epoch. Why a cap: the sites
+        of a round train at once on shared CPUs and the round waits for the slowest; a site
+        with many images (the scene-labeling site of the default federation: 3x the images
+        of a box site) would set the pace of every round. Each round it draws another share."""
+        images = self.epoch_images or len(self.train_records)
+        return min(images, self.max_images_per_epoch) if self.max_images_per_epoch else images
+
+    def capped(self) -> bool:
+        """Whether max_images_per_epoch shortens this site's epoch."""
+        return self.epoch_image_count() < (self.epoch_images or len(self.train_records))
 
     def repeat_floor(self) -> int:
         """The fewest batches an epoch has here by repeat_to_batches: the largest floor of
@@ -122,11 +141,12 @@ class SiteDataLoader(KerasDataLoader):
     def get_train_loader(self, batch_size=None, num_batches=None):
         """The training batches for one epoch, from a pipeline built once and reused:
         building traces the decode/augment/encode functions, about 4 s on this CPU. An
-        epoch of a set number of batches (active learning, repeat_to_batches) reads the
-        records through a `RecordStream`, so labels that arrive (active learning assigns
+        epoch of a set number of batches (active learning, repeat_to_batches,
+        max_images_per_epoch) reads the records through a `RecordStream`, so labels that
+        arrive (active learning assigns
         a new list) need no new build; a one-pass epoch is rebuilt when its records
         change. Each pass reshuffles and draws new augmentations."""
-        if num_batches is None and (self.epoch_images or self.repeat_floor()):
+        if num_batches is None and (self.epoch_images or self.repeat_floor() or self.capped()):
             num_batches = self.train_batches_per_epoch(batch_size)
         batch_size = self.train_batch_size(batch_size)
         if num_batches is not None:
