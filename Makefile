@@ -89,6 +89,16 @@ paired-experiment: setup
 	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m workspace.paired_experiment $(if $(SEEDS),--seeds $(SEEDS)) \
 		$(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(ARMS),--arms $(ARMS))
 
+# Segmentation as a third task (configs/segmentation_experiment.yaml): per seed, on one 4-site
+# split with a mask-only site, the 3-task federation and centralized trainer, the 2-task ones
+# without the mask site, and a masks-only centralized model; paired differences (mIoU, mAP,
+# accuracy). ~40 min a seed here; SEEDS=0 ARMS= override it -> workspace/runs/segmentation/,
+# docs/results/segmentation.md through `make results`. Finished runs are kept and reused.
+.PHONY: seg-experiment
+seg-experiment: setup
+	MAKE_COMMAND='$(MAKE_COMMAND)' $(PY) -m workspace.paired_experiment --config configs/segmentation_experiment.yaml \
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(ARMS),--arms $(ARMS))
+
 # Issue 31's measurements on a reduced federation (configs/privacy_experiment.yaml, or
 # PRIVACY_CONFIG=): test quality without and with differential privacy at epsilon ~1, 4, 8,
 # and one site attacking (x10, sign flip, backdoor) without and with the poisoning

@@ -10,10 +10,11 @@ import yaml
 from workspace.al_experiment.experiment import FULL, base_config
 from workspace.al_experiment.runs import experiment_plan
 from workspace.paired_experiment.differences import paired_difference
-from workspace.paired_experiment.experiment import (ARMS, CENTRAL, COMPARISONS, DEFAULT_CONFIG, arm_key,
-                                                    federation_experiment, federation_run_name, load_experiment)
+from workspace.paired_experiment.experiment import (ARMS, CENTRAL, COMPARISONS, DEFAULT_CONFIG, SEGMENTATION_ARMS,
+                                                    arm_experiment, arm_key, federation_experiment,
+                                                    federation_run_name, load_experiment)
 from workspace.paired_experiment.report import markdown, summarize
-from workspace.paired_experiment.runs import central_settings
+from workspace.paired_experiment.runs import central_settings, task_split
 from workspace.results import main as results_main
 from workspace.simulate.fx_workspace import REPO
 
@@ -180,7 +181,8 @@ def test_results_page_names_run_and_comparisons(tmp_path, capsys):
     (tmp_path / "report.json").write_text(json.dumps({"run": run, **summarize(fake_runs(REPORTED), exp)}))
     missing = str(tmp_path / "none.json")
     assert results_main(["--simulate", missing, "--bench", missing, "--quality", missing, "--al", missing,
-                         "--privacy", missing, "--paired", str(tmp_path / "report.json"), "--out",
+                         "--privacy", missing, "--paired", str(tmp_path / "report.json"), "--segmentation", missing,
+                         "--out",
                          str(tmp_path / "pages"), "--readme", ""]) == 0
     page = (tmp_path / "pages" / "paired.md").read_text()
     for text in ("# `make paired-experiment`: Paired comparisons of the default federation: 3 seeds x 4 arms",
@@ -188,3 +190,87 @@ def test_results_page_names_run_and_comparisons(tmp_path, capsys):
                  "## hybrid_vs_random: fed_hybrid - fed_random", "Settings: configs/default.yaml with"):
         assert text in page, text
     assert "wrote" in capsys.readouterr().out
+
+
+SEGMENTATION_CONFIG = REPO / "configs" / "segmentation_experiment.yaml"
+
+
+def test_the_segmentation_arms_differ_in_their_tasks_and_the_head_they_need_only():
+    exp = load_experiment(SEGMENTATION_CONFIG)
+    assert exp["arm_set"] == "segmentation" and exp["arms"] == list(SEGMENTATION_ARMS)
+    assert exp["sites"] == 4 and exp["labels"] == ["both", "boxes", "class", "masks"] and exp["rounds"] == 8
+    fexp = federation_experiment(exp)
+    plans = {name: flat(experiment_plan(arm_experiment(fexp, SEGMENTATION_ARMS[name]), FULL, seed=3))
+             for name in ("fed_3task", "fed_2task")}
+    differ = {k for k in plans["fed_3task"].keys() | plans["fed_2task"].keys()
+              if plans["fed_3task"].get(k) != plans["fed_2task"].get(k)}
+    assert differ and all(k.endswith(".overrides.model.segmentation") for k in differ), differ
+    assert plans["fed_3task"]["task_runner.settings.overrides.model.segmentation"] is True
+    assert plans["fed_2task"]["task_runner.settings.overrides.model.segmentation"] is False
+    assert "task_runner.settings.active_learning" not in plans["fed_3task"]  # every label, as the centralized arms
+    keys = {name: arm_key(exp, arm, 0) for name, arm in SEGMENTATION_ARMS.items()}
+    assert len(set(keys.values())) == len(keys)
+    with pytest.raises(SystemExit, match=r"unknown arms \['fed_hybrid'\]"):
+        load_experiment(SEGMENTATION_CONFIG, arms=["fed_hybrid"])
+
+
+def write_split(root, sites: dict):
+    """A split folder: {site: manifest rows (image, split, boxes, class, masks)}, a test.tsv."""
+    root.mkdir(parents=True)
+    for site, rows in sites.items():
+        (root / site).mkdir()
+        (root / site / "site.yaml").write_text(f"site: {site}\ndata_root: ../../data\nformat: yolo\n")
+        (root / site / "manifest.tsv").write_text(
+            "image\tsplit\tboxes\tclass\tmasks\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+    (root / "test.tsv").write_text("image\nimages/t.jpg\n")
+    (root / "split.yaml").write_text(yaml.safe_dump({"data_root": "../../data", "sites": [
+        {"site": s, "labels": "x", "train": len(r)} for s, r in sites.items()]}, sort_keys=False))
+
+
+def test_a_task_split_keeps_the_sites_and_labels_of_its_tasks_only(tmp_path):
+    split = tmp_path / "splits" / "seed0-full"
+    write_split(split, {"site1": [("images/a.jpg", "train", 1, 1, 0), ("images/b.jpg", "val", 1, 0, 0)],
+                        "site2": [("images/c.jpg", "train", 0, 1, 0)],
+                        "site3": [("images/d.jpg", "train", 0, 0, 1), ("images/e.jpg", "train", 1, 0, 1)]})
+    two = task_split(split, ("boxes", "class"), split.with_name("seed0-full-boxes+class"))
+    meta = yaml.safe_load((two / "split.yaml").read_text())
+    assert [s["site"] for s in meta["sites"]] == ["site1", "site2", "site3"] and meta["data_root"] == "../../data"
+    assert (two / "site3" / "manifest.tsv").read_text().splitlines()[1:] == ["images/e.jpg\ttrain\t1\t0\t0"]
+    assert (two / "site1" / "manifest.tsv").read_text() == (split / "site1" / "manifest.tsv").read_text()
+    masks = task_split(split, ("masks",), split.with_name("seed0-full-masks"))
+    assert [s["site"] for s in yaml.safe_load((masks / "split.yaml").read_text())["sites"]] == ["site3"]
+    assert not (masks / "site1").exists() and (masks / "test.tsv").read_text() == "image\nimages/t.jpg\n"
+    assert (masks / "site3" / "manifest.tsv").read_text().splitlines()[1:] == [
+        "images/d.jpg\ttrain\t0\t0\t1", "images/e.jpg\ttrain\t0\t0\t1"]
+    with pytest.raises(ValueError, match="no site holds"):
+        task_split(task_split(split, ("class",), split.with_name("c")), ("masks",), split.with_name("none"))
+    with pytest.raises(ValueError, match="known label kinds"):
+        task_split(split, ("victims",), split.with_name("v"))
+
+
+def test_the_segmentation_report_compares_miou_where_the_arms_segment():
+    exp = load_experiment(SEGMENTATION_CONFIG, seeds=[0, 1])
+    scores = {"fed_3task": [(0.30, 0.10, 0.95, 0.50), (0.28, 0.09, 0.96, 0.52)],
+              "central_3task": [(0.35, 0.12, 0.97, 0.55), (0.33, 0.11, 0.96, 0.58)],
+              "fed_2task": [(0.31, 0.10, 0.95, None), (0.27, 0.09, 0.95, None)],
+              "central_2task": [(0.36, 0.12, 0.97, None), (0.34, 0.12, 0.97, None)],
+              "central_masks": [(0.0, 0.0, 0.2, 0.45), (0.0, 0.0, 0.2, 0.50)]}
+    runs = [{"arm": arm, "seed": seed, "wall_s": 100.0, "labeled_fraction": 1.0,
+             "final": {"map50": m, "map50_95": m95, "accuracy": acc, "macro_f1": acc, "score": 0.0,
+                       **({} if miou is None else {"miou": miou})}}
+            for arm, per_seed in scores.items() for seed, (m, m95, acc, miou) in enumerate(per_seed)]
+    report = summarize(runs, exp)
+    c = report["comparisons"]
+    assert list(c["federated_vs_centralized"]["metrics"]) == ["miou", "map50", "map50_95", "accuracy"]
+    assert c["federated_vs_centralized"]["metrics"]["miou"]["differences"] == pytest.approx([-0.05, -0.06])
+    assert list(c["multi_vs_single_task_masks"]["metrics"]) == ["miou"]
+    assert c["multi_vs_single_task_masks"]["metrics"]["miou"]["mean"] == pytest.approx(0.09)
+    assert list(c["three_vs_two_tasks_federated"]["metrics"]) == ["map50", "map50_95", "accuracy"]
+    assert report["arms"]["fed_2task"]["mean"]["miou"] is None and report["arms"]["fed_2task"]["tasks"] == [
+        "boxes", "class"]
+    title, lines = markdown(report)
+    assert title == "Segmentation as a third task: paired comparisons: 2 seeds x 5 arms"
+    assert "every label of the split (no active learning)" in lines[0]
+    assert "| arm | what | seeds | labeled | mAP@0.5 | mAP@0.5:0.95 | accuracy | mIoU | wall s |" in lines
+    assert any(line.startswith("| fed_2task |") and line.endswith("| 0.950 | n/a | 100 |") for line in lines)
+    assert "| 0 | 0.550 | 0.450 | +0.100 |" in lines  # multi- vs single-task mIoU, seed 0

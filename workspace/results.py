@@ -4,6 +4,7 @@ python -m workspace.results [--simulate workspace/runs/latest/metrics.json]
     [--bench bench/results.json] [--quality bench/quality_vs_time.json] [--simulate-time bench/simulate_time.json]
     [--al workspace/runs/al/report.json ...]
     [--privacy workspace/runs/privacy/report.json] [--paired workspace/runs/paired/report.json]
+    [--segmentation workspace/runs/segmentation/report.json]
     [--out docs/results]
 
 Every number on a page is copied from one JSON file, beside where it comes from
@@ -14,9 +15,9 @@ quality_vs_time.md (`make bench-quality`, with bench/quality_ablation.json), sim
 (`make bench-simulate`), and one page
 per active-learning experiment (`make al-experiment`'s report.json: active_learning.md
 for workspace/runs/al, active_learning_<name>.md for workspace/runs/al-<name>), and
-privacy.md (`make privacy-experiment`'s report.json), and paired.md (`make
-paired-experiment`'s report.json). A page whose JSON is missing is not written; the
-output says so.
+privacy.md (`make privacy-experiment`'s report.json), paired.md (`make
+paired-experiment`'s report.json) and segmentation.md (`make seg-experiment`'s). A page
+whose JSON is missing is not written; the output says so.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ DEFAULT_BENCH = REPO / "bench" / "results.json"
 DEFAULT_QUALITY = REPO / "bench" / "quality_vs_time.json"
 DEFAULT_SIMULATE_TIME = REPO / "bench" / "simulate_time.json"
 SECURE_AGGREGATION_BENCH = REPO / "bench" / "secure_aggregation.json"
+SEGMENTATION_CONFIG = REPO / "configs" / "segmentation_experiment.yaml"
 DEFAULT_OUT = REPO / "docs" / "results"
 README = REPO / "README.md"
 # the README's one table of current results sits between these lines
@@ -251,11 +253,13 @@ def privacy_page(report: dict) -> list[str]:
 
 def paired_page(report: dict) -> list[str]:
     """`make paired-experiment`: federated vs centralized, decoupled vs full exchange, hybrid vs
-    random, as paired per-seed differences."""
+    random, as paired per-seed differences; `make seg-experiment` (the segmentation arm set):
+    segmentation as a third task."""
     from workspace.paired_experiment.report import markdown
 
     title, body = markdown(report)
-    return [f"# `make paired-experiment`: {title}", "", *run_table(report.get("run")), "", *body]
+    target = "seg-experiment" if report["settings"].get("arm_set") == "segmentation" else "paired-experiment"
+    return [f"# `make {target}`: {title}", "", *run_table(report.get("run")), "", *body]
 
 
 def secure_aggregation_lines(path: Path) -> list[str]:
@@ -348,12 +352,12 @@ def privacy_report() -> Path:
     return REPO / read_experiment_file(DEFAULT_CONFIG).get("out", PRIVACY_OUT) / "report.json"
 
 
-def paired_report() -> Path:
-    """report.json of configs/paired_experiment.yaml (its `out:`)."""
+def paired_report(config: Path | None = None) -> Path:
+    """report.json of configs/paired_experiment.yaml or another paired experiment file (its `out:`)."""
     from workspace.al_experiment.experiment import read_experiment_file
     from workspace.paired_experiment.experiment import DEFAULT_CONFIG, DEFAULT_OUT as PAIRED_OUT
 
-    return REPO / read_experiment_file(DEFAULT_CONFIG).get("out", PAIRED_OUT) / "report.json"
+    return REPO / read_experiment_file(config or DEFAULT_CONFIG).get("out", PAIRED_OUT) / "report.json"
 
 
 def active_learning_page_name(report_path: Path) -> str:
@@ -381,6 +385,8 @@ def main(argv=None) -> int:
                    help="`make privacy-experiment`'s report.json (default: that of configs/privacy_experiment.yaml)")
     p.add_argument("--paired", type=Path, default=None,
                    help="`make paired-experiment`'s report.json (default: that of configs/paired_experiment.yaml)")
+    p.add_argument("--segmentation", type=Path, default=None,
+                   help="`make seg-experiment`'s report.json (default: that of configs/segmentation_experiment.yaml)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the pages go")
     p.add_argument("--readme", default=str(README),
                    help="the README whose results table follows the simulate run ('' = leave it)")
@@ -394,6 +400,7 @@ def main(argv=None) -> int:
         write_page(report, args.out / active_learning_page_name(report), active_learning_page)
     write_page(args.privacy or privacy_report(), args.out / "privacy.md", privacy_page)
     write_page(args.paired or paired_report(), args.out / "paired.md", paired_page)
+    write_page(args.segmentation or paired_report(SEGMENTATION_CONFIG), args.out / "segmentation.md", paired_page)
     return 0
 
 

@@ -117,6 +117,7 @@ def run_one(exp: dict, cfg: dict, out: Path, split_dir: Path, strategy: str, see
         result = score_predictions(predictor.predict(test_records), test_records, mcfg)
         per_round[closed_round] = {"map50": result["map50"], "map50_95": result["map50_95"],
                                    "accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
+                                   **({"miou": result["miou"]} if "miou" in result else {}),
                                    "score": validation_score(result)}
         log.info("  %s seed %d round %d: test mAP@0.5 %.3f accuracy %.3f macro-F1 %.3f", strategy, seed,
                  closed_round, result["map50"], result["accuracy"], result["macro_f1"])
@@ -185,11 +186,14 @@ def prepare_data(exp: dict) -> dict:
 
 
 def held_out_test(cfg: dict, split_dir: Path) -> list:
-    """The held-out test split the split folder names (the same for every seed of an experiment)."""
+    """The held-out test split the split folder names (the same for every seed of an
+    experiment), with its masks when the experiment's model segments."""
     from src.data.manifests import load_test_split
+    from src.settings import model_config
 
+    masks = cfg["classes"].get("mask") if model_config(cfg).num_mask_classes else None
     return load_test_split(split_dir, cfg["classes"]["victim"], cfg["classes"]["disaster"],
-                           default_data_root=cfg["data"]["root"])
+                           default_data_root=cfg["data"]["root"], mask_classes=masks)
 
 
 def kept_or_run(path: Path, key: str, label: str, run, logger: logging.Logger) -> tuple[dict, bool]:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from workspace.al_experiment.experiment import experiment_settings
 from workspace.paired_experiment.differences import CONFIDENCE, paired_difference
-from workspace.paired_experiment.experiment import ARMS, COMPARISONS, Comparison
+from workspace.paired_experiment.experiment import (ARM_SETS, DEFAULT_ARM_SET, DETECTION_AND_CLASS, Comparison,
+                                                    arms_of, comparisons_of)
 
-# the compared test scores, detection and classification apart, and their column names
-METRICS = {"map50": "mAP@0.5", "map50_95": "mAP@0.5:0.95", "accuracy": "accuracy"}
+# the test scores a comparison may compare (its `metrics`), each task apart, and their column names
+METRICS = {"map50": "mAP@0.5", "map50_95": "mAP@0.5:0.95", "accuracy": "accuracy", "miou": "mIoU"}
 
 
 def summarize(runs: list[dict], exp: dict) -> dict:
@@ -21,17 +22,19 @@ def summarize(runs: list[dict], exp: dict) -> dict:
     by = {(r["arm"], r["seed"]): r for r in runs}
     arms = {}
     for name in exp["arms"]:
-        arm = ARMS[name]
+        arm = arms_of(exp)[name]
         per_seed = [{"seed": seed, **{k: by[name, seed]["final"].get(k) for k in (*METRICS, "macro_f1")},
                      "labeled_fraction": by[name, seed].get("labeled_fraction"), "wall_s": by[name, seed]["wall_s"]}
                     for seed in exp["seeds"] if (name, seed) in by]
         arms[name] = {"runs_as": arm.runs_as, "strategy": arm.strategy, "plan": arm.plan,
                       "description": arm.description, "per_seed": per_seed,
-                      "mean": {k: statistics.fmean(p[k] for p in per_seed) if per_seed else None
+                      "tasks": list(arm.tasks) if arm.tasks else None,
+                      "mean": {k: statistics.fmean(p[k] for p in per_seed)
+                               if per_seed and all(p[k] is not None for p in per_seed) else None
                                for k in (*METRICS, "wall_s")},
                       "labeled_fraction": statistics.fmean(p["labeled_fraction"] for p in per_seed)
                       if per_seed and all(p["labeled_fraction"] is not None for p in per_seed) else None}
-    comparisons = {c.name: compare(c, by, exp["seeds"]) for c in COMPARISONS}
+    comparisons = {c.name: compare(c, by, exp["seeds"]) for c in comparisons_of(exp)}
     wall = [{"seed": seed, "arms": {name: by[name, seed]["wall_s"] for name in exp["arms"] if (name, seed) in by}}
             for seed in exp["seeds"]]
     for entry in wall:
@@ -44,7 +47,7 @@ def compare(comparison: Comparison, by: dict, seeds: list[int]) -> dict:
     over the seeds where both ran (no metrics when there is no such seed)."""
     paired = [s for s in seeds if (comparison.first, s) in by and (comparison.second, s) in by]
     metrics = {}
-    for key in METRICS if paired else ():
+    for key in comparison.metrics if paired else ():
         first = [by[comparison.first, s]["final"][key] for s in paired]
         second = [by[comparison.second, s]["final"][key] for s in paired]
         metrics[key] = {"first": first, "second": second, **paired_difference(first, second)}
@@ -84,24 +87,30 @@ def markdown(report: dict) -> tuple[str, list[str]]:
     with its mean paired difference and interval, the wall time per seed."""
     exp = report["settings"]
     seeds = len(exp["seeds"])
-    title = (f"Paired comparisons of the default federation: {seeds} seed{'' if seeds == 1 else 's'} x "
+    title = (f"{ARM_SETS[exp.get('arm_set', DEFAULT_ARM_SET)][2]}: {seeds} seed{'' if seeds == 1 else 's'} x "
              f"{len(exp['arms'])} arms")
+    labeling = any(arms_of(exp)[name].strategy for name in exp["arms"])
     lines = [f"Settings: configs/default.yaml with {experiment_settings(exp) or 'no changes'}; plan/plan.yaml values "
              f"{exp.get('plan') or 'unchanged'} ({exp['rounds']} rounds); {exp['sites']} sites "
-             f"({', '.join(exp['labels'])} labels, Dirichlet alpha {exp['alpha']}); active learning from "
-             f"{exp['seed_fraction']:.0%} to {exp['final_fraction']:.0%} of each site's training images, querying "
-             f"every {exp['query_every']} round(s), simulated oracle; TensorFlow op determinism "
+             f"({', '.join(exp['labels'])} labels, Dirichlet alpha {exp['alpha']}); "
+             + (f"active learning from {exp['seed_fraction']:.0%} to {exp['final_fraction']:.0%} of each site's "
+                f"training images, querying every {exp['query_every']} round(s), simulated oracle; "
+                if labeling else "every label of the split (no active learning); ")
+             + "TensorFlow op determinism "
              f"{'on' if exp.get('deterministic') else 'off'}. Scores: the last aggregate (the centralized trainer's "
              "final weights) on the held-out test split. The centralized trainer runs as many epochs as the "
              "federation runs rounds x local epochs, one pass over the union of the sites' images an epoch, "
              "with configs/default.yaml's training (weight averaging on, no logit adjustment); the sites take "
-             "the plan's min_batches_per_epoch / repeat_to_batches steps a round.", "",
-             "## Arms", "", "Means over the seeds; labeled: the share of the training images labeled at the end.", "",
-             "| arm | what | seeds | labeled | mAP@0.5 | mAP@0.5:0.95 | accuracy | wall s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "the plan's min_batches_per_epoch / repeat_to_batches / max_images_per_epoch steps a round.", "",
+             "## Arms", "", "Means over the seeds; labeled: the share of the training images labeled at the end.", ""]
+    # mIoU only where a model segments
+    shown = [k for k in METRICS if any(arm["mean"].get(k) is not None for arm in report["arms"].values())
+             or k in DETECTION_AND_CLASS]
+    lines += ["| arm | what | seeds | labeled | " + " | ".join(METRICS[k] for k in shown) + " | wall s |",
+              "|---" * (len(shown) + 5) + "|"]
     for name, arm in report["arms"].items():
         mean = arm["mean"]
-        cells = [("n/a" if mean[k] is None else f"{mean[k]:.3f}") for k in METRICS]
+        cells = [("n/a" if mean.get(k) is None else f"{mean[k]:.3f}") for k in shown]
         wall = "n/a" if mean["wall_s"] is None else f"{mean['wall_s']:.0f}"
         labeled = "n/a" if arm.get("labeled_fraction") is None else f"{arm['labeled_fraction']:.0%}"
         lines.append(f"| {name} | {arm['description']} | {len(arm['per_seed'])} | {labeled} | {' | '.join(cells)} | "
@@ -111,7 +120,7 @@ def markdown(report: dict) -> tuple[str, list[str]]:
         if not c["metrics"]:
             lines.append("Not measured: no seed has both arms.")
             continue
-        header = [f"{label} {which}" for label in METRICS.values() for which in ("first", "second", "difference")]
+        header = [f"{METRICS[key]} {which}" for key in c["metrics"] for which in ("first", "second", "difference")]
         lines += ["| seed | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         for i, seed in enumerate(c["seeds"]):
             cells = [f"{m['first'][i]:.3f} | {m['second'][i]:.3f} | {m['differences'][i]:+.3f}"

@@ -4,26 +4,65 @@ finished runs kept for a restart.
 The federated arms are `make al-experiment` runs (workspace/al_experiment/runs.py: OpenFL's
 own aggregator and collaborators in one process, op determinism seeded per run), scored
 after the last round only; the centralized arm is src/central.py's trainer as `make
-train-central --split` runs it, on the all-labels federation's split. Seed by seed, so an
-interrupted experiment leaves whole seeds behind.
+train-central --split` runs it, on the all-labels federation's split. An arm of some tasks
+runs on that split cut to them (task_split). Seed by seed, so an interrupted experiment
+leaves whole seeds behind.
 """
 from __future__ import annotations
 
 import copy
 import gc
 import logging
+import shutil
 import time
 from pathlib import Path
+
+import yaml
 
 from workspace.al_experiment.experiment import FULL
 from workspace.al_experiment.runs import (build_splits, experiment_plan, held_out_test, kept_or_run, op_determinism,
                                           prepare_data, run_one)
-from workspace.paired_experiment.experiment import (ARMS, CENTRAL, Arm, arm_key, central_epochs,
-                                                    federation_experiment, federation_run_name)
+from workspace.paired_experiment.experiment import (CENTRAL, Arm, arm_experiment, arm_key, arm_settings, arms_of,
+                                                    central_epochs, federation_experiment, federation_run_name)
 
 log = logging.getLogger("paired_experiment")
-# what the report reads of a run's final test scores
+# what the report reads of a run's final test scores (and mIoU, when the model segments)
 SCORES = ("map50", "map50_95", "accuracy", "macro_f1", "score")
+
+
+def task_split(split_dir: Path, tasks, out: Path) -> Path:
+    """`split_dir` cut to the label kinds `tasks`: the sites holding one of them, each manifest
+    row with only those labels (a row left with none is dropped); the same test split. Written
+    beside `split_dir` (at the same depth, so its relative data paths still hold)."""
+    from src.data.splits import LABEL_KINDS
+
+    if (out / "split.yaml").exists():
+        return out
+    unknown = sorted(set(tasks) - set(LABEL_KINDS))
+    if unknown:
+        raise ValueError(f"tasks {unknown}: known label kinds {list(LABEL_KINDS)}")
+    tmp = out.with_name(out.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(split_dir, tmp)
+    meta = yaml.safe_load((tmp / "split.yaml").read_text())
+    kept = []
+    for entry in meta["sites"]:
+        manifest = tmp / entry["site"] / "manifest.tsv"
+        header, *rows = [line.split("\t") for line in manifest.read_text().splitlines()]
+        drop = [i for i, column in enumerate(header) if column in LABEL_KINDS and column not in tasks]
+        rows = [[("0" if i in drop else cell) for i, cell in enumerate(row)] for row in rows]
+        rows = [row for row in rows if any(row[i] == "1" for i, c in enumerate(header) if c in tasks)]
+        if rows:
+            manifest.write_text("".join("\t".join(r) + "\n" for r in [header, *rows]))
+            kept.append(entry)
+        else:
+            shutil.rmtree(tmp / entry["site"])
+    if not kept:
+        raise ValueError(f"{split_dir}: no site holds {list(tasks)}")
+    meta["sites"] = kept
+    (tmp / "split.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    tmp.rename(out)
+    return out
 
 
 def central_settings(fexp: dict, cfg: dict, seed: int) -> tuple[dict, str, str]:
@@ -39,7 +78,7 @@ def central_settings(fexp: dict, cfg: dict, seed: int) -> tuple[dict, str, str]:
 
 
 def run_central(fexp: dict, cfg: dict, out: Path, split_dir: Path, seed: int) -> dict:
-    """The centralized trainer on the union of the split's sites; its test scores."""
+    """The centralized trainer on the union of the split's sites; its test scores (in `out`)."""
     import keras
 
     from src.central import run
@@ -48,22 +87,29 @@ def run_central(fexp: dict, cfg: dict, out: Path, split_dir: Path, seed: int) ->
     settings, backbone_mode, backbone_init = central_settings(fexp, cfg, seed)
     start = time.monotonic()
     with op_determinism(seed, fexp.get("deterministic", False)):
-        result = run(settings, out / "central" / f"seed{seed}", split_dir, backbone_mode, backbone_init)
+        result = run(settings, out, split_dir, backbone_mode, backbone_init)
     test = result["test"]
     keras.backend.clear_session()
     gc.collect()
-    return {"final": {**{k: test[k] for k in SCORES[:-1]}, "score": validation_score(test)},
+    scores = {k: test[k] for k in (*SCORES[:-1], "miou") if k in test}
+    return {"final": {**scores, "score": validation_score(test)},
             "epochs": result["epochs"], "train_images": result["images"]["train"], "labeled_fraction": 1.0,
             "backbone_mode": backbone_mode, "backbone_init": backbone_init, "wall_s": time.monotonic() - start}
 
 
 def run_arm(fexp: dict, cfg: dict, out: Path, arm: Arm, seed: int, test: list) -> dict:
     """One arm's run for one seed (not kept: see run_all)."""
+    from src.settings import apply_overrides
+
     splits = build_splits(fexp, cfg, out, seed)
-    if arm.runs_as == CENTRAL:
-        return run_central(fexp, cfg, out, splits["full"], seed)
     split = splits["al" if arm.strategy is not None else "full"]
-    result = run_one(fexp, cfg, out, split, federation_run_name(arm), seed, test, every_round=False)
+    if arm.tasks is not None:
+        split = task_split(split, arm.tasks, split.with_name(f"{split.name}-{'+'.join(arm.tasks)}"))
+        fexp, cfg = arm_experiment(fexp, arm), apply_overrides(cfg, arm_settings(arm))
+    if arm.runs_as == CENTRAL:
+        return run_central(fexp, cfg, out / "central" / f"{arm.name}-seed{seed}", split, seed)
+    where = out if arm.tasks is None else out / "arms" / arm.name  # its own workspaces/ folder
+    result = run_one(fexp, cfg, where, split, federation_run_name(arm), seed, test, every_round=False)
     return {k: result[k] for k in ("final", "rounds", "labeled_fraction", "train_images", "wall_s")}
 
 
@@ -73,7 +119,7 @@ def run_all(exp: dict, out: Path) -> list[dict]:
     fexp = federation_experiment(exp)
     cfg = prepare_data(fexp)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    todo = [(ARMS[name], seed) for seed in exp["seeds"] for name in exp["arms"]]
+    todo = [(arms_of(exp)[name], seed) for seed in exp["seeds"] for name in exp["arms"]]
     runs, started, test = [], time.monotonic(), None
     for i, (arm, seed) in enumerate(todo, 1):
         def run(arm=arm, seed=seed):
