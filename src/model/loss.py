@@ -9,8 +9,10 @@ Each image's detection term is multiplied by `has_boxes`, its disaster term by
 `has_class`, so a sample contributes zero gradient to a task it has no labels
 for (sites hold partial labels). Each task is averaged over the samples that
 have its label. With a segmentation head, `seg_loss.segmentation_loss` adds its
-term, masked by `has_mask` and by the ignore index. A task whose outputs are absent (a site that computes only the
-part of the model its labels train) contributes zero.
+term, masked by `has_mask` and by the ignore index. The terms are computed task by task
+over `TASKS` (each task's `<name>_terms` method, its terms in TASK_TERMS, each weighted by
+the LossWeights field of its name); a task whose outputs are absent (a site that computes
+only the part of the model its labels train) contributes zero.
 """
 from __future__ import annotations
 
@@ -20,11 +22,13 @@ import keras_cv
 import numpy as np
 import tensorflow as tf
 
-from src.model.config import STRIDES, ModelConfig
+from src.model.config import STRIDES, TASKS, ModelConfig
 from src.model.decode import decode_scale, scale_anchors
 from src.model.seg_loss import segmentation_loss
 
 DETECTION_KEYS = ("det_s8", "det_s16", "det_s32")
+# each task's loss terms, by LossWeights field (the weight of the term of that name)
+TASK_TERMS = {"boxes": ("box", "objectness", "victim_class"), "class": ("disaster",), "masks": ("segmentation",)}
 UNIT_BOX = tf.constant([0.0, 0.0, 1.0, 1.0])
 
 
@@ -137,26 +141,32 @@ class MultiTaskLoss:
             ce = -tf.math.log(tf.clip_by_value(tf.gather(probs, labels, batch_dims=1), 1e-7, 1.0))
         return tf.reduce_sum(has_class * ce) / tf.maximum(tf.reduce_sum(has_class), 1.0)
 
-    def __call__(self, targets: dict, outputs: dict) -> dict:
-        w = self.weights
+    def boxes_terms(self, targets: dict, outputs: dict) -> dict:
+        """Box, objectness and victim-class terms, each averaged over the images with boxes."""
         has_boxes = tf.cast(targets["has_boxes"], tf.float32)
-        has_class = tf.cast(targets["has_class"], tf.float32)
+        det_images = tf.maximum(tf.reduce_sum(has_boxes), 1.0)
+        per_image = self.detection_per_image(targets, outputs)
+        return {name: tf.reduce_sum(has_boxes * value) / det_images
+                for name, value in zip(TASK_TERMS["boxes"], per_image)}
 
+    def class_terms(self, targets: dict, outputs: dict) -> dict:
+        return {"disaster": self.disaster_loss(targets, outputs)}
+
+    def masks_terms(self, targets: dict, outputs: dict) -> dict:
+        return segmentation_loss(targets["segmentation"], outputs["segmentation"], targets["has_mask"],
+                                 self.weights.seg_dice)
+
+    def __call__(self, targets: dict, outputs: dict) -> dict:
         zero = tf.constant(0.0)
-        box = obj = cls = disaster = segmentation = zero
-        if all(k in outputs for k in DETECTION_KEYS):
-            box, obj, cls = self.detection_per_image(targets, outputs)
-            det_images = tf.maximum(tf.reduce_sum(has_boxes), 1.0)
-            box = tf.reduce_sum(has_boxes * box) / det_images
-            obj = tf.reduce_sum(has_boxes * obj) / det_images
-            cls = tf.reduce_sum(has_boxes * cls) / det_images
-        if "disaster" in outputs:
-            disaster = self.disaster_loss(targets, outputs)
-        if "segmentation" in outputs:
-            segmentation = segmentation_loss(targets["segmentation"], outputs["segmentation"],
-                                             targets["has_mask"], w.seg_dice)["segmentation"]
-
-        detection = w.box * box + w.objectness * obj + w.victim_class * cls
-        total = detection + w.disaster * disaster + w.segmentation * segmentation
-        return {"loss": total, "detection": detection, "box": box, "objectness": obj,
-                "victim_class": cls, "disaster": disaster, "segmentation": segmentation}
+        terms = {}
+        for task in TASKS:
+            present = all(k in outputs for k in task.outputs)
+            computed = getattr(self, f"{task.name}_terms")(targets, outputs) if present else {}
+            terms.update({name: computed.get(name, zero) for name in TASK_TERMS[task.name]})
+        weighted = {name: getattr(self.weights, name) * value for name, value in terms.items()}
+        detection = sum(weighted[name] for name in TASK_TERMS["boxes"])
+        total = detection
+        for name, value in weighted.items():
+            if name not in TASK_TERMS["boxes"]:
+                total = total + value
+        return {"loss": total, "detection": detection, **terms}
