@@ -122,12 +122,16 @@ class SiteDataLoader(KerasDataLoader):
         of a round train at once on shared CPUs and the round waits for the slowest; a site
         with many images (the scene-labeling site of the default federation: 3x the images
         of a box site) would set the pace of every round. Each round it draws another share."""
-        images = self.epoch_images or len(self.train_records)
+        images = self.one_pass_images()
         return min(images, self.max_images_per_epoch) if self.max_images_per_epoch else images
+
+    def one_pass_images(self) -> int:
+        """Images of one pass: the task runner's epoch_images, else train_records."""
+        return self.epoch_images or len(self.train_records)
 
     def capped(self) -> bool:
         """Whether max_images_per_epoch shortens this site's epoch."""
-        return self.epoch_image_count() < (self.epoch_images or len(self.train_records))
+        return self.epoch_image_count() < self.one_pass_images()
 
     def repeat_floor(self) -> int:
         """The fewest batches an epoch has here by repeat_to_batches: the largest floor of

@@ -34,6 +34,7 @@ def task_split(split_dir: Path, tasks, out: Path) -> Path:
     """`split_dir` cut to the label kinds `tasks`: the sites holding one of them, each manifest
     row with only those labels (a row left with none is dropped); the same test split. Written
     beside `split_dir` (at the same depth, so its relative data paths still hold)."""
+    from src.data.manifests import MASK_MANIFEST_COLUMNS, read_manifest
     from src.data.splits import LABEL_KINDS
 
     if (out / "split.yaml").exists():
@@ -48,12 +49,12 @@ def task_split(split_dir: Path, tasks, out: Path) -> Path:
     kept = []
     for entry in meta["sites"]:
         manifest = tmp / entry["site"] / "manifest.tsv"
-        header, *rows = [line.split("\t") for line in manifest.read_text().splitlines()]
-        drop = [i for i, column in enumerate(header) if column in LABEL_KINDS and column not in tasks]
-        rows = [[("0" if i in drop else cell) for i, cell in enumerate(row)] for row in rows]
-        rows = [row for row in rows if any(row[i] == "1" for i, c in enumerate(header) if c in tasks)]
+        # the manifest reader's rows (validated): image, split, then a flag per LABEL_KINDS
+        rows = [(image, split, *(int(held and kind in tasks) for kind, held in zip(LABEL_KINDS, flags)))
+                for image, split, *flags in read_manifest(manifest, with_masks=True)]
+        rows = [row for row in rows if any(row[2:])]
         if rows:
-            manifest.write_text("".join("\t".join(r) + "\n" for r in [header, *rows]))
+            manifest.write_text("".join("\t".join(map(str, r)) + "\n" for r in [MASK_MANIFEST_COLUMNS, *rows]))
             kept.append(entry)
         else:
             shutil.rmtree(tmp / entry["site"])
