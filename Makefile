@@ -92,7 +92,7 @@ paired-experiment: setup
 # Segmentation as a third task (configs/segmentation_experiment.yaml): per seed, on one 4-site
 # split with a mask-only site, the 3-task federation and centralized trainer, the 2-task ones
 # without the mask site, and a masks-only centralized model; paired differences (mIoU, mAP,
-# accuracy). ~40 min a seed here; SEEDS=0 ARMS= override it -> workspace/runs/segmentation/,
+# accuracy). ~48 min a seed here; SEEDS=0 ARMS= override it -> workspace/runs/segmentation/,
 # docs/results/segmentation.md through `make results`. Finished runs are kept and reused.
 .PHONY: seg-experiment
 seg-experiment: setup
