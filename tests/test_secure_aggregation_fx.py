@@ -9,7 +9,7 @@ import pytest
 
 from src.federated.checkpoint import load_pbuf_weights
 from src.federated.secure_sums import is_message
-from src.model.config import TASK_GROUPS, task_group_of
+from src.model.config import task_group_of
 from src.secure_aggregation import decode, from_wire
 from src.task_groups import DEFAULT_GROUPS, task_balanced_weights
 from tests.recorded_fx import run_recorded_federation
@@ -35,7 +35,7 @@ def test_secure_aggregation_over_fx_equals_plain_mean_and_hides_each_upload(tmp_
     for r in range(ROUNDS):
         assert {e["group"] for e in of(events, "secure_sum", round=r)} == set(DEFAULT_GROUPS)
         plain = {s: dict(np.load(record / f"plain-{r}-{s}.npz")) for s in SITES}
-        counts = {s: {g: float(plain[s].pop(f"count_{g}")) for g in TASK_GROUPS} for s in SITES}
+        counts = {s: {g: float(plain[s].pop(f"count_{g}")) for g in DEFAULT_GROUPS} for s in SITES}
         backbone = task_balanced_weights(counts)  # the plan's backbone_weighting
         for group in DEFAULT_GROUPS:  # the groups of the model these sites train
             names = sorted({n for s in SITES for n in plain[s] if task_group_of(n) == group})

@@ -13,8 +13,8 @@ import pytest
 
 from src.federated.aggregation import STATISTICS
 from src.federated.checkpoint import load_pbuf_weights
-from src.model.config import TASK_GROUPS, task_group_of
-from src.task_groups import task_balanced_weights
+from src.model.config import task_group_of
+from src.task_groups import DEFAULT_GROUPS, task_balanced_weights
 from tests.recorded_fx import run_recorded_federation
 
 pytestmark = pytest.mark.slow  # ~45 s alone, more beside other work (fx cold starts): `make test-faults`
@@ -41,7 +41,7 @@ def test_each_round_steps_server_lr_of_the_way_from_its_own_starting_model(tmp_p
     for r in range(ROUNDS):
         start, aggregate = starts[r], starts[r + 1]
         uploads = {s: dict(np.load(record / f"upload-{r}-{s}.npz")) for s in SITES}
-        samples = {s: {g: float(uploads[s][f"samples_{g}"]) for g in TASK_GROUPS} for s in SITES}
+        samples = {s: {g: float(uploads[s][f"samples_{g}"]) for g in DEFAULT_GROUPS} for s in SITES}
         backbone = task_balanced_weights(samples)  # the plan's backbone_weighting
         stepped = 0
         for name, base in start.items():
