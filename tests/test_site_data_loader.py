@@ -59,7 +59,8 @@ def test_max_images_per_epoch_shortens_only_a_long_epoch_with_a_new_share_each_r
                                                                                       bright_box_records):
     """A site whose epoch covers more images than max_images_per_epoch trains on that many
     (smaller batches by min_batches_per_epoch, as at a small site), a different random
-    share each epoch; a shorter epoch (repeats included) is left alone; a negative cap is refused."""
+    share each epoch; a repeat floor whose batches would cover more trains smaller batches
+    (not below min_batch_size); a shorter epoch is left alone; a negative cap is refused."""
     records = bright_box_records[:12]
     capped = _loader(records, tiny_config, batch_size=4, max_images_per_epoch=8)
     assert capped.capped() and capped.train_batches_per_epoch() == 2
@@ -70,8 +71,16 @@ def test_max_images_per_epoch_shortens_only_a_long_epoch_with_a_new_share_each_r
     smaller = _loader(records, tiny_config, batch_size=4, max_images_per_epoch=8, min_batches_per_epoch=4,
                       min_batch_size=2)
     assert smaller.train_batch_size() == 2 and smaller.train_batches_per_epoch() == 4
-    short = _loader(records[:6], tiny_config, batch_size=2, max_images_per_epoch=8, repeat_to_batches=5)
-    assert not short.capped() and short.train_batches_per_epoch() == 5
+    short = _loader(records[:6], tiny_config, batch_size=2, max_images_per_epoch=10, repeat_to_batches=5)
+    assert not short.capped() and short.train_batch_size() == 2 and short.train_batches_per_epoch() == 5
+    # a repeat floor that would cover more than the cap trains smaller batches, down to min_batch_size
+    repeated = _loader(records[:6], tiny_config, batch_size=4, max_images_per_epoch=10, repeat_to_batches=5,
+                       min_batch_size=1)
+    assert not repeated.capped() and repeated.train_batches_per_epoch() == 5
+    assert _batch_sizes(repeated) == [2] * 5
+    floored = _loader(records[:6], tiny_config, batch_size=4, max_images_per_epoch=10, repeat_to_batches=5,
+                      min_batch_size=3)
+    assert floored.train_batch_size() == 3 and floored.train_batches_per_epoch() == 5
     with pytest.raises(ValueError, match="max_images_per_epoch"):
         SiteDataLoader(None, max_images_per_epoch=-3)
 

@@ -52,7 +52,8 @@ class SiteDataLoader(KerasDataLoader):
         its images (reshuffled, new augmentations) up to that many (train_batches_per_epoch);
         a mapping by label kind ({boxes: 150}) applies only to sites holding that kind.
         max_images_per_epoch (None = off): a site whose epoch would cover more images
-        trains on this many, a fresh random share of them each round (see epoch_image_count)."""
+        trains on this many, a fresh random share of them each round (see epoch_image_count),
+        and a repeat floor's batches shrink to cover at most this many (train_batch_size)."""
         self.cfg = resolve(config, overrides)
         super().__init__(int(self.cfg["pipeline"]["batch_size"]), **kwargs)
         self.model_config = None
@@ -100,13 +101,20 @@ class SiteDataLoader(KerasDataLoader):
         that its epoch still has min_batches_per_epoch steps (never below min_batch_size).
         Why: FedAvg averages what each site learned in its local steps; at one fixed batch
         size a site with few images takes few steps per round and the parts only it
-        trains (the detector, at a site that holds most of the boxes) barely move."""
+        trains (the detector, at a site that holds most of the boxes) barely move.
+        With max_images_per_epoch, also small enough (down to min_batch_size) that the
+        repeat_to_batches floor covers at most that many images: the cap bounds what an
+        epoch trains on, repeats included."""
         requested = int(requested or self.batch_size)
-        if not self.min_batches_per_epoch:
-            return requested
-        images = self.epoch_image_count()
-        return max(min(requested, self.min_batch_size),
-                   min(requested, images // self.min_batches_per_epoch))
+        smallest = min(requested, self.min_batch_size)
+        batch = requested
+        if self.min_batches_per_epoch:
+            batch = max(smallest, min(requested, self.epoch_image_count() // self.min_batches_per_epoch))
+        floor = self.repeat_floor()
+        if self.max_images_per_epoch and floor * batch > self.max_images_per_epoch:
+            # the repeat floor's batches would cover more than the cap: smaller batches
+            batch = max(smallest, self.max_images_per_epoch // floor)
+        return batch
 
     def train_batches_per_epoch(self, requested=None) -> int:
         """Optimizer steps in one epoch at this site (the learning-rate schedule's unit).
