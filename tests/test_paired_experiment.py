@@ -162,7 +162,8 @@ def test_report_pairs_the_arms_seed_by_seed_and_says_what_is_missing():
     title, lines = markdown(report)
     assert title == "Paired comparisons of the default federation: 3 seeds x 4 arms"
     text = "\n".join(lines)
-    assert lines[0].startswith("Settings: configs/default.yaml with no changes; plan/plan.yaml values unchanged")
+    assert lines[0].startswith("Settings (configs/default.yaml and plan/plan.yaml as at the commit above): the "
+                               "config with no changes; the plan's values unchanged")
     assert "| 0 | 0.300 | 0.200 | +0.100 | 0.100 | 0.070 | +0.030 | 0.900 | 0.910 | -0.010 |" in lines
     assert ("- mAP@0.5: mean paired difference +0.067 [-0.077, +0.210] (95% t-interval, 2 degrees of freedom): "
             "no difference shown (the interval holds 0)") in lines
@@ -187,7 +188,7 @@ def test_results_page_names_run_and_comparisons(tmp_path, capsys):
     page = (tmp_path / "pages" / "paired.md").read_text()
     for text in ("# `make paired-experiment`: Paired comparisons of the default federation: 3 seeds x 4 arms",
                  "2026-12-07T10:00:00+00:00", "`abc123`", "`make paired-experiment SEEDS=0,1,2`", "2 CPUs",
-                 "## hybrid_vs_random: fed_hybrid - fed_random", "Settings: configs/default.yaml with"):
+                 "## hybrid_vs_random: fed_hybrid - fed_random", "Settings (configs/default.yaml and plan/plan.yaml as at the commit above)"):
         assert text in page, text
     assert "wrote" in capsys.readouterr().out
 

@@ -90,8 +90,9 @@ def markdown(report: dict) -> tuple[str, list[str]]:
     title = (f"{ARM_SETS[exp.get('arm_set', DEFAULT_ARM_SET)][2]}: {seeds} seed{'' if seeds == 1 else 's'} x "
              f"{len(exp['arms'])} arms")
     labeling = any(arms_of(exp)[name].strategy for name in exp["arms"])
-    lines = [f"Settings: configs/default.yaml with {experiment_settings(exp) or 'no changes'}; plan/plan.yaml values "
-             f"{exp.get('plan') or 'unchanged'} ({exp['rounds']} rounds); {exp['sites']} sites "
+    lines = [f"Settings (configs/default.yaml and plan/plan.yaml as at the commit above): the config with "
+             f"{experiment_settings(exp) or 'no changes'}; the plan's values {exp.get('plan') or 'unchanged'} "
+             f"({exp['rounds']} rounds); {exp['sites']} sites "
              f"({', '.join(exp['labels'])} labels, Dirichlet alpha {exp['alpha']}); "
              + (f"active learning from {exp['seed_fraction']:.0%} to {exp['final_fraction']:.0%} of each site's "
                 f"training images, querying every {exp['query_every']} round(s), simulated oracle; "
