@@ -128,7 +128,7 @@ test-faults: setup
 	$(PY) -m pytest -q -m "(faults or slow) and not deploy and not browser" --durations=10 tests
 
 # The runbook docs/deployment.md run as separate hosts: one folder and one network
-# namespace per machine, every command read from the runbook (~6 min; needs root for
+# namespace per machine, every command read from the runbook (~3 min; needs root for
 # `ip netns`, else every host runs on loopback and the output says so).
 test-deploy: setup
 	@command -v ip >/dev/null || { echo "installing iproute2 (ip netns)"; apt-get update -qq && apt-get install -y -qq iproute2; } || true
