@@ -188,7 +188,8 @@ def test_results_page_names_run_and_comparisons(tmp_path, capsys):
     page = (tmp_path / "pages" / "paired.md").read_text()
     for text in ("# `make paired-experiment`: Paired comparisons of the default federation: 3 seeds x 4 arms",
                  "2026-12-07T10:00:00+00:00", "`abc123`", "`make paired-experiment SEEDS=0,1,2`", "2 CPUs",
-                 "## hybrid_vs_random: fed_hybrid - fed_random", "Settings (configs/default.yaml and plan/plan.yaml as at the commit above)"):
+                 "## hybrid_vs_random: fed_hybrid - fed_random",
+                 "Settings (configs/default.yaml and plan/plan.yaml as at the commit above)"):
         assert text in page, text
     assert "wrote" in capsys.readouterr().out
 
