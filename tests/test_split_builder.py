@@ -143,3 +143,44 @@ def test_stratified_split_keeps_a_group_in_one_split():
     with pytest.raises(ValueError, match="3 group keys for 240 records"):
         stratified_split(records, 0.2, 0.1, seed=1, groups=[0, 1, 2])
     assert np.array_equal(sorted(r.image_path for p in split.values() for r in p), sorted(r.image_path for r in records))
+
+
+def test_sparse_class_warnings_name_a_class_the_class_labeling_sites_barely_hold():
+    """Only the sites that label classes count (train and pool rows, not val): a class
+    plentiful at a box-only site but rare at the class sites is warned about."""
+    from src.data.records import Record
+    from src.data.splits.builtin_data import SPARSE_CLASS_IMAGES, sparse_class_warnings
+
+    names = ["flood", "normal"]
+    by_path, rows = {}, {"site1": [], "site2": [], "site3": []}
+
+    def add(site, cls, split, count):
+        for _ in range(count):
+            key = f"img{len(by_path)}.jpg"
+            by_path[key] = Record(key, disaster_class=cls, has_class=True)
+            rows[site].append((key, split, 1, 1))
+
+    add("site1", 0, "train", 30)
+    add("site1", 1, "pool", SPARSE_CLASS_IMAGES - 2)
+    add("site3", 1, "train", 1)
+    add("site3", 1, "val", 5)            # validation images do not train
+    add("site2", 1, "train", 50)         # a box-only site's images do not train the class head
+    labels = {"site1": "both", "site2": "boxes", "site3": "class"}
+    warnings = sparse_class_warnings(rows, labels, by_path, names)
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"disaster class 'normal': {SPARSE_CLASS_IMAGES - 1} training image(s) "
+                                  "at the sites that label classes (site1, site3)")
+    add("site3", 1, "pool", 1)
+    assert sparse_class_warnings(rows, labels, by_path, names) == []
+    assert sparse_class_warnings(rows, {**labels, "site1": "boxes", "site3": "masks"}, by_path, names) == []
+
+
+def test_default_split_builder_logs_the_sparse_class_warning(tmp_path, caplog):
+    """A 40-image data set cannot give its class site 10 images of each of five classes."""
+    import logging
+
+    from tests.tiny_federation import write_tiny_site_split
+
+    with caplog.at_level(logging.WARNING, logger="src.data.splits.builtin_data"):
+        write_tiny_site_split(tmp_path, num_images=40, num_sites=2, labels=("boxes", "class"), seed=3)
+    assert any("at the sites that label classes (site2)" in r.getMessage() for r in caplog.records)
