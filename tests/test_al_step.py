@@ -99,8 +99,9 @@ def test_hybrid_candidate_factor_one_is_pure_uncertainty_sampling(scorer, tiny_d
 
 def test_pool_sample_scores_a_seeded_random_subset_and_picks_from_it(scorer, tiny_data, tmp_path):
     """pool_sample (a plan setting) bounds what a step scores: that many unlabeled images,
-    drawn afresh per round from the seed, and the picks come from them."""
-    scored = []
+    drawn afresh per round from the seed, and the picks come from them; `hybrid` embeds
+    at most that many labeled images too."""
+    scored, embedded = [], []
 
     class CountingScorer:
         tasks = scorer.tasks
@@ -109,18 +110,22 @@ def test_pool_sample_scores_a_seeded_random_subset_and_picks_from_it(scorer, tin
             scored.append(set(keyed_records))
             return scorer.score(keyed_records, *args)
 
-        def embed(self, *args):
-            return scorer.embed(*args)
+        def embed(self, records, *args):
+            embedded.append({r.image_path for r in records})
+            return scorer.embed(records, *args)
 
-    for name, round_num in (("a", 1), ("b", 1), ("c", 2)):
+    for name, round_num, sample in (("a", 1, 5), ("b", 1, 5), ("c", 2, 5), ("d", 1, 2)):
         pool = LabelPool.from_site(write_pool_site(tmp_path / name, tiny_data), tmp_path / f"{name}.json",
                                    VICTIM, DISASTER)
         unlabeled = set(pool.unlabeled_records())
+        labeled = {r.image_path for r in pool.labeled_records()}
         label_step(pool, CountingScorer(), SimulatedOracle(pool.held_back()), "hybrid", budget=2,
-                   round_num=round_num, seed=7, pool_sample=5, progress=False)
-        assert len(scored[-1]) == 5 < len(unlabeled) and scored[-1] <= unlabeled
+                   round_num=round_num, seed=7, pool_sample=sample, progress=False)
+        assert len(scored[-1]) == sample < len(unlabeled) and scored[-1] <= unlabeled
         assert unlabeled - set(pool.unlabeled_records()) <= scored[-1]
+        assert len(embedded[-1]) == min(sample, len(labeled)) and embedded[-1] <= labeled
     assert scored[0] == scored[1] and scored[2] != scored[0]
+    assert len(embedded[0]) == 3 > len(embedded[3]) == 2  # every labeled image, then a sample of 2
 
 
 def test_detection_weight_decides_which_task_ranks_a_both_task_site(scorer, tiny_data, tmp_path):

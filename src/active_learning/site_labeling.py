@@ -10,7 +10,8 @@ pre-selects before diversity picks), detection_weight (at a site with both
 tasks, the detector's share of the combined uncertainty), mask_weight (at a site
 with masks, their share before the shares are normalised over its tasks), epoch_images (what
 one training epoch covers, see `epoch_size`), pool_sample (how many pool images a query
-scores, drawn at random; see step.sampled_pool), and where the site keeps its
+scores, and at most how many labeled ones `hybrid` compares with, drawn at random; see
+step.label_step), and where the site keeps its
 labeled set (`state`, under its local state so a restart resumes) and its
 human queue.
 A query runs before a round's training, on the global model the site just
@@ -39,9 +40,10 @@ from src.evaluation import Predictor
 log = logging.getLogger(__name__)
 ORACLES = ("simulated", "human")
 EPOCH_IMAGES = ("all", "labeled")
-# Pool images a query scores, a fresh random sample each time (null: every one): bounds a
-# label step at a large site (the default federation's class-only site has ~1,700).
-POOL_SAMPLE = 600
+# Pool images a query scores, a fresh random sample each time (null: every one), and the
+# most labeled images `hybrid` embeds: bounds a label step at a large site (the default
+# federation's class-only site has ~1,800 images and labels ~550 of them).
+POOL_SAMPLE = 300
 
 
 @dataclass(frozen=True)

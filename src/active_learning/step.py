@@ -50,7 +50,8 @@ def label_step(pool: LabelPool, scorer: PoolScorer, oracle: Oracle, strategy: st
     predicted disaster-class histogram (where the scorer runs the disaster head). `hybrid` also keeps picks away from what is
     already labeled (one more pass, through the backbone only, over the labeled images).
     pool_sample: score only this many unlabeled images, drawn at random afresh each step
-    (None: all), so a step's cost stays flat however large the pool is (`sampled_pool`).
+    (None: all), and embed at most this many labeled ones for `hybrid`, so a step's cost
+    stays flat however large the pool and the labeled set grow (`sampled_pool`).
     `scorer` must score every task the pool's site trains."""
     missing = sorted(set(pool.tasks) - set(scorer.tasks))
     if missing:
@@ -62,7 +63,10 @@ def label_step(pool: LabelPool, scorer: PoolScorer, oracle: Oracle, strategy: st
                    else np.zeros(0))
     labeled = None
     if strategy_named(strategy).uses_labeled_embeddings and scores.keys:
-        labeled_records = pool.labeled_records()
+        # the labeled images the picks keep away from: at most pool_sample of them too, so
+        # the step's cost stays flat as the labeled set grows
+        labeled_records = list(sampled_pool(dict(enumerate(pool.labeled_records())), pool_sample,
+                                            np.random.default_rng([seed, round_num, 2])).values())
         labeled = scorer.embed(labeled_records, batch_size, progress) if labeled_records else None
     probs = scores.disaster_probs
     chosen = select(strategy, budget, uncertainty, margins=None if probs is None else top2_margin(probs),
