@@ -34,6 +34,9 @@ setup: $(STAMP)
 # The pinned set is installed with uv (itself pinned, from PyPI into .venv): same
 # packages as pip resolves from requirements.txt + constraints.txt, in 17 s instead of
 # 62 s here (cold caches). Where uv cannot be installed, pip does it (INSTALLER=pip forces).
+# Both write the packages' bytecode at install (uv only with --compile-bytecode, as pip
+# does by default): without it every process compiles TensorFlow's and OpenFL's sources
+# on import where Python may not cache them (PYTHONDONTWRITEBYTECODE, a read-only .venv).
 UV_VERSION := 0.13.9
 INSTALLER ?= uv
 $(STAMP): requirements.txt constraints.txt
@@ -41,7 +44,7 @@ $(STAMP): requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if [ "$(INSTALLER)" = uv ] && $(PY) -m pip install --quiet uv==$(UV_VERSION); then \
 		echo "installing requirements.txt with uv $(UV_VERSION)"; \
-		$(VENV)/bin/uv pip install --quiet --python $(PY) $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) -r requirements.txt; \
+		$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) -r requirements.txt; \
 	else \
 		echo "installing requirements.txt with pip"; \
 		$(PY) -m pip install --quiet --upgrade pip && $(PY) -m pip install --quiet -r requirements.txt; \
