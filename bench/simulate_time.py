@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,34 +28,53 @@ RUN_INPUTS = ("src", "workspace", "plan", "configs", "data/pretrained", "Makefil
 QUALITY = ("map50", "map50_95", "accuracy")
 
 
-def kept_run_is_current(metrics: dict) -> bool:
-    """True when the kept run's commit was clean and the working tree's RUN_INPUTS are still
-    those of that commit."""
+def run_inputs_clean(repo: Path = REPO) -> bool:
+    """Whether the working tree's RUN_INPUTS (untracked files included) are HEAD's. The tree
+    as a whole is not: the first call of a seeds-one-at-a-time series rewrites the tracked
+    bench/simulate_time.json, so every later run's commit reads "-dirty"."""
+    changed = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--", *RUN_INPUTS],
+                             cwd=repo, capture_output=True, text=True, check=True).stdout
+    return not changed.strip()
+
+
+def run_commit(metrics: dict) -> str | None:
+    """The commit a kept run ran: its record's, without "-dirty" when its RUN_INPUTS were clean."""
     commit = metrics["run"]["commit"]
+    return commit.removesuffix("-dirty") if commit and metrics.get("run_inputs_clean") else commit
+
+
+def kept_run_is_current(metrics: dict, repo: Path = REPO) -> bool:
+    """True when the kept run ran its commit's RUN_INPUTS and the working tree's are still
+    those of that commit."""
+    commit = run_commit(metrics)
     if not commit or commit.endswith("-dirty"):
         return False
-    return subprocess.run(["git", "diff", "--quiet", commit, "--", *RUN_INPUTS], cwd=REPO).returncode == 0
+    return subprocess.run(["git", "diff", "--quiet", commit, "--", *RUN_INPUTS], cwd=repo).returncode == 0
 
 
 def run_seed(seed: int, kept: Path) -> dict:
-    """One `make simulate SEED=seed` (or the kept one); its metrics.json."""
+    """One `make simulate SEED=seed` (or the kept one); its metrics.json, with whether the
+    run's RUN_INPUTS were clean (`run_inputs_clean`)."""
     if kept.exists():
         metrics = json.loads(kept.read_text())
         if kept_run_is_current(metrics):
-            log.info("seed %d: kept run of %s", seed, metrics["run"]["commit"][:10])
+            log.info("seed %d: kept run of %s", seed, run_commit(metrics)[:10])
             return metrics
     log.info("seed %d: make simulate SEED=%d", seed, seed)
+    clean = run_inputs_clean()
     subprocess.run(["make", "simulate", f"SEED={seed}"], cwd=REPO, check=True)
+    metrics = json.loads((REPO / "workspace" / "runs" / "latest" / "metrics.json").read_text())
+    metrics["run_inputs_clean"] = clean and run_inputs_clean()
     kept.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO / "workspace" / "runs" / "latest" / "metrics.json", kept)
-    return json.loads(kept.read_text())
+    kept.write_text(json.dumps(metrics, indent=2))
+    return metrics
 
 
 def seed_summary(metrics: dict) -> dict:
     """The figures the issue's target reads: wall time, federation phases, best model's test quality."""
     phases = metrics["phases"]
     test = metrics["final"]["test"]
-    return {"seed": metrics["seed"], "commit": metrics["run"]["commit"], "date": metrics["run"]["date"],
+    return {"seed": metrics["seed"], "commit": run_commit(metrics), "date": metrics["run"]["date"],
             "wall_s": metrics["wall_s"], "training_rounds_s": phases["training_rounds_s"],
             "round_s": phases["per_round"]["wall_s"], "setup_s": phases["setup_s"],
             "cold_start_s": phases["cold_start_s"], "final_evaluation_s": phases["final_evaluation_s"],
