@@ -48,10 +48,11 @@ def label_step(pool: LabelPool, scorer: PoolScorer, oracle: Oracle, strategy: st
     answer that is in (a human oracle's may come rounds later). Returns the site's
     counts (labeled, pool, pending, ...) and the chosen batch's mean uncertainty and
     predicted disaster-class histogram (where the scorer runs the disaster head). `hybrid` also keeps picks away from what is
-    already labeled (one more pass, through the backbone only, over the labeled images).
+    already labeled (one more pass, through the backbone only, over the labeled images: at
+    most pool_sample of them, a random sample).
     pool_sample: score only this many unlabeled images, drawn at random afresh each step
-    (None: all), and embed at most this many labeled ones for `hybrid`, so a step's cost
-    stays flat however large the pool and the labeled set grow (`sampled_pool`).
+    (None: all), and likewise the labeled images `hybrid` embeds, so a step's cost stays
+    flat however large the pool and the labeled set grow (`sampled_pool`).
     `scorer` must score every task the pool's site trains."""
     missing = sorted(set(pool.tasks) - set(scorer.tasks))
     if missing:
@@ -63,8 +64,6 @@ def label_step(pool: LabelPool, scorer: PoolScorer, oracle: Oracle, strategy: st
                    else np.zeros(0))
     labeled = None
     if strategy_named(strategy).uses_labeled_embeddings and scores.keys:
-        # the labeled images the picks keep away from: at most pool_sample of them too, so
-        # the step's cost stays flat as the labeled set grows
         labeled_records = list(sampled_pool(dict(enumerate(pool.labeled_records())), pool_sample,
                                             np.random.default_rng([seed, round_num, 2])).values())
         labeled = scorer.embed(labeled_records, batch_size, progress) if labeled_records else None
