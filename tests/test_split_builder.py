@@ -46,6 +46,28 @@ def test_dirichlet_split_partitions_every_image_once_and_reads_back(spec, per_so
     assert len(test_records) == len(test)
 
 
+def test_real_data_split_warns_of_a_class_the_class_sites_barely_hold(spec, per_source, tmp_path, caplog):
+    """Three 'fire' pictures in all: whatever the strategy, the class sites cannot hold 10. A
+    detection-only federation (the same pictures without their classes) has no class sites to warn about."""
+    import dataclasses
+    import logging
+
+    fires = [r for recs in per_source.values() for r in recs if r.has_class and DISASTER[r.disaster_class] == "fire"]
+    few = {name: [r for r in recs if r not in fires[3:]] for name, recs in per_source.items()}
+    with caplog.at_level(logging.WARNING, logger="src.data.splits.user_sources"):
+        build_split(few, tmp_path / "few", spec, num_sites=3, strategy="iid", class_names=DISASTER)
+    warned = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("disaster class 'fire': ") and "at the sites that label classes (site1, site2, site3)"
+               in m and "the iid strategy" in m for m in warned), warned
+    caplog.clear()
+    boxes_only = {name: [dataclasses.replace(r, has_class=False, disaster_class=-1) for r in recs if r.has_boxes]
+                  for name, recs in few.items()}
+    with caplog.at_level(logging.WARNING, logger="src.data.splits.user_sources"):
+        build_split({k: v for k, v in boxes_only.items() if v}, tmp_path / "boxes", spec, num_sites=2,
+                    strategy="iid", class_names=DISASTER)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
 def test_split_is_reproducible_from_its_seed(spec, per_source, tmp_path):
     a = build_split(per_source, tmp_path / "a", spec, seed=3)
     b = build_split(per_source, tmp_path / "b", spec, seed=3)
@@ -146,10 +168,11 @@ def test_stratified_split_keeps_a_group_in_one_split():
 
 
 def test_sparse_class_warnings_name_a_class_the_class_labeling_sites_barely_hold():
-    """Only the sites that label classes count (train and pool rows, not val): a class
-    plentiful at a box-only site but rare at the class sites is warned about."""
+    """Only the sites that label classes count, with their train and pool rows (not val): a
+    class plentiful at a box-only site but rare at the class sites is warned about."""
     from src.data.records import Record
-    from src.data.splits.builtin_data import SPARSE_CLASS_IMAGES, sparse_class_warnings
+    from src.data.splits.builtin_data import trained_classes
+    from src.data.splits.partition import SPARSE_CLASS_IMAGES, sparse_class_warnings
 
     names = ["flood", "normal"]
     by_path, rows = {}, {"site1": [], "site2": [], "site3": []}
@@ -166,13 +189,17 @@ def test_sparse_class_warnings_name_a_class_the_class_labeling_sites_barely_hold
     add("site3", 1, "val", 5)            # validation images do not train
     add("site2", 1, "train", 50)         # a box-only site's images do not train the class head
     labels = {"site1": "both", "site2": "boxes", "site3": "class"}
-    warnings = sparse_class_warnings(rows, labels, by_path, names)
-    assert len(warnings) == 1
-    assert warnings[0].startswith(f"disaster class 'normal': {SPARSE_CLASS_IMAGES - 1} training image(s) "
-                                  "at the sites that label classes (site1, site3)")
+
+    def warnings(label_sets):
+        return sparse_class_warnings(trained_classes(rows, label_sets, by_path), names, "Another --seed")
+    found = warnings(labels)
+    assert len(found) == 1
+    assert found[0] == (f"disaster class 'normal': {SPARSE_CLASS_IMAGES - 1} training image(s) at the sites that "
+                        "label classes (site1, site3); the federation can hardly learn it. Another --seed deals "
+                        "the classes out more evenly")
     add("site3", 1, "pool", 1)
-    assert sparse_class_warnings(rows, labels, by_path, names) == []
-    assert sparse_class_warnings(rows, {**labels, "site1": "boxes", "site3": "masks"}, by_path, names) == []
+    assert warnings(labels) == []
+    assert warnings({**labels, "site1": "boxes", "site3": "masks"}) == []
 
 
 def test_default_split_builder_logs_the_sparse_class_warning(tmp_path, caplog):

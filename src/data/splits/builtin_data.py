@@ -21,7 +21,7 @@ import numpy as np
 
 from src.data.formats import load_yolo_dataset
 from src.data.splits.output import write_split
-from src.data.splits.partition import SplitError, dirichlet_partition, manifest_rows
+from src.data.splits.partition import SplitError, dirichlet_partition, manifest_rows, sparse_class_warnings
 from src.data.splits.stratified import record_groups, stratified_split
 from src.data.synthetic import scene_groups
 
@@ -29,8 +29,6 @@ LABEL_KINDS = ("boxes", "class", "masks")  # the manifest's flag columns, in ord
 LABEL_SETS = {"both": (1, 1, 0), "boxes": (1, 0, 0), "class": (0, 1, 0), "masks": (0, 0, 1),
               "all": (1, 1, 1)}  # -> manifest (boxes, class, masks)
 DEFAULT_LABELS = ("both", "boxes", "class")
-# fewer training images than this of one disaster class at the sites that label classes: warned
-SPARSE_CLASS_IMAGES = 10
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +104,8 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
             rows[name] += manifest_rows(keys, split, label_flags(label_sets[name]), seed_fraction, seed_rng)
     class_names = cfg["classes"]["disaster"]
     by_path = {rel(r): r for r in records}
-    for warning in sparse_class_warnings(rows, label_sets, by_path, class_names):
+    for warning in sparse_class_warnings(trained_classes(rows, label_sets, by_path), class_names,
+                                         "Another --seed or a larger --alpha"):
         log.warning(warning)
     summary = []
     for name in names:
@@ -124,17 +123,10 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
     return summary
 
 
-def sparse_class_warnings(rows: dict, label_sets: dict, by_path: dict, class_names: list) -> list[str]:
-    """Why the classification task may miss a class: the Dirichlet skew can leave the sites
-    that label classes (train and pool rows) with almost no image of one, which no
-    amount of training makes up for (the test split still holds its share)."""
-    sites = [name for name, label_set in label_sets.items() if label_flags(label_set)[1]]
-    counts = Counter(by_path[img].disaster_class for name in sites for img, split, *_ in rows[name]
-                     if split in ("train", "pool"))
-    return [f"disaster class {class_names[c]!r}: {counts.get(c, 0)} training image(s) at the sites that label "
-            f"classes ({', '.join(sites)}); the federation can hardly learn it. Another --seed or a larger "
-            f"--alpha deals the classes out more evenly"
-            for c in range(len(class_names)) if sites and counts.get(c, 0) < SPARSE_CLASS_IMAGES]
+def trained_classes(rows: dict, label_sets: dict, by_path: dict) -> dict[str, list[int]]:
+    """Each site that labels classes -> the disaster class of its train and pool images."""
+    return {name: [by_path[img].disaster_class for img, split, *_ in site_rows if split in ("train", "pool")]
+            for name, site_rows in rows.items() if label_flags(label_sets[name])[1]}
 
 
 def format_summary(summary: list[dict]) -> str:

@@ -5,9 +5,13 @@ site's share and its active-learning seed set come out of one seeded path.
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
+
+# fewer training images than this of one disaster class at the sites that label classes: warned
+SPARSE_CLASS_IMAGES = 10
 
 
 class SplitError(ValueError):
@@ -68,3 +72,16 @@ def manifest_rows(keys: list, split: str, labels: Sequence[int], seed_fraction: 
     or (boxes, class, masks)."""
     labeled = active_learning_seed(keys, seed_fraction, rng) if split == "train" else set(keys)
     return [(k, split if k in labeled else "pool", *labels) for k in keys]
+
+
+def sparse_class_warnings(trained_classes: dict[str, list[int]], class_names: Sequence[str], remedy: str) -> list[str]:
+    """Why the classification task may miss a class: a skewed partition can leave the sites that
+    label classes with almost no image of one, which no amount of training makes up for (the
+    test split still holds its share). trained_classes: each class-labeling site -> the disaster
+    class of every image it trains the class head on or may label (train and pool rows);
+    remedy: what to change, in the builder's own options."""
+    counts = Counter(c for classes in trained_classes.values() for c in classes)
+    sites = ", ".join(trained_classes)
+    return [f"disaster class {name!r}: {counts.get(c, 0)} training image(s) at the sites that label classes "
+            f"({sites}); the federation can hardly learn it. {remedy} deals the classes out more evenly"
+            for c, name in enumerate(class_names) if trained_classes and counts.get(c, 0) < SPARSE_CLASS_IMAGES]

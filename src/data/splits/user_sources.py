@@ -15,6 +15,7 @@ picture sits in one place only: in test, or at one site.
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -23,11 +24,13 @@ import numpy as np
 from src.data.duplicates import Merges, merge_duplicates
 from src.data.sources import split_record_key
 from src.data.splits.output import write_split
-from src.data.splits.partition import SplitError, dirichlet_partition, manifest_rows
+from src.data.splits.partition import SplitError, dirichlet_partition, manifest_rows, sparse_class_warnings
 from src.data.splits.stratified import stratified_split
 
 PARTITION_STRATEGIES = ("iid", "dirichlet:ALPHA", "by-source", "task-disjoint")
 DEFAULT_SITES = 3
+
+log = logging.getLogger(__name__)
 
 
 def parse_strategy(text: str) -> tuple[str, float | None]:
@@ -126,12 +129,23 @@ def build_split(per_source: dict, out_dir: Path, sources_file: Path, num_sites: 
         raise SplitError(f"split {strategy!r} leaves site(s) {empty} without labeled training data "
                          f"({len(records)} images over {len(site_names)} sites): use fewer sites, more data, "
                          "a larger ALPHA or --seed-fraction")
+    for warning in sparse_class_warnings(trained_classes(rows, records), class_names or [],
+                                         "Another --seed, a larger dirichlet ALPHA or the iid strategy"):
+        log.warning(warning)
     settings = {"strategy": strategy, "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
                 "seed_fraction": seed_fraction, "test_images": len(split_keys["test"]),
                 "duplicates": merges.as_dict()}
     write_split(out_dir, rows, sorted(split_keys["test"]), summary, settings, sources=sources_file,
                 same_picture=merges.same_picture)
     return summary, merges
+
+
+def trained_classes(rows: dict, records: dict) -> dict[str, list[int]]:
+    """Each site holding class labels -> the disaster class of its class-labeled train and pool images."""
+    labeled = lambda key, cls: cls and records[key].has_class  # noqa: E731
+    return {site: [records[k].disaster_class for k, split, _, cls in site_rows
+                   if split in ("train", "pool") and labeled(k, cls)]
+            for site, site_rows in rows.items() if any(labeled(k, cls) for k, _, _, cls in site_rows)}
 
 
 def site_summary(site: str, rows: list, records: dict, class_names=None) -> dict:
