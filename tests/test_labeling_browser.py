@@ -5,6 +5,8 @@ collaborator runs (the task runner the plan names, human oracle, the global mode
 - a labeler drags a corner of a model box, adds a box, picks the class with its shortcut and
   saves; the answer files hold exactly that, and the site's next round ingests it;
 - a box drawn off the image is refused on the page with the reason, nothing written;
+- at a mask-only site, a labeler paints water over the model's label map and erases a stroke;
+  the PNG label map holds exactly that, and the site takes it;
 - a queue of 100 images loads (list and first image; the times are printed, not asserted).
 Screenshots of every step land in the test's tmp folder.
 """
@@ -24,6 +26,8 @@ from src.data.formats import read_yolo_labels
 from src.labeling.server import create_app, serve
 from tests.test_al_site_rounds import SITE, STATE, pool_split, run_round, site_runner  # noqa: F401 (fixture)
 from tests.test_al_pool import DISASTER, VICTIM
+from tests.test_labeling_masks import MASKS, queued_masks  # noqa: F401 (fixture)
+from tests.test_seg_active_learning import mask_site, segmenting_model  # noqa: F401 (fixtures)
 from tests.tiny_federation import write_tiny_plan
 
 pytestmark = pytest.mark.browser
@@ -65,7 +69,7 @@ class Page:
         def ready(server):
             self.server, self.url = server, f"http://127.0.0.1:{server.server_port}/"
             started.set()
-        app = create_app(HumanOracle(queue, VICTIM, DISASTER), SITE, min_score=min_score)
+        app = create_app(HumanOracle(queue, VICTIM, DISASTER, mask_classes=MASKS), SITE, min_score=min_score)
         threading.Thread(target=serve, args=(app, "127.0.0.1", 0, ready), daemon=True).start()
         assert started.wait(10)
         self.shots, self.count = shots, 0
@@ -212,6 +216,61 @@ def test_a_box_drawn_off_the_image_is_refused_on_the_page_and_nothing_is_written
     assert "normalised coordinates" in message and "outside [0, 1]" in message
     assert f"labels/{row['label_file']}: line 1" in message, message
     assert {p: p.read_bytes() for p in queue.rglob("*") if p.is_file()} == before
+
+
+def test_a_labeler_paints_and_erases_a_mask_and_the_site_takes_it(queued_masks, tmp_path):  # noqa: F811
+    from src.active_learning.oracles import ingest_answers
+    from src.active_learning.pool import LabelPool
+    from src.data.formats.masks import IGNORE_INDEX, mask_class_map, read_mask
+
+    shutil.copytree(queued_masks, tmp_path / "site")
+    queue, lookup = tmp_path / "site" / "queue", mask_class_map(MASKS)
+    row = queue_rows(queue)[0]
+    width, height = int(row["width"]), int(row["height"])
+    stem = Path(row["label_file"]).stem
+    guess = read_mask(queue / "1" / "predicted_masks" / f"{stem}.png", lookup, (width, height))
+    water, wet = MASKS.index("water"), ((10, 20), (width - 10, 20))        # a stroke across the top
+    dry = ((10, height - 20), (width // 2, height - 20))                    # erased near the bottom
+    page = Page(queue, tmp_path, 1.0)
+    try:
+        page.open()
+        p = page.page
+        p.locator(f'#items li[title^="{row["key"]} "]').click()
+        p.wait_for_selector(f'#canvas[data-shown="1/{row["key"]}"]')
+        assert p.is_visible("#mask-fieldset") and not p.is_visible("#mode-fieldset")
+        assert p.locator("#boxes g.box").count() == 0  # a mask-only site draws no boxes
+        assert p.get_attribute("#canvas", "data-mask-painted") == str(width * height)  # the model's guess
+        radius = int(p.input_value("#brush"))
+        page.shot("mask_from_the_model")
+        p.keyboard.press(str(water + 1))  # mask classes by their number: this image asks for no class
+        assert p.locator("#mask-classes input:checked").get_attribute("value") == str(water)
+        page.drag(page.screen(*wet[0]), page.screen(*wet[1]))
+        p.keyboard.press("e")
+        page.drag(page.screen(*dry[0]), page.screen(*dry[1]))
+        page.shot("mask_painted")
+        p.keyboard.press("Enter")
+        p.wait_for_function("() => document.getElementById('message').textContent.startsWith('Saved')")
+        assert p.inner_text("#progress") == f"1 of {len(queue_rows(queue))} labeled"
+    finally:
+        page.close()
+
+    saved = read_mask(queue / "1" / "masks" / f"{stem}.png", lookup, (width, height))
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5  # pixel centres
+
+    def near(stroke, within):
+        (x0, y0), (x1, y1) = stroke
+        t = np.clip(((xs - x0) * (x1 - x0) + (ys - y0) * (y1 - y0)) / ((x1 - x0) ** 2 + (y1 - y0) ** 2), 0, 1)
+        return np.hypot(xs - (x0 + t * (x1 - x0)), ys - (y0 + t * (y1 - y0))) <= within
+    assert (saved[near(wet, radius - 1.5)] == water).all()
+    assert (saved[near(dry, radius - 1.5)] == IGNORE_INDEX).all()
+    untouched = ~near(wet, radius + 1.5) & ~near(dry, radius + 1.5)
+    assert np.array_equal(saved[untouched], guess[untouched]) and untouched.mean() > 0.3
+
+    pool = LabelPool.from_site(tmp_path / "site" / "site1", tmp_path / "site" / "al_site1.json", VICTIM, DISASTER)
+    oracle = HumanOracle(queue, VICTIM, DISASTER, pool.tasks, mask_classes=MASKS)
+    assert ingest_answers(pool, oracle, 2) == [row["key"]] and oracle.problems.clean
+    record = {r.image_path: r for r in pool.labeled_records()}[str(Path(row["image"]))]
+    assert record.has_mask and np.array_equal(read_mask(record.mask_path, lookup), saved)
 
 
 def test_a_queue_of_100_images_loads(tiny_config, tmp_path):

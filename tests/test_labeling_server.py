@@ -18,7 +18,7 @@ import pytest
 
 from src.active_learning.oracles import HumanOracle, ingest_answers, request_labels
 from src.active_learning.pool import LabelPool
-from src.labeling.server import check_binding, create_app, serve
+from src.labeling.server import check_binding, create_app, encode_mask, serve
 from tests.test_al_pool import DISASTER, VICTIM, tiny_data, write_pool_site  # noqa: F401 (fixture)
 from tests.tiny_federation import REPO
 
@@ -42,19 +42,24 @@ def queued_site(tiny_data, tmp_path_factory, tiny_config):  # noqa: F811
     return root
 
 
-@pytest.fixture
-def site(queued_site, tmp_path):
-    """A fresh copy of the queued site for one test: (its queue folder, its pool)."""
-    shutil.copytree(queued_site, tmp_path / "site")
+def fresh_copy(queued: Path, tmp_path: Path) -> tuple[Path, LabelPool]:
+    """A copy of a queued site for one test: (its queue folder, its pool)."""
+    shutil.copytree(queued, tmp_path / "site")
     root = tmp_path / "site"
     return root / "queue", LabelPool.from_site(root / "site1", root / "al_site1.json", VICTIM, DISASTER)
+
+
+@pytest.fixture
+def site(queued_site, tmp_path):
+    return fresh_copy(queued_site, tmp_path)
 
 
 class Server:
     """create_app served on a free loopback port in a thread, for real HTTP requests."""
 
-    def __init__(self, queue: Path, token=None, min_score=0.0):
-        self.app = create_app(HumanOracle(queue, VICTIM, DISASTER), "site1", token=token, min_score=min_score)
+    def __init__(self, queue: Path, token=None, min_score=0.0, mask_classes=()):
+        self.app = create_app(HumanOracle(queue, VICTIM, DISASTER, mask_classes=mask_classes), "site1", token=token,
+                              min_score=min_score)
         started = threading.Event()
 
         def ready(server):
@@ -177,6 +182,17 @@ def test_a_bad_answer_is_refused_with_the_reason_and_nothing_is_written(site, se
     after = {p: p.read_bytes() for p in (queue / "1").rglob("*") if p.is_file()}
     assert after == before
     assert server.json("/api/queue")[1]["labeled"] == 0
+
+
+def test_a_mask_is_refused_where_the_queue_asks_for_none(site, server):
+    queue, _ = site
+    row = queue_rows(queue)[1]
+    before = {p: p.read_bytes() for p in (queue / "1").rglob("*") if p.is_file()}
+    mask = np.zeros((int(row["height"]), int(row["width"])), np.uint8)
+    status, refused = server.json("/api/answer", {"round": 1, "key": row["key"], "boxes": [], "disaster_class": "fire",
+                                                  "mask": encode_mask(mask)})
+    assert status == 422 and "this site does not label masks; no mask is asked for" in refused["error"], refused
+    assert {p: p.read_bytes() for p in (queue / "1").rglob("*") if p.is_file()} == before
 
 
 def test_with_a_token_every_queue_request_must_carry_it(site):

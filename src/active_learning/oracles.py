@@ -21,6 +21,12 @@ the queue folder the caller names (e.g. in the site's workspace)::
                            readers expect; left empty it means "no victims"
     <round>/labels/classes.txt
                            the victim class names (what YOLO annotation tools read)
+    <round>/masks/<stem>.png
+                           where the queue asks for masks (masks 1): the image's label map, an
+                           index PNG of mask class numbers (classes.mask), written all 255
+                           (unlabeled) for the annotator to paint
+    <round>/predicted_masks/<stem>.png
+                           ours, when the predictor segments: the global model's label map
     <round>/classes.csv    the annotator's sheet: image (the key), disaster_class (a class
                            name, where class is 1), done
     <round>/ingested.txt   ours: keys already taken, never read again
@@ -36,10 +42,12 @@ annotation tool is still saving must not be taken. A done answer is checked
 with the readers' own functions (``read_yolo_labels``, ``parse_class_table``):
 a malformed one is reported by file and line (``HumanOracle.problems`` and
 the log) and stays in the queue until fixed; the others are taken.
+A done mask is read as every mask is (``read_mask``: the image's size, known
+values only) and must label at least one pixel.
 A tool that writes answers for the annotator (the labeling page, an import
 from Label Studio or CVAT) calls ``save_answer``: the same checks before
-anything is written, then the label file and the done mark, each replaced
-atomically, the label first.
+anything is written, then the label files and the done mark, each replaced
+atomically, the labels first.
 """
 from __future__ import annotations
 
@@ -47,7 +55,7 @@ import csv
 import io
 import json
 import logging
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -59,18 +67,20 @@ from src.active_learning.pool import TASKS, Answer, LabelPool
 from src.atomic_files import replaced_atomically, write_bytes_atomically
 from src.data.formats import (DataError, ErrorReport, image_size, inside_folder, parse_class_table,
                               read_text_file, read_yolo_labels, relative_key, split_row)
+from src.data.formats.masks import IGNORE_INDEX, mask_class_map, mask_palette, read_mask, write_mask
 from src.data.records import Record
 
 log = logging.getLogger(__name__)
 
-QUEUE_COLUMNS = ("key", "image", "width", "height", "label_file", "boxes", "class")
+QUEUE_COLUMNS = ("key", "image", "width", "height", "label_file", "boxes", "class", "masks")
 ANSWER_COLUMNS = ("image", "disaster_class", "done")
 NOT_DONE = frozenset({"", "0", "no", "n", "false"})
 PREDICTIONS_FILE = "predictions.json"
 PREDICTED_BOXES = 20  # per image, the highest-scoring detections kept as pre-annotations
-# What the queue asks an annotator for: boxes (a YOLO file) and a disaster class (the sheet).
-# Masks are painted in a mask editor, which the queue has no place for yet.
-QUEUE_TASKS = ("boxes", "class")
+PREDICTED_MASKS = "predicted_masks"
+# What the queue asks an annotator for: boxes (a YOLO file), a disaster class (the sheet), a
+# mask (a PNG label map)
+QUEUE_TASKS = ("boxes", "class", "masks")
 
 
 class Oracle(Protocol):
@@ -168,6 +178,16 @@ class QueuedImage:
     wants_class: bool
     disaster_class: str      # the sheet's cell
     status: str              # waiting | done (answered, not taken yet) | taken (ingested by the site)
+    wants_mask: bool = False
+
+    @property
+    def mask_file(self) -> Path:
+        """The answer's label map: masks/<label file's stem>.png of its round."""
+        return mask_answer_file(self.label_file.parent.parent, self.label_file.name)
+
+
+def mask_answer_file(folder: Path, label_file: str) -> Path:
+    return folder / "masks" / f"{Path(label_file).stem}.png"
 
 
 class HumanOracle:
@@ -176,16 +196,21 @@ class HumanOracle:
     name = "human"
 
     def __init__(self, queue_dir, victim_classes: Sequence[str], disaster_classes: Sequence[str],
-                 tasks: Sequence[str] = QUEUE_TASKS, predictor=None):
+                 tasks: Sequence[str] = ("boxes", "class"), predictor=None, mask_classes: Sequence[str] = ()):
         """predictor: anything with ``predict(records) -> [dict | None]`` as src.evaluation.Predictor
-        (boxes in pixels, scores, classes, disaster_probs), run on the model that chose the images;
-        its detections go beside the queue (predictions.json) for labeling tools to start from."""
+        (boxes in pixels, scores, classes, disaster_probs, and a segmenting model's mask), run on
+        the model that chose the images; its guesses go beside the queue (predictions.json,
+        predicted_masks/) for labeling tools to start from. mask_classes: classes.mask, needed to
+        ask for masks and to read a queue that asks for them."""
         unasked = sorted(set(tasks) - set(QUEUE_TASKS))
         if unasked:
-            raise ValueError(f"the human label queue asks for {list(QUEUE_TASKS)} only, not {unasked}: a site "
-                             "labeling masks uses the simulated oracle (active_learning.oracle: simulated)")
+            raise ValueError(f"the human label queue asks for {list(QUEUE_TASKS)} only, not {unasked}")
+        if "masks" in tasks and not mask_classes:
+            raise ValueError("a label queue that asks for masks needs the mask classes (classes.mask)")
         self.queue_dir = Path(queue_dir)
         self.victim_classes, self.disaster_classes = list(victim_classes), list(disaster_classes)
+        self.mask_classes = list(mask_classes)
+        self.mask_palette = mask_palette(len(self.mask_classes))
         self.tasks = tuple(tasks)
         self.predictor = predictor
         self.problems = ErrorReport()  # of the last collect()
@@ -208,20 +233,31 @@ class HumanOracle:
             stem = Path(key).stem if Path(key).stem not in used else key.replace("/", "__").rsplit(".", 1)[0]
             used.add(stem)
             (labels / f"{stem}.txt").touch()  # an annotator's file is never overwritten
+            mask = mask_answer_file(folder, f"{stem}.txt")
+            if "masks" in self.tasks and not mask.exists():
+                mask.parent.mkdir(exist_ok=True)
+                write_mask(np.full((height, width), IGNORE_INDEX, np.uint8), mask, self.mask_palette)
             rows.append((key, str(Path(record.image_path).resolve()), width, height, f"{stem}.txt",
-                         int("boxes" in self.tasks), int("class" in self.tasks)))
+                         int("boxes" in self.tasks), int("class" in self.tasks), int("masks" in self.tasks)))
         write_bytes_atomically(folder / "classes.csv", _csv_bytes(ANSWER_COLUMNS, ((k, "", "") for k in records)))
         if self.predictor is not None:
-            write_bytes_atomically(folder / PREDICTIONS_FILE, self._predictions(records, round_num))
+            stems = {key: Path(row[4]).stem for key, row in zip(records, rows)}
+            write_bytes_atomically(folder / PREDICTIONS_FILE, self._predictions(records, round_num, stems))
         write_bytes_atomically(folder / "queue.csv", _csv_bytes(QUEUE_COLUMNS, rows))  # last: round complete
 
-    def _predictions(self, records: Mapping[str, Record], round_num: int) -> bytes:
-        """predictions.json: per key the top PREDICTED_BOXES detections, clipped to the image."""
+    def _predictions(self, records: Mapping[str, Record], round_num: int, stems: Mapping[str, str]) -> bytes:
+        """predictions.json: per key the top PREDICTED_BOXES detections, clipped to the image;
+        where the queue asks for masks and the model segments, its label map in predicted_masks/."""
         keys = list(records)
         images = {}
         for key, result in zip(keys, self.predictor.predict([records[k] for k in keys])):
             if result is None:  # unreadable image: the tool shows it without pre-annotations
                 continue
+            if "masks" in self.tasks and "mask" in result:
+                predicted = self.queue_dir / str(int(round_num)) / PREDICTED_MASKS / f"{stems[key]}.png"
+                predicted.parent.mkdir(exist_ok=True)
+                with replaced_atomically(predicted) as tmp:
+                    write_mask(result["mask"], tmp, self.mask_palette)
             width, height = image_size(records[key].image_path)
             boxes = np.clip(np.asarray(result["boxes"], np.float64).reshape(-1, 4), 0, [width, height, width, height])
             inside = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)  # a pixel left in the image
@@ -249,6 +285,21 @@ class HumanOracle:
             raise DataError(f"{path}: 'images' must map image keys to predictions")
         return images
 
+    def predicted_mask(self, item: "QueuedImage") -> np.ndarray | None:
+        """The global model's label map of a queued image (None: it made none)."""
+        path = item.label_file.parent.parent / PREDICTED_MASKS / item.mask_file.name
+        return self._read_mask(path, item.width, item.height, item.image) if path.is_file() else None
+
+    def answer_mask(self, item: "QueuedImage") -> np.ndarray:
+        """A queued image's label map as it stands (all IGNORE_INDEX until painted)."""
+        return self._read_mask(item.mask_file, item.width, item.height, item.image)
+
+    def _read_mask(self, path: Path, width: int, height: int, image: str) -> np.ndarray:
+        if not self.mask_classes:
+            raise DataError(f"{path}: the queue asks for masks, but the labeling tool was given no mask "
+                            "classes (classes.mask of the site's settings)")
+        return read_mask(path, mask_class_map(self.mask_classes), (width, height), image)
+
     def queued(self) -> list["QueuedImage"]:
         """Every image of every written round, in queue order, with its answer as it stands."""
         out = []
@@ -265,13 +316,16 @@ class HumanOracle:
                 out.append(QueuedImage(int(folder.name), row["key"], row["image"], width, height,
                                        folder / "labels" / row["label_file"], row["boxes"] == "1",
                                        row["class"] == "1", cells.get("disaster_class", ""),
-                                       "taken" if row["key"] in taken else "done" if done else "waiting"))
+                                       "taken" if row["key"] in taken else "done" if done else "waiting",
+                                       row["masks"] == "1"))
         return out
 
-    def save_answer(self, round_num: int, key: str, label_text: str, disaster_class: str = "") -> Answer:
-        """Write `key`'s answer of round `round_num` (YOLO lines; a disaster class name where the
-        queue asks for one) and mark it done, after the checks collect() makes; a refused answer
-        raises DataError naming the file, line and field, and nothing is written."""
+    def save_answer(self, round_num: int, key: str, label_text: str, disaster_class: str = "",
+                    mask: np.ndarray | None = None) -> Answer:
+        """Write `key`'s answer of round `round_num` (YOLO lines; a disaster class name and a
+        (height, width) label map where the queue asks for them) and mark it done, after the
+        checks collect() makes; a refused answer raises DataError naming the file, line and
+        field, and nothing is written."""
         folder = self.queue_dir / str(int(round_num))
         rows = ({row["key"]: row for _, row in _read_table(folder / "queue.csv", QUEUE_COLUMNS)[0]}
                 if (folder / "queue.csv").is_file() else {})
@@ -281,25 +335,38 @@ class HumanOracle:
             raise DataError(f"{folder / 'ingested.txt'}: {key} is taken by the site already; a new answer "
                             "would never be read")
         queued, sheet = rows[key], folder / "classes.csv"
-        wants_boxes, wants_class = queued["boxes"] == "1", queued["class"] == "1"
+        wants_boxes, wants_class, wants_mask = (queued[task] == "1" for task in ("boxes", "class", "masks"))
         if not wants_boxes and label_text.strip():
-            raise DataError(f"{folder / 'queue.csv'}: {key}: this site labels the disaster class only; "
-                            "no boxes are asked for")
+            raise DataError(f"{folder / 'queue.csv'}: {key}: this site does not label boxes; no boxes are asked for")
+        if wants_mask != (mask is not None):
+            raise DataError(f"{folder / 'queue.csv'}: {key}: " + ("the queue asks for a mask and the answer has none"
+                            if wants_mask else "this site does not label masks; no mask is asked for"))
         text, line = _sheet_with_answer(sheet, key, disaster_class if wants_class else "")
         label = inside_folder(folder / "labels" / queued["label_file"], folder / "labels", "label file")
-        with replaced_atomically(sheet) as sheet_tmp, \
-                (replaced_atomically(label) if wants_boxes else nullcontext()) as label_tmp:
+        mask_path = mask_answer_file(folder, queued["label_file"])
+        with ExitStack() as files:
+            sheet_tmp = files.enter_context(replaced_atomically(sheet))
+            label_tmp = files.enter_context(replaced_atomically(label)) if wants_boxes else None
+            mask_tmp = files.enter_context(replaced_atomically(mask_path)) if wants_mask else None
             Path(sheet_tmp).write_bytes(text)
             if label_tmp is not None:
                 Path(label_tmp).write_text(label_text, encoding="utf-8")
             try:
+                if mask_tmp is not None:
+                    mask = np.asarray(mask)
+                    if mask.shape != (int(queued["height"]), int(queued["width"])) or mask.dtype != np.uint8:
+                        raise DataError(f"{mask_path}: the answer's mask is {mask.dtype} {mask.shape}; the image "
+                                        f"is {queued['width']}x{queued['height']}: one uint8 class per pixel")
+                    write_mask(mask, mask_tmp, self.mask_palette)
                 table = (parse_class_table(sheet_tmp, self.disaster_classes, "image", "disaster_class", ",")
                          if wants_class else None)
                 return self._answer(folder, queued, {"disaster_class": disaster_class}, table,
-                                    f"{sheet}: line {line}", label=label_tmp)
+                                    f"{sheet}: line {line}", label=label_tmp, mask=mask_tmp)
             except DataError as err:  # named by the files the answer goes to, not the temporary ones
-                message = str(err).replace(str(sheet_tmp), str(sheet))
-                raise DataError(message.replace(str(label_tmp), str(label)) if label_tmp else message) from None
+                message = str(err)
+                for tmp, final in ((sheet_tmp, sheet), (label_tmp, label), (mask_tmp, mask_path)):
+                    message = message.replace(str(tmp), str(final)) if tmp is not None else message
+                raise DataError(message) from None
 
     def collect(self) -> dict[str, Answer]:
         """Answers marked done since they were last acknowledged; never waits."""
@@ -366,19 +433,24 @@ class HumanOracle:
         return answers
 
     def _answer(self, folder: Path, queued: dict, sheet_row: dict, table, where: str,
-                label: Path | None = None) -> Answer:
-        """One done image's labels, checked as the readers check a data set's (`label`: the
-        label file to read instead of the queued one, an answer about to be saved)."""
-        key, want_boxes, want_class = queued["key"], queued["boxes"] == "1", queued["class"] == "1"
+                label: Path | None = None, mask: Path | None = None) -> Answer:
+        """One done image's labels, checked as the readers check a data set's (`label`, `mask`:
+        the files to read instead of the queued ones, an answer about to be saved)."""
+        key, want_boxes, want_class, want_mask = queued["key"], *(queued[t] == "1" for t in ("boxes", "class", "masks"))
         boxes, victims = np.zeros((0, 4), np.float32), np.zeros((0,), np.int32)
+        try:
+            width, height = int(queued["width"]), int(queued["height"])
+        except ValueError as e:
+            raise DataError(f"{folder / 'queue.csv'}: {key}: width/height are not integers ({e})") from e
         if want_boxes:
-            try:
-                width, height = int(queued["width"]), int(queued["height"])
-            except ValueError as e:
-                raise DataError(f"{folder / 'queue.csv'}: {key}: width/height are not integers ({e})") from e
             label = inside_folder(Path(label or folder / "labels" / queued["label_file"]), folder / "labels",
                                   "label file")
             boxes, victims = read_yolo_labels(label, width, height, len(self.victim_classes))
+        mask_path = mask_answer_file(folder, queued["label_file"])
+        if want_mask:
+            if (self._read_mask(Path(mask or mask_path), width, height, queued["image"]) == IGNORE_INDEX).all():
+                raise DataError(f"{mask or mask_path}: {key} is marked done but its mask labels no pixel "
+                                f"(every value {IGNORE_INDEX}, unlabeled)")
         disaster = -1
         if want_class:
             if not sheet_row["disaster_class"]:
@@ -388,7 +460,8 @@ class HumanOracle:
             if row_errors or key not in table.classes:
                 raise row_errors[0] if row_errors else DataError(f"{where}: no disaster_class for {key}")
             disaster = table.classes[key]
-        return Answer(boxes, victims, disaster, want_boxes, want_class)
+        return Answer(boxes, victims, disaster, want_boxes, want_class,
+                      str(mask_path) if want_mask else None, want_mask)
 
 
 def request_labels(pool: LabelPool, oracle: Oracle, keys: Iterable[str], round_num: int, strategy: str) -> None:

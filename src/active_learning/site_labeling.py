@@ -117,7 +117,7 @@ class SiteLabeling:
             # the model that picks the images also pre-annotates them (predictions.json in the queue)
             self.oracle = HumanOracle(Path(settings.queue.format(site=site)), victim_classes,
                                       disaster_classes, tasks=self.pool.tasks,
-                                      predictor=Predictor(model, model_config))
+                                      predictor=Predictor(model, model_config), mask_classes=mask_classes or ())
         self.scorer = PoolScorer(model, model_config, tasks=self.pool.tasks,
                                  background_class=background_index(mask_classes))
         self.budget = self._budget_per_query()

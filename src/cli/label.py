@@ -49,7 +49,8 @@ def site_oracle(args):
     if not Path(queue).is_dir():
         raise ValueError(f"{queue}: no label queue of site {args.site} here (the site writes it at its first "
                          "query round with oracle: human; --workspace or --queue name another folder)")
-    return HumanOracle(queue, cfg["classes"]["victim"], cfg["classes"]["disaster"])
+    return HumanOracle(queue, cfg["classes"]["victim"], cfg["classes"]["disaster"],
+                       mask_classes=cfg["classes"].get("mask") or ())
 
 
 def serve(args) -> None:

@@ -75,19 +75,10 @@ def size_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
-def mask_palette(count: int) -> list[list[int]]:
-    """An overlay colour per mask class: the synthetic masks' PNG palette (the colours a viewer
-    shows the label maps in), then evenly spread hues for classes beyond it."""
-    import colorsys
-
-    from src.data.synthetic.regions import PALETTE
-
-    spread = [[int(255 * v) for v in colorsys.hsv_to_rgb(i / max(count, 1), 0.8, 0.9)] for i in range(count)]
-    return [list(PALETTE[i]) if i < len(PALETTE) else spread[i] for i in range(count)]
-
-
 def metadata_for(mcfg, cfg: dict) -> ModelMetadata:
     """deploy.json for a model decoded as `mcfg` says, with the class names of the settings `cfg`."""
+    from src.data.formats.masks import mask_palette
+
     mask_classes = list(cfg["classes"]["mask"]) if mcfg.num_mask_classes else []
     return ModelMetadata(input_size=mcfg.input_size, anchors=[list(map(float, a)) for a in mcfg.anchors],
                          victim_classes=list(cfg["classes"]["victim"]),

@@ -116,7 +116,8 @@ class MultiTaskRunner(KerasTaskRunner):
         if active_learning is not None and data_loader is not None and data_loader.site_folder:
             self.labeling = SiteLabeling(LabelingSettings.from_plan(active_learning), data_loader.site,
                                          data_loader.site_folder, self.model, self.model_config,
-                                         cfg["classes"]["victim"], cfg["classes"]["disaster"], int(rounds))
+                                         cfg["classes"]["victim"], cfg["classes"]["disaster"], int(rounds),
+                                         mask_classes=cfg["classes"].get("mask"))
             data_loader.train_records = self.labeling.labeled_records()
             if self.labeling.settings.epoch_images == "all":
                 data_loader.epoch_images = self.labeling.epoch_size()

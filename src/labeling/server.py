@@ -6,22 +6,28 @@ elsewhere) asks for the open rounds' images, the current answer or the global
 model's pre-annotations of one image, the image itself, and posts an answer.
 An answer goes through ``HumanOracle.save_answer``: the checks every label
 gets, then the files the site ingests at its next round; a refusal comes back
-as HTTP 422 with the reason, and nothing is written.
+as HTTP 422 with the reason, and nothing is written. A mask travels as base64 of
+its raw class numbers, one byte per pixel row by row (255: unlabeled): exact,
+where a browser's PNG decoding and encoding would not promise to be.
 Bound to 127.0.0.1 unless told otherwise; with a token every request must carry
 it (header ``X-Label-Token`` or ``?token=``), since the page writes a site's labels.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import logging
 import threading
 from pathlib import Path
 
+import numpy as np
 from flask import Flask, abort, jsonify, request, send_file
 from werkzeug.serving import make_server
 
 from src.active_learning.oracles import HumanOracle, QueuedImage
 from src.data.formats import DataError, read_yolo_labels
+from src.data.formats.masks import IGNORE_INDEX
 from src.labeling.interchange import model_boxes, yolo_lines
 
 log = logging.getLogger(__name__)
@@ -29,9 +35,44 @@ STATIC = Path(__file__).resolve().parent / "static"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def encode_mask(mask: np.ndarray | None) -> str | None:
+    return None if mask is None else base64.b64encode(np.ascontiguousarray(mask, np.uint8).tobytes()).decode()
+
+
+def decode_mask(text, item: QueuedImage) -> np.ndarray:
+    """The page's mask (base64 of width x height class bytes) as a (height, width) array."""
+    try:
+        raw = base64.b64decode(text, validate=True) if isinstance(text, str) else None
+    except (binascii.Error, ValueError):
+        raw = None
+    if raw is None or len(raw) != item.width * item.height:
+        got = "no base64 text" if raw is None else f"{len(raw)} values"
+        raise DataError(f"the page's mask for {item.key}: {got}; expected base64 of {item.width}x{item.height} "
+                        f"= {item.width * item.height} class bytes")
+    return np.frombuffer(raw, np.uint8).reshape(item.height, item.width)
+
+
+def current_mask(oracle: HumanOracle, item: QueuedImage) -> dict:
+    """The label map the page starts from: the saved answer's, else the model's, else none."""
+    answer = oracle.answer_mask(item)
+    if item.status != "waiting" or (answer != IGNORE_INDEX).any():
+        return {"mask": encode_mask(answer), "mask_source": "answer"}
+    predicted = oracle.predicted_mask(item)
+    return {"mask": encode_mask(predicted), "mask_source": "model" if predicted is not None else "none"}
+
+
 def current_answer(oracle: HumanOracle, item: QueuedImage, min_score: float) -> dict:
     """What the page shows for one image: its saved answer when it has one, else the global
-    model's detections scoring at least min_score and its predicted class."""
+    model's detections scoring at least min_score and its predicted class (and label maps
+    likewise, where the queue asks for masks)."""
+    shown = _boxes_and_class(oracle, item, min_score)
+    try:
+        return {**shown, **(current_mask(oracle, item) if item.wants_mask else {})}
+    except DataError as err:  # a mask edited by hand: show why it is not taken
+        return {**shown, "mask": None, "mask_source": "none", "problem": str(err)}
+
+
+def _boxes_and_class(oracle: HumanOracle, item: QueuedImage, min_score: float) -> dict:
     if item.status != "waiting":
         try:
             boxes, classes = read_yolo_labels(item.label_file, item.width, item.height, len(oracle.victim_classes))
@@ -91,9 +132,10 @@ def create_app(oracle: HumanOracle, site: str, token: str | None = None, min_sco
     def queue():
         items = open_items()
         return jsonify(site=site, victim_classes=oracle.victim_classes, disaster_classes=oracle.disaster_classes,
+                       mask_classes=oracle.mask_classes, mask_palette=oracle.mask_palette, unlabeled=IGNORE_INDEX,
                        items=[{"round": i.round_num, "key": i.key, "width": i.width, "height": i.height,
-                               "wants_boxes": i.wants_boxes, "wants_class": i.wants_class, "status": i.status}
-                              for i in items], **progress(items))
+                               "wants_boxes": i.wants_boxes, "wants_class": i.wants_class,
+                               "wants_mask": i.wants_mask, "status": i.status} for i in items], **progress(items))
 
     @app.get("/api/item")
     def item():
@@ -109,11 +151,13 @@ def create_app(oracle: HumanOracle, site: str, token: str | None = None, min_sco
     def answer():
         body = request.get_json(silent=True)
         if not isinstance(body, dict) or not isinstance(body.get("boxes", []), list):
-            raise DataError("the answer must be JSON: {round, key, boxes: [[x0, y0, x1, y1, class]], disaster_class}")
+            raise DataError("the answer must be JSON: {round, key, boxes: [[x0, y0, x1, y1, class]], disaster_class, "
+                            "mask: base64 of one class byte per pixel}")
         found = find(body.get("round"), body.get("key"))
         text = yolo_lines(body.get("boxes", []), found, oracle.victim_classes, "the page's answer")
+        mask = decode_mask(body.get("mask"), found) if body.get("mask") is not None else None
         with saving:
-            oracle.save_answer(found.round_num, found.key, text, str(body.get("disaster_class") or ""))
+            oracle.save_answer(found.round_num, found.key, text, str(body.get("disaster_class") or ""), mask)
         log.info("saved the answer for %s (round %d)", found.key, found.round_num)
         return jsonify(ok=True, **progress(open_items()))
 

@@ -166,6 +166,26 @@ def read_mask(path: str | Path, lookup: MaskClassMap, image_size: tuple[int, int
     return table[codes]
 
 
+def mask_palette(count: int) -> list[list[int]]:
+    """A colour per mask class: the synthetic masks' PNG palette (the colours a viewer shows the
+    label maps in), then evenly spread hues for classes beyond it."""
+    import colorsys
+
+    from src.data.synthetic.regions import PALETTE
+
+    spread = [[int(255 * v) for v in colorsys.hsv_to_rgb(i / max(count, 1), 0.8, 0.9)] for i in range(count)]
+    return [list(PALETTE[i]) if i < len(PALETTE) else spread[i] for i in range(count)]
+
+
+def write_mask(mask: np.ndarray, path: str | Path, palette: Sequence[Sequence[int]]) -> None:
+    """A class map (height, width) as an index PNG: each pixel's value is its class (IGNORE_INDEX:
+    unlabeled), and the palette colours the classes for viewers."""
+    image = Image.fromarray(np.asarray(mask, np.uint8), "L")
+    colours = [list(palette[i]) if i < len(palette) else [0, 0, 0] for i in range(256)]  # 256: 8 bits a pixel
+    image.putpalette([v for colour in colours for v in colour])  # L -> P, values kept
+    image.save(path, format="PNG")
+
+
 def mask_file(root: Path, image: Path) -> Path | None:
     """The mask of a YOLO-layout image: root/masks/<stem>.png, None when it has none (never annotated)."""
     path = root / "masks" / f"{image.stem}.png"

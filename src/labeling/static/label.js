@@ -1,5 +1,6 @@
-// The labeling page: the site's queued images one by one, the model's boxes and class as a
-// start, edited with the mouse and keyboard, saved through the server's checks.
+// The labeling page: the site's queued images one by one, the model's boxes, class and mask as
+// a start, edited with the mouse and keyboard, saved through the server's checks. A mask is a
+// class number per pixel (state.mask), painted with a round brush and shown as a colour layer.
 // Plain script, no build step, nothing loaded from elsewhere.
 "use strict";
 
@@ -9,7 +10,12 @@ const timings = (window.labelTimings = {});  // ms since navigation start: list 
 const state = {
   items: [], index: -1, item: null, boxes: [], original: [], selected: -1, drag: null,
   victimClasses: [], disasterClasses: [], skipped: new Set(),
+  maskClasses: [], maskPalette: [], unlabeled: 255, mask: null, maskOriginal: null, maskClass: 0,
+  mode: "boxes", paint: null,
 };
+const BOX_HINT = "Drag on the image to add a box. Drag a box to move it, a corner to resize it.";
+const MASK_HINT = "Paint the mask: drag over the image with the brush in the chosen class; the eraser " +
+  "paints pixels back to unlabeled. Unlabeled pixels teach the model nothing.";
 const $ = (id) => document.getElementById(id);
 
 function api(path, params = {}, options = {}) {
@@ -50,8 +56,13 @@ async function loadQueue() {
   state.items = queue.items;
   state.victimClasses = queue.victim_classes;
   state.disasterClasses = queue.disaster_classes;
+  state.maskClasses = queue.mask_classes || [];
+  state.maskPalette = queue.mask_palette || [];
+  state.unlabeled = queue.unlabeled;
+  state.maskClass = state.maskClasses.length > 1 ? 1 : 0;  // the first class after background
   $("site").textContent = `Site ${queue.site}`;
   renderDisasterChoices();
+  renderMaskChoices();
   $("victim-class").replaceChildren(...state.victimClasses.map((name) => new Option(name, name)));
   renderList();
   updateProgress(queue.labeled, queue.total);
@@ -89,6 +100,26 @@ function renderDisasterChoices() {
   }));
 }
 
+function renderMaskChoices() {
+  const choices = [...state.maskClasses.map((name, i) => [i, name.replaceAll("_", " "), state.maskPalette[i]]),
+    [state.unlabeled, "eraser (unlabeled)", null]];
+  $("mask-classes").replaceChildren(...choices.map(([value, text, colour]) => {
+    const label = document.createElement("label");
+    const input = Object.assign(document.createElement("input"), { type: "radio", name: "mask-class", value });
+    input.checked = value === state.maskClass;
+    input.addEventListener("change", () => { state.maskClass = value; input.blur(); });
+    const swatch = Object.assign(document.createElement("span"), { className: "swatch" });
+    swatch.style.background = colour ? `rgb(${colour.join(",")})` : "transparent";
+    label.append(input, swatch, text);
+    return label;
+  }));
+}
+
+function pickMaskClass(value) {
+  state.maskClass = value;
+  for (const input of document.querySelectorAll("#mask-classes input")) input.checked = Number(input.value) === value;
+}
+
 function chosenDisaster() {
   const checked = document.querySelector("#disaster input:checked");
   return checked ? checked.value : "";
@@ -117,15 +148,24 @@ async function openItem(index, note) {
   state.selected = -1;
   state.disaster = answer.disaster_class;
   pickDisaster(answer.disaster_class);
+  state.mask = item.wants_mask ? decodeMask(answer.mask, item) : null;
+  state.maskOriginal = state.mask && state.mask.slice();
+  state.paint = null;
   for (const label of document.querySelectorAll("#disaster label")) {
     const p = (answer.disaster_probs || {})[label.querySelector("input").value];
     label.querySelector(".prob").textContent = p === undefined ? "" : `${Math.round(p * 100)} %`;
   }
   $("disaster-fieldset").disabled = !item.wants_class;
   $("victim-fieldset").disabled = !item.wants_boxes;
-  const intro = answer.problem ? null : answer.source === "model"
-    ? "The boxes and the class are the model's guesses: correct them, then save."
-    : answer.source === "answer" ? "This image is answered; edit and save again to change it." : "";
+  $("mask-fieldset").hidden = !item.wants_mask;
+  $("disaster-fieldset").hidden = item.wants_mask && !item.wants_class;  // a mask-only image: the mask tools only
+  $("victim-fieldset").hidden = item.wants_mask && !item.wants_boxes;
+  $("mode-fieldset").hidden = !(item.wants_mask && item.wants_boxes);
+  setMode(item.wants_mask && !item.wants_boxes ? "mask" : item.wants_mask ? state.mode : "boxes");
+  const source = item.wants_mask && answer.mask_source !== "none" ? answer.mask_source : answer.source;
+  const intro = answer.problem ? null : source === "model"
+    ? "The labels shown are the model's guesses: correct them, then save."
+    : source === "answer" ? "This image is answered; edit and save again to change it." : "";
   if (answer.problem) showMessage(`The saved answer is not taken by the site: ${answer.problem}`, true);
   else showMessage(note ? `${note} ${intro}` : intro, false);
   const margin = Math.round(0.06 * Math.max(item.width, item.height));
@@ -140,6 +180,10 @@ async function openItem(index, note) {
   };
   delete svg.dataset.shown;
   photo.setAttribute("href", imageUrl(item));
+  const layer = $("mask-layer");
+  layer.setAttribute("width", item.width);
+  layer.setAttribute("height", item.height);
+  renderMask();
   renderBoxes();
 }
 
@@ -178,7 +222,8 @@ function renderBoxes() {
     }
     handles.push(corners);
   });
-  group.replaceChildren(...bodies, ...handles);
+  const shown = !state.item || state.item.wants_boxes || !state.item.wants_mask;  // a mask-only image: no boxes
+  group.replaceChildren(...(shown ? [...bodies, ...handles] : []));
   const selected = state.boxes[state.selected];
   $("victim-class").disabled = $("delete").disabled = !selected;
   if (selected) $("victim-class").value = selected.cls;
@@ -197,8 +242,88 @@ function toImage(event) {
   return point.matrixTransform(svg.getScreenCTM().inverse());
 }
 
-// ---- mouse: add, move, resize ----------------------------------------------------------------
+// ---- the mask: a class number per pixel, painted with a round brush --------------------------------
+function decodeMask(text, item) {
+  const mask = new Uint8Array(item.width * item.height).fill(state.unlabeled);
+  if (!text) return mask;
+  const raw = atob(text);
+  for (let i = 0; i < mask.length && i < raw.length; i++) mask[i] = raw.charCodeAt(i);
+  return mask;
+}
+
+function encodeMask(mask) {
+  let text = "";
+  for (let i = 0; i < mask.length; i += 0x8000) text += String.fromCharCode(...mask.subarray(i, i + 0x8000));
+  return btoa(text);
+}
+
+function renderMask() {
+  const layer = $("mask-layer");
+  if (!state.mask) return layer.removeAttribute("href");
+  const { width, height } = state.item;
+  const canvas = Object.assign(document.createElement("canvas"), { width, height });
+  const context = canvas.getContext("2d");
+  const pixels = context.createImageData(width, height);
+  for (let i = 0; i < state.mask.length; i++) {
+    const colour = state.maskPalette[state.mask[i]];
+    if (!colour) continue;  // unlabeled: transparent
+    pixels.data.set(colour, 4 * i);
+    pixels.data[4 * i + 3] = 255;
+  }
+  context.putImageData(pixels, 0, 0);
+  layer.setAttribute("href", canvas.toDataURL());
+  $("canvas").dataset.maskPainted = String(state.mask.reduce((n, v) => n + (v !== state.unlabeled), 0));
+}
+
+function brushRadius() {
+  return Number($("brush").value);
+}
+
+function paintDisc(cx, cy) {
+  const { width, height } = state.item;
+  const r = brushRadius();
+  for (let y = Math.max(0, Math.ceil(cy - r)); y <= Math.min(height - 1, Math.floor(cy + r)); y++) {
+    for (let x = Math.max(0, Math.ceil(cx - r)); x <= Math.min(width - 1, Math.floor(cx + r)); x++) {
+      if ((x + 0.5 - cx) ** 2 + (y + 0.5 - cy) ** 2 <= r * r) state.mask[y * width + x] = state.maskClass;
+    }
+  }
+}
+
+function paintTo(p) {  // the stroke from the last point to p, discs half a radius apart
+  const from = state.paint.last;
+  const steps = Math.max(1, Math.ceil(Math.hypot(p.x - from.x, p.y - from.y) / Math.max(brushRadius() / 2, 0.5)));
+  for (let k = 1; k <= steps; k++) paintDisc(from.x + (p.x - from.x) * k / steps, from.y + (p.y - from.y) * k / steps);
+  state.paint.last = p;
+  if (!state.paint.frame) {
+    state.paint.frame = requestAnimationFrame(() => { if (state.paint) state.paint.frame = 0; renderMask(); });
+  }
+}
+
+function fillBackground() {
+  if (!state.mask) return;
+  const background = Math.max(0, state.maskClasses.indexOf("background"));
+  state.mask.forEach((v, i) => { if (v === state.unlabeled) state.mask[i] = background; });
+  renderMask();
+}
+
+function setMode(mode) {
+  state.mode = mode;
+  for (const input of document.querySelectorAll("#mode-fieldset input")) input.checked = input.value === mode;
+  $("canvas").classList.toggle("painting", mode === "mask");
+  $("hint").textContent = mode === "mask" ? MASK_HINT : BOX_HINT;
+  $("brush-size").textContent = `${brushRadius()} px`;
+}
+
+// ---- mouse: add, move, resize boxes; paint the mask ---------------------------------------------
 function onPointerDown(event) {
+  if (state.item && state.item.wants_mask && state.mode === "mask" && event.button === 0) {
+    const p = toImage(event);
+    state.paint = { last: p, frame: 0 };
+    paintTo(p);
+    $("canvas").setPointerCapture(event.pointerId);
+    event.preventDefault();
+    return;
+  }
   if (!state.item || !state.item.wants_boxes || event.button !== 0) return;
   const p = toImage(event);
   const group = event.target.closest("[data-index]");
@@ -216,6 +341,7 @@ function onPointerDown(event) {
 }
 
 function onPointerMove(event) {
+  if (state.paint) return paintTo(toImage(event));
   const drag = state.drag;
   if (!drag) return;
   const p = toImage(event);
@@ -239,6 +365,11 @@ function onPointerMove(event) {
 }
 
 function onPointerUp() {
+  if (state.paint) {
+    cancelAnimationFrame(state.paint.frame);
+    state.paint = null;
+    return renderMask();
+  }
   const drag = state.drag;
   state.drag = null;
   if (!drag) return;
@@ -278,6 +409,7 @@ async function save() {
     boxes: item.wants_boxes ? state.boxes.map((b) => [b.x0, b.y0, b.x1, b.y1, b.cls]) : [],
     disaster_class: item.wants_class ? chosenDisaster() : "",
   };
+  if (item.wants_mask) body.mask = encodeMask(state.mask);
   const response = await api("api/answer", {}, {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   const result = await response.json();
@@ -306,6 +438,8 @@ function resetBoxes() {
   state.boxes = state.original.map((box) => ({ ...box }));
   state.selected = -1;
   pickDisaster(state.disaster);
+  state.mask = state.maskOriginal && state.maskOriginal.slice();
+  renderMask();
   renderBoxes();
 }
 
@@ -321,6 +455,17 @@ function onKey(event) {
   else if (/^[1-9]$/.test(key) && state.item && state.item.wants_class) {
     const name = state.disasterClasses[Number(key) - 1];
     if (name) pickDisaster(name);
+  } else if (/^[1-9]$/.test(key) && state.item && state.item.wants_mask) {
+    if (Number(key) <= state.maskClasses.length) pickMaskClass(Number(key) - 1);
+  } else if (state.item && state.item.wants_mask && ["m", "e", "b", "[", "]"].includes(key.toLowerCase())) {
+    const lower = key.toLowerCase();
+    if (lower === "m" && state.item.wants_boxes) setMode(state.mode === "mask" ? "boxes" : "mask");
+    else if (lower === "e") pickMaskClass(state.unlabeled);
+    else if (lower === "b") fillBackground();
+    else if (key === "[" || key === "]") {
+      $("brush").value = brushRadius() + (key === "]" ? 2 : -2);
+      setMode(state.mode);
+    }
   } else if (key === "Delete" || key === "Backspace") deleteSelected();
   else if (key === "Tab" && state.boxes.length) {
     event.preventDefault();
@@ -341,6 +486,12 @@ function start() {
   $("skip").addEventListener("click", skip);
   $("reset").addEventListener("click", resetBoxes);
   $("delete").addEventListener("click", deleteSelected);
+  $("fill-background").addEventListener("click", fillBackground);
+  $("brush").addEventListener("input", () => setMode(state.mode));
+  $("brush").addEventListener("change", () => $("brush").blur());  // arrow keys stay the page's shortcuts
+  for (const input of document.querySelectorAll("#mode-fieldset input")) {
+    input.addEventListener("change", () => { setMode(input.value); input.blur(); });
+  }
   $("help-button").addEventListener("click", () => $("help").showModal());
   $("victim-class").addEventListener("change", (event) => {
     const box = state.boxes[state.selected];
