@@ -125,8 +125,9 @@ test: setup
 
 # Crashes, intruders, poisoned updates, interrupted writes, what a site sends
 # (real fx processes and certificates), and the `slow` tests over a minute each (the
-# shipped plan end to end, the server step and active learning over fx, a trained
-# model's export quality, secure aggregation and a poisoning site over fx): ~20 min, so not part of `make test`.
+# shipped plan end to end, make simulate on real-format data, the server step and active
+# learning over fx, a trained model's export quality, secure aggregation and a poisoning
+# site over fx): ~32 min, so not part of `make test`.
 test-faults: setup
 	$(PY) -m pytest -q -m "(faults or slow) and not deploy and not browser" --durations=10 tests
 

@@ -142,6 +142,7 @@ def real_format_split(real_format_sources):
     return _split_by_source(real_format_sources, "real")
 
 
+@pytest.mark.slow  # (in `make test-faults`: 100 s that pushed `make test` past 15 min here)
 def test_simulate_end_to_end_with_real_fx_processes_and_certificates(real_format_split, tmp_path):
     """`make simulate SPLIT=...` on real-format data: two sites, two rounds, real
     `fx aggregator start` / `fx collaborator start` with mTLS, a plan key set from the
