@@ -95,6 +95,8 @@ class Predictor:
 
     def _predict(self, records, batch_size, progress, run_with_loss=None):
         """(results, mean loss or None): one loop over the records for both methods."""
+        if not records:  # a site without validation images: nothing to run (an empty dataset has no dtype)
+            return [], (None if run_with_loss is None else float("nan"))
         results = [None] * len(records)
         ds = (inference_dataset(records, self.config, batch_size) if run_with_loss is None
               else inference_dataset_with_targets(records, self.config, batch_size))

@@ -104,3 +104,28 @@ def test_a_pipeline_setting_in_the_plan_reaches_the_sites_batches(tmp_path, monk
     assert runner.cfg is loader.cfg and loader.cfg["pipeline"]["max_boxes"] == 5
     images, targets = next(iter(runner.data_loader.get_train_loader()))
     assert images.shape[0] == 3
+
+
+def test_a_site_without_validation_images_validates_to_no_scores(tmp_path, monkeypatch):
+    """A split made with --val-fraction 0 leaves sites without a val split: the site's
+    validation reports NaN per task and score 0 instead of ending the round."""
+    import math
+
+    import yaml
+
+    from src.data.manifests import read_manifest, write_site
+    from tests.test_al_site_rounds import site_runner
+    from tests.tiny_federation import write_tiny_plan, write_tiny_site_split
+
+    write_tiny_site_split(tmp_path / "data", num_images=24, num_sites=1, labels=["both"], seed=0)
+    folder = tmp_path / "data" / "splits" / "site1"
+    rows = [(k, s, int(b), int(c)) for k, s, b, c in read_manifest(folder / "manifest.tsv") if s != "val"]
+    write_site(folder, "site1", yaml.safe_load((folder / "site.yaml").read_text())["data_root"], rows)
+    write_tiny_plan(tmp_path / "ws", folder.parent, rounds=1, sites=("site1",))
+    monkeypatch.chdir(tmp_path / "ws")
+    runner, tasks = site_runner()
+    assert runner.data_loader.val_records == []
+    validated, _ = runner.validate_task("site1", 0, runner.get_tensor_dict(),
+                                        **tasks["aggregated_model_validation"]["kwargs"])
+    scores = {key.tensor_name: float(value) for key, value in validated.items()}
+    assert scores["score"] == 0.0 and math.isnan(scores["map50"]) and math.isnan(scores["accuracy"])
