@@ -140,13 +140,18 @@ def test_a_labeler_corrects_the_models_boxes_and_class_and_the_next_round_ingest
         assert p.locator("#boxes g.box").count() == shown
         assert p.locator("#disaster input:checked").get_attribute("value") == guess["disaster_class"]
 
-        # drag the bottom-right corner of the best model box 40 px right and 30 px down (on screen)
+        # drag the bottom-right corner of the best model box 40 px and 30 px on screen: out
+        # where the image leaves room (the box grows), else in (it shrinks), so it stays on the image
         corner = p.locator('#boxes g.handles[data-index="0"] rect[data-corner="se"]').bounding_box()
         start = (corner["x"] + corner["width"] / 2, corner["y"] + corner["height"] / 2)
-        page.drag(start, (start[0] + 40, start[1] + 30))
         scale = p.evaluate("() => document.getElementById('canvas').getScreenCTM().a")
-        model_boxes[0][2] += 40 / scale
-        model_boxes[0][3] += 30 / scale
+        x0, y0, x1, y1 = model_boxes[0]
+        dx = 40 if x1 + 40 / scale <= width else -40
+        dy = 30 if y1 + 30 / scale <= height else -30
+        model_boxes[0][2] += dx / scale
+        model_boxes[0][3] += dy / scale
+        assert model_boxes[0][2] > x0 + 1 and model_boxes[0][3] > y0 + 1, f"box {model_boxes[0]} too small to shrink"
+        page.drag(start, (start[0] + dx, start[1] + dy))
         page.shot("corner_dragged")
 
         # add a box where no box is: drawn from a free point of the image
