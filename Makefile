@@ -127,7 +127,7 @@ test: setup
 # (real fx processes and certificates), and the `slow` tests over a minute each (the
 # shipped plan end to end, make simulate on real-format data, the server step and active
 # learning over fx, a trained model's export quality, secure aggregation and a poisoning
-# site over fx): ~32 min, so not part of `make test`.
+# site over fx): 25-32 min here, so not part of `make test`.
 test-faults: setup
 	$(PY) -m pytest -q -m "(faults or slow) and not deploy and not browser" --durations=10 tests
 
