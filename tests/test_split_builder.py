@@ -171,8 +171,8 @@ def test_sparse_class_warnings_name_a_class_the_class_labeling_sites_barely_hold
     """Only the sites that label classes count, with their train and pool rows (not val): a
     class plentiful at a box-only site but rare at the class sites is warned about."""
     from src.data.records import Record
-    from src.data.splits.builtin_data import trained_classes
-    from src.data.splits.partition import SPARSE_CLASS_IMAGES, sparse_class_warnings
+    from src.data.splits.builtin_data import label_flags
+    from src.data.splits.partition import SPARSE_CLASS_IMAGES, sparse_class_warnings, trained_classes
 
     names = ["flood", "normal"]
     by_path, rows = {}, {"site1": [], "site2": [], "site3": []}
@@ -190,8 +190,10 @@ def test_sparse_class_warnings_name_a_class_the_class_labeling_sites_barely_hold
     add("site2", 1, "train", 50)         # a box-only site's images do not train the class head
     labels = {"site1": "both", "site2": "boxes", "site3": "class"}
 
-    def warnings(label_sets):
-        return sparse_class_warnings(trained_classes(rows, label_sets, by_path), names, "Another --seed")
+    def warnings(label_sets):  # the manifests' flags, as each site's label set writes them
+        flagged = {site: [(k, split, *label_flags(label_sets[site])) for k, split, *_ in site_rows]
+                   for site, site_rows in rows.items()}
+        return sparse_class_warnings(trained_classes(flagged, by_path), names, "Another --seed")
     found = warnings(labels)
     assert len(found) == 1
     assert found[0] == (f"disaster class 'normal': {SPARSE_CLASS_IMAGES - 1} training image(s) at the sites that "

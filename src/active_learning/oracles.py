@@ -183,11 +183,13 @@ class QueuedImage:
     @property
     def mask_file(self) -> Path:
         """The answer's label map: masks/<label file's stem>.png of its round."""
-        return mask_answer_file(self.label_file.parent.parent, self.label_file.name)
+        return round_mask_file(self.label_file.parent.parent, self.label_file.name)
 
 
-def mask_answer_file(folder: Path, label_file: str) -> Path:
-    return folder / "masks" / f"{Path(label_file).stem}.png"
+def round_mask_file(folder: Path, label_file: str, subfolder: str = "masks") -> Path:
+    """A queued image's label map in a round's folder: the answer's (masks/) or the model's
+    (PREDICTED_MASKS), named after its label file."""
+    return folder / subfolder / f"{Path(label_file).stem}.png"
 
 
 class HumanOracle:
@@ -211,6 +213,7 @@ class HumanOracle:
         self.victim_classes, self.disaster_classes = list(victim_classes), list(disaster_classes)
         self.mask_classes = list(mask_classes)
         self.mask_palette = mask_palette(len(self.mask_classes))
+        self._mask_lookup = mask_class_map(self.mask_classes) if self.mask_classes else None
         self.tasks = tuple(tasks)
         self.predictor = predictor
         self.problems = ErrorReport()  # of the last collect()
@@ -233,7 +236,7 @@ class HumanOracle:
             stem = Path(key).stem if Path(key).stem not in used else key.replace("/", "__").rsplit(".", 1)[0]
             used.add(stem)
             (labels / f"{stem}.txt").touch()  # an annotator's file is never overwritten
-            mask = mask_answer_file(folder, f"{stem}.txt")
+            mask = round_mask_file(folder, f"{stem}.txt")
             if "masks" in self.tasks and not mask.exists():
                 mask.parent.mkdir(exist_ok=True)
                 write_mask(np.full((height, width), IGNORE_INDEX, np.uint8), mask, self.mask_palette)
@@ -241,11 +244,11 @@ class HumanOracle:
                          int("boxes" in self.tasks), int("class" in self.tasks), int("masks" in self.tasks)))
         write_bytes_atomically(folder / "classes.csv", _csv_bytes(ANSWER_COLUMNS, ((k, "", "") for k in records)))
         if self.predictor is not None:
-            stems = {key: Path(row[4]).stem for key, row in zip(records, rows)}
-            write_bytes_atomically(folder / PREDICTIONS_FILE, self._predictions(records, round_num, stems))
+            label_files = {key: row[4] for key, row in zip(records, rows)}
+            write_bytes_atomically(folder / PREDICTIONS_FILE, self._predictions(records, folder, label_files))
         write_bytes_atomically(folder / "queue.csv", _csv_bytes(QUEUE_COLUMNS, rows))  # last: round complete
 
-    def _predictions(self, records: Mapping[str, Record], round_num: int, stems: Mapping[str, str]) -> bytes:
+    def _predictions(self, records: Mapping[str, Record], folder: Path, label_files: Mapping[str, str]) -> bytes:
         """predictions.json: per key the top PREDICTED_BOXES detections, clipped to the image;
         where the queue asks for masks and the model segments, its label map in predicted_masks/."""
         keys = list(records)
@@ -254,7 +257,7 @@ class HumanOracle:
             if result is None:  # unreadable image: the tool shows it without pre-annotations
                 continue
             if "masks" in self.tasks and "mask" in result:
-                predicted = self.queue_dir / str(int(round_num)) / PREDICTED_MASKS / f"{stems[key]}.png"
+                predicted = round_mask_file(folder, label_files[key], PREDICTED_MASKS)
                 predicted.parent.mkdir(exist_ok=True)
                 with replaced_atomically(predicted) as tmp:
                     write_mask(result["mask"], tmp, self.mask_palette)
@@ -270,7 +273,7 @@ class HumanOracle:
                 "victim_classes": [self.victim_classes[int(result["classes"][i])] for i in order],
                 "disaster_class": self.disaster_classes[int(probs.argmax())],
                 "disaster_probs": {n: round(float(p), 4) for n, p in zip(self.disaster_classes, probs)}}
-        return json.dumps({"round": int(round_num), "images": images}, indent=1).encode("utf-8")
+        return json.dumps({"round": int(folder.name), "images": images}, indent=1).encode("utf-8")
 
     def predictions(self, round_num: int) -> dict:
         """Round `round_num`'s pre-annotations by key ({} for a queue written without a predictor)."""
@@ -287,7 +290,7 @@ class HumanOracle:
 
     def predicted_mask(self, item: "QueuedImage") -> np.ndarray | None:
         """The global model's label map of a queued image (None: it made none)."""
-        path = item.label_file.parent.parent / PREDICTED_MASKS / item.mask_file.name
+        path = round_mask_file(item.label_file.parent.parent, item.label_file.name, PREDICTED_MASKS)
         return self._read_mask(path, item.width, item.height, item.image) if path.is_file() else None
 
     def answer_mask(self, item: "QueuedImage") -> np.ndarray:
@@ -295,10 +298,10 @@ class HumanOracle:
         return self._read_mask(item.mask_file, item.width, item.height, item.image)
 
     def _read_mask(self, path: Path, width: int, height: int, image: str) -> np.ndarray:
-        if not self.mask_classes:
+        if self._mask_lookup is None:
             raise DataError(f"{path}: the queue asks for masks, but the labeling tool was given no mask "
                             "classes (classes.mask of the site's settings)")
-        return read_mask(path, mask_class_map(self.mask_classes), (width, height), image)
+        return read_mask(path, self._mask_lookup, (width, height), image)
 
     def queued(self) -> list["QueuedImage"]:
         """Every image of every written round, in queue order, with its answer as it stands."""
@@ -343,7 +346,7 @@ class HumanOracle:
                             if wants_mask else "this site does not label masks; no mask is asked for"))
         text, line = _sheet_with_answer(sheet, key, disaster_class if wants_class else "")
         label = inside_folder(folder / "labels" / queued["label_file"], folder / "labels", "label file")
-        mask_path = mask_answer_file(folder, queued["label_file"])
+        mask_path = round_mask_file(folder, queued["label_file"])
         with ExitStack() as files:
             sheet_tmp = files.enter_context(replaced_atomically(sheet))
             label_tmp = files.enter_context(replaced_atomically(label)) if wants_boxes else None
@@ -446,7 +449,7 @@ class HumanOracle:
             label = inside_folder(Path(label or folder / "labels" / queued["label_file"]), folder / "labels",
                                   "label file")
             boxes, victims = read_yolo_labels(label, width, height, len(self.victim_classes))
-        mask_path = mask_answer_file(folder, queued["label_file"])
+        mask_path = round_mask_file(folder, queued["label_file"])
         if want_mask:
             if (self._read_mask(Path(mask or mask_path), width, height, queued["image"]) == IGNORE_INDEX).all():
                 raise DataError(f"{mask or mask_path}: {key} is marked done but its mask labels no pixel "

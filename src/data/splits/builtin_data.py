@@ -21,7 +21,8 @@ import numpy as np
 
 from src.data.formats import load_yolo_dataset
 from src.data.splits.output import write_split
-from src.data.splits.partition import SplitError, dirichlet_partition, manifest_rows, sparse_class_warnings
+from src.data.splits.partition import (SplitError, dirichlet_partition, manifest_rows, sparse_class_warnings,
+                                       trained_classes)
 from src.data.splits.stratified import record_groups, stratified_split
 from src.data.synthetic import scene_groups
 
@@ -104,7 +105,7 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
             rows[name] += manifest_rows(keys, split, label_flags(label_sets[name]), seed_fraction, seed_rng)
     class_names = cfg["classes"]["disaster"]
     by_path = {rel(r): r for r in records}
-    for warning in sparse_class_warnings(trained_classes(rows, label_sets, by_path), class_names,
+    for warning in sparse_class_warnings(trained_classes(rows, by_path), class_names,
                                          "Another --seed or a larger --alpha"):
         log.warning(warning)
     summary = []
@@ -121,12 +122,6 @@ def build_site_splits(cfg: dict, out_dir: Path, num_sites: int, alpha: float, se
                 "test_images": len(splits["test"])}
     write_split(out_dir, rows, [rel(r) for r in splits["test"]], summary, settings, data_root=root)
     return summary
-
-
-def trained_classes(rows: dict, label_sets: dict, by_path: dict) -> dict[str, list[int]]:
-    """Each site that labels classes -> the disaster class of its train and pool images."""
-    return {name: [by_path[img].disaster_class for img, split, *_ in site_rows if split in ("train", "pool")]
-            for name, site_rows in rows.items() if label_flags(label_sets[name])[1]}
 
 
 def format_summary(summary: list[dict]) -> str:

@@ -74,6 +74,15 @@ def manifest_rows(keys: list, split: str, labels: Sequence[int], seed_fraction: 
     return [(k, split if k in labeled else "pool", *labels) for k in keys]
 
 
+def trained_classes(rows: dict, records: dict) -> dict[str, list[int]]:
+    """Each site holding class labels -> the disaster class of its class-labeled train and pool
+    images. rows: site -> manifest rows (key, split, boxes, class, ...); records: key -> Record."""
+    labeled = lambda key, cls: cls and records[key].has_class  # noqa: E731
+    return {site: [records[k].disaster_class for k, split, _, cls, *_ in site_rows
+                   if split in ("train", "pool") and labeled(k, cls)]
+            for site, site_rows in rows.items() if any(labeled(k, cls) for k, _, _, cls, *_ in site_rows)}
+
+
 def sparse_class_warnings(trained_classes: dict[str, list[int]], class_names: Sequence[str], remedy: str) -> list[str]:
     """Why the classification task may miss a class: a skewed partition can leave the sites that
     label classes with almost no image of one, which no amount of training makes up for (the

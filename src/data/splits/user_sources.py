@@ -24,7 +24,8 @@ import numpy as np
 from src.data.duplicates import Merges, merge_duplicates
 from src.data.sources import split_record_key
 from src.data.splits.output import write_split
-from src.data.splits.partition import SplitError, dirichlet_partition, manifest_rows, sparse_class_warnings
+from src.data.splits.partition import (SplitError, dirichlet_partition, manifest_rows, sparse_class_warnings,
+                                       trained_classes)
 from src.data.splits.stratified import stratified_split
 
 PARTITION_STRATEGIES = ("iid", "dirichlet:ALPHA", "by-source", "task-disjoint")
@@ -138,14 +139,6 @@ def build_split(per_source: dict, out_dir: Path, sources_file: Path, num_sites: 
     write_split(out_dir, rows, sorted(split_keys["test"]), summary, settings, sources=sources_file,
                 same_picture=merges.same_picture)
     return summary, merges
-
-
-def trained_classes(rows: dict, records: dict) -> dict[str, list[int]]:
-    """Each site holding class labels -> the disaster class of its class-labeled train and pool images."""
-    labeled = lambda key, cls: cls and records[key].has_class  # noqa: E731
-    return {site: [records[k].disaster_class for k, split, _, cls in site_rows
-                   if split in ("train", "pool") and labeled(k, cls)]
-            for site, site_rows in rows.items() if any(labeled(k, cls) for k, _, _, cls in site_rows)}
 
 
 def site_summary(site: str, rows: list, records: dict, class_names=None) -> dict:

@@ -264,15 +264,17 @@ function renderMask() {
   const canvas = Object.assign(document.createElement("canvas"), { width, height });
   const context = canvas.getContext("2d");
   const pixels = context.createImageData(width, height);
+  let painted = 0;
   for (let i = 0; i < state.mask.length; i++) {
     const colour = state.maskPalette[state.mask[i]];
     if (!colour) continue;  // unlabeled: transparent
     pixels.data.set(colour, 4 * i);
     pixels.data[4 * i + 3] = 255;
+    painted++;
   }
   context.putImageData(pixels, 0, 0);
   layer.setAttribute("href", canvas.toDataURL());
-  $("canvas").dataset.maskPainted = String(state.mask.reduce((n, v) => n + (v !== state.unlabeled), 0));
+  $("canvas").dataset.maskPainted = String(painted);  // labeled pixels, for tests and tools
 }
 
 function brushRadius() {
